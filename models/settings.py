@@ -1,0 +1,46 @@
+"""Configuration shared by the API and the worker.
+
+Every value comes from an environment variable with the ``SADDLE_`` prefix. The defaults are the
+embedded mode (SQLite, Celery's filesystem broker, artifacts in a local folder), so one machine with
+no services runs the same code path as production; production sets the URLs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+HOME = Path(".saddle")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SADDLE_", extra="ignore")
+
+    database_url: str = f"sqlite:///{HOME}/saddle.db"
+    broker_url: str = "filesystem://"
+    # Folder that the filesystem broker uses for its message files (embedded mode only).
+    broker_folder: Path = HOME / "broker"
+    artifacts: Path = HOME / "artifacts"
+    queue: str = "saddle"
+
+    # Bounds that keep one request from eating the machine.
+    max_page_size: int = 500
+    max_metric_points: int = 100_000
+    max_epochs: int = 10_000
+    max_parameters: int = 50_000_000
+    max_request_bytes: int = 50 * 1024 * 1024
+
+    # Worker behaviour.
+    heartbeat_seconds: float = 2.0
+    metric_flush_points: int = 5_000
+    torch_threads: int = 0  # 0: share the cores between the worker's processes
+
+    # Model factories an operator may add (import paths "pkg.module:function"), never from requests.
+    model_plugins: list[str] = []
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

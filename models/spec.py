@@ -1,0 +1,235 @@
+"""The JobSpec: the public contract of a training job (see DESIGN.md).
+
+Every field is optional except ``data.dataset``. Unknown fields are refused, numbers are bounded and
+cross-field rules are checked here, so a bad spec is a 422 naming the field before anything is
+written.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BUILTIN_DATASETS = (
+    "digits",
+    "iris",
+    "wine",
+    "breast_cancer",
+    "diabetes",
+    "moons",
+    "circles",
+    "blobs",
+    "gaussian_regression",
+)
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Split(Strict):
+    val: float = Field(0.2, ge=0.0, lt=1.0)
+    test: float = Field(0.2, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self) -> Split:
+        if self.val + self.test >= 0.9:
+            raise ValueError("val + test must be below 0.9 so that training data remains")
+        return self
+
+
+class Data(Strict):
+    dataset: str = Field(min_length=1, max_length=64)
+    params: dict[str, int | float | str | bool] = Field(default_factory=dict)
+    task: Literal["auto", "classification", "regression"] = "auto"
+    split: Split = Field(default_factory=Split)
+    test_dataset: str | None = Field(None, max_length=64)
+    train_size: int | None = Field(None, ge=2, le=10_000_000)
+    label_noise: Fraction = 0.0
+    input_noise: float = Field(0.0, ge=0.0, le=100.0)
+    scaling: Literal["none", "minmax", "mean", "standardize", "unit_length"] = "none"
+    shuffle: bool = True
+
+    @field_validator("dataset", "test_dataset")
+    @classmethod
+    def _known_or_uploaded(cls, value: str | None) -> str | None:
+        # Uploaded datasets are referenced by their 32-hex id; the API checks they exist.
+        if value is None or value in BUILTIN_DATASETS or _is_dataset_id(value):
+            return value
+        raise ValueError(
+            f"unknown dataset {value!r}: use one of {', '.join(BUILTIN_DATASETS)} or an uploaded dataset id"
+        )
+
+    @field_validator("params")
+    @classmethod
+    def _bounded_generator_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        n = params.get("n_samples")
+        if n is not None and (not isinstance(n, int) or not 10 <= n <= 1_000_000):
+            raise ValueError("n_samples must be an integer from 10 to 1,000,000")
+        nf = params.get("n_features")
+        if nf is not None and (not isinstance(nf, int) or not 1 <= nf <= 10_000):
+            raise ValueError("n_features must be an integer from 1 to 10,000")
+        return params
+
+
+def _is_dataset_id(value: str) -> bool:
+    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
+class Init(Strict):
+    weights: Literal["default", "zeros", "normal", "xavier", "kaiming"] = "default"
+    std: float | None = Field(None, gt=0, le=100)
+    bias: float | None = Field(None, ge=-100, le=100)
+
+
+class Model(Strict):
+    arch: str = Field("mlp", min_length=1, max_length=100)
+    hidden: list[Annotated[int, Field(ge=1, le=65_536)]] = Field(default_factory=lambda: [64], max_length=64)
+    activation: Literal["relu", "tanh", "sigmoid", "gelu", "leaky_relu", "identity"] = "relu"
+    norm: Literal["none", "batch", "layer"] = "none"
+    norm_position: Literal["before_activation", "after_activation"] = "before_activation"
+    dropout: float | list[Fraction] = Field(0.0)
+    init: Init = Field(default_factory=Init)
+    # cnn only: channels of each conv block (3x3 conv, activation, 2x2 pooling).
+    channels: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default_factory=lambda: [16, 32], max_length=8
+    )
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout_range(cls, value: float | list[float]) -> float | list[float]:
+        values = value if isinstance(value, list) else [value]
+        if any(not 0.0 <= v < 1.0 for v in values):
+            raise ValueError("dropout must be in [0, 1)")
+        return value
+
+    @model_validator(mode="after")
+    def _per_layer_dropout_matches(self) -> Model:
+        if isinstance(self.dropout, list) and len(self.dropout) != len(self.hidden):
+            raise ValueError(
+                f"dropout has {len(self.dropout)} entries but hidden has {len(self.hidden)} layers"
+            )
+        return self
+
+
+class InitFrom(Strict):
+    job: str = Field(min_length=32, max_length=32)
+    checkpoint: Literal["best", "last"] = "best"
+    freeze: list[str] = Field(default_factory=list, max_length=64)
+
+
+class Optimizer(Strict):
+    name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"] = "sgd"
+    lr: float = Field(0.01, gt=0, le=1e3)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=10.0)
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> Optimizer:
+        if self.nesterov and (self.name != "sgd" or self.momentum <= 0):
+            raise ValueError("nesterov needs optimizer sgd with momentum > 0")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError("betas must lie in [0, 1)")
+        return self
+
+
+class Schedule(Strict):
+    name: Literal["constant", "step", "cosine", "exponential", "plateau"] = "constant"
+    warmup_epochs: float = Field(0, ge=0, le=10_000)
+    step_epochs: int = Field(10, ge=1, le=10_000)  # step: decay every this many epochs
+    gamma: float = Field(0.1, gt=0, le=1.0)  # step/exponential/plateau decay factor
+    min_lr: float = Field(0.0, ge=0.0)  # cosine floor
+    patience: int = Field(5, ge=0, le=10_000)  # plateau
+
+
+class GradientNoise(Strict):
+    c: float = Field(0.0, ge=0.0, le=100.0)
+    r: float = Field(0.55, ge=0.0, le=10.0)
+
+
+class EarlyStopping(Strict):
+    patience: int = Field(10, ge=1, le=10_000)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class Regularization(Strict):
+    l2: float = Field(0.0, ge=0.0, le=100.0)
+    gradient_noise: GradientNoise = Field(default_factory=GradientNoise)
+    early_stopping: EarlyStopping | None = None
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class CurriculumStage(Strict):
+    epochs: int = Field(ge=1, le=10_000)
+    label_noise: Fraction = 0.0
+    input_noise: float = Field(0.0, ge=0.0, le=100.0)
+    fraction: float = Field(1.0, gt=0.0, le=1.0)
+    lr: float | None = Field(None, gt=0, le=1e3)
+
+
+class Checkpoints(Strict):
+    every_epochs: int = Field(5, ge=1, le=10_000)
+    keep_best: bool = True
+
+
+class Hessian(Strict):
+    every_epochs: int = Field(10, ge=0, le=10_000)  # 0: only at the best checkpoint and the end
+    top_k: int = Field(5, ge=1, le=100)
+    bottom_k: int = Field(1, ge=0, le=100)
+    trace: bool = True
+    density: bool = False
+    samples: int = Field(2048, ge=1, le=1_000_000)
+    enabled: bool = True
+
+
+class Analysis(Strict):
+    hessian: Hessian = Field(default_factory=Hessian)
+    probes: bool = False
+
+
+class Resources(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_minutes: float = Field(60, gt=0, le=7 * 24 * 60)
+
+
+class JobSpec(Strict):
+    name: str = Field("", max_length=200)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    tags: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    data: Data
+    model: Model = Field(default_factory=Model)
+    init_from: InitFrom | None = None
+    optimizer: Optimizer = Field(default_factory=Optimizer)
+    schedule: Schedule = Field(default_factory=Schedule)
+    regularization: Regularization = Field(default_factory=Regularization)
+    batch_size: int = Field(32, ge=1, le=1_000_000)
+    epochs: int = Field(20, ge=1, le=10_000)
+    curriculum: list[CurriculumStage] = Field(default_factory=list, max_length=100)
+    checkpoints: Checkpoints = Field(default_factory=Checkpoints)
+    analysis: Analysis = Field(default_factory=Analysis)
+    resources: Resources = Field(default_factory=Resources)
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> JobSpec:
+        if self.curriculum and sum(stage.epochs for stage in self.curriculum) != self.epochs:
+            total = sum(stage.epochs for stage in self.curriculum)
+            raise ValueError(f"curriculum stages last {total} epochs but epochs is {self.epochs}")
+        if self.model.arch == "linear" and self.model.norm != "none":
+            raise ValueError("model.norm needs hidden layers; arch linear has none")
+        if self.schedule.warmup_epochs >= self.epochs and self.schedule.warmup_epochs > 0:
+            raise ValueError("schedule.warmup_epochs must be shorter than epochs")
+        return self
+
+    def total_epochs(self) -> int:
+        return self.epochs
+
+
+def parse_spec(payload: dict[str, Any]) -> JobSpec:
+    return JobSpec.model_validate(payload)

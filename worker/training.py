@@ -1,0 +1,497 @@
+"""The training engine: one loop, short functions, everything the checklist asks for.
+
+The loop keeps data on the device, samples batches by index, and reads values off the device once
+per epoch (per-step losses and gradient norms go into preallocated device buffers). What happens
+to the numbers (database, memory) is the ``Recorder``'s business, so the loop is testable alone.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models.metrics import Point
+from models.spec import CurriculumStage, JobSpec
+from worker.data import Prepared, Scaler, add_input_noise, corrupt_labels
+from worker.nets import build_model, count_parameters, weight_parameters
+from worker.schedules import PlateauState, learning_rate
+
+
+class StopTraining(Exception):
+    """Raised inside the loop when the recorder asks to stop (cancel, time limit, lost lease)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Recorder(Protocol):
+    def log(self, points: list[Point]) -> None: ...
+    def epoch_end(self, epoch: int, step: int, progress: dict[str, Any]) -> None: ...
+    def stop_reason(self) -> str | None: ...
+    def save_checkpoint(
+        self, kind: str, epoch: int, step: int, val_loss: float | None, payload: bytes
+    ) -> None: ...
+    def analyze(self, trainer: Trainer, epoch: int, reason: str) -> None: ...
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("resources.device is cuda but this worker has no CUDA device")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def make_optimizer(spec: JobSpec, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    o = spec.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+        )
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    if o.name == "rmsprop":
+        return torch.optim.RMSprop(
+            params, lr=o.lr, momentum=o.momentum, eps=o.eps, weight_decay=o.weight_decay
+        )
+    return torch.optim.Adagrad(params, lr=o.lr, eps=o.eps, weight_decay=o.weight_decay)
+
+
+@dataclass
+class Stage:
+    """One curriculum stage resolved to data: which training rows, with what corruption."""
+
+    index: int
+    first_epoch: int  # 0-based epoch at which it starts
+    epochs: int
+    X: torch.Tensor
+    y: torch.Tensor
+    lr: float | None
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights and optimizer that an exact resume needs."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # updates completed
+    best_val: float = math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    plateau: PlateauState = field(default_factory=PlateauState)
+    diverged_step: int | None = None
+    stopped_early: bool = False
+
+
+def easiness_order(X: np.ndarray, y: np.ndarray, task: str, n_classes: int) -> np.ndarray:
+    """Training rows from easiest to hardest, for curriculum stages.
+
+    "Easy" is judged by a reference model that needs no training loop: a ridge regression fitted in
+    closed form on the clean training split (one-hot targets for classes). A row is easier the smaller
+    its reference loss: for classes, the larger the margin of its true class over the best other
+    class; for regression, the smaller its squared residual. Ties keep file order.
+    """
+    A = np.hstack([X.astype(np.float64), np.ones((len(X), 1))])
+    T = np.eye(n_classes)[y] if task == "classification" else y.reshape(-1, 1).astype(np.float64)
+    W = np.linalg.solve(A.T @ A + 1e-3 * np.eye(A.shape[1]), A.T @ T)
+    scores = A @ W
+    if task == "classification":
+        true = scores[np.arange(len(y)), y]
+        scores[np.arange(len(y)), y] = -np.inf
+        difficulty = -(true - scores.max(axis=1))
+    else:
+        difficulty = (scores[:, 0] - y) ** 2
+    return np.argsort(difficulty, kind="stable")
+
+
+class Trainer:
+    def __init__(self, spec: JobSpec, data: Prepared, recorder: Recorder, device: torch.device) -> None:
+        self.spec = spec
+        self.data = data
+        self.recorder = recorder
+        self.device = device
+        self.model = build_model(
+            spec.model, data.X_train.shape[1], data.n_outputs, data.input_shape, spec.seed
+        ).to(device)
+        self.n_params = count_parameters(self.model)
+        self.weights = [p for _, p in weight_parameters(self.model)]
+        self.weight_names: list[str] = []
+        self.trainable: list[nn.Parameter] = []
+        self.weight_slots: list[int] = []
+        self.optimizer = self.reset_optimizer()
+        self.state = TrainState()
+        # Batch order and gradient noise draw from their own generators so they replay on resume.
+        self.order_gen = torch.Generator().manual_seed(spec.seed)
+        self.noise_gen = torch.Generator(device=device).manual_seed(spec.seed + 1)
+        self.train_X = self._tensor(data.X_train)
+        self.train_y = self._target(data.y_train)
+        self.eval_sets = {
+            split: (self._tensor(X), self._target(y))
+            for split, X, y in (
+                ("train", data.X_train, data.y_train),
+                ("val", data.X_val, data.y_val),
+                ("test", data.X_test, data.y_test),
+            )
+            if len(y) > 0
+        }
+        self.stages = self._build_stages()
+        self.timing = {"epoch_seconds": 0.0, "updates": 0}
+
+    # ----- setup -------------------------------------------------------------------------------
+    def reset_optimizer(self) -> torch.optim.Optimizer:
+        """(Re)build the optimizer over the trainable parameters; call after freezing layers."""
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        slot = {id(p): i for i, p in enumerate(self.trainable)}
+        # Positions of the weight tensors among the gradients, for per-layer gradient norms.
+        self.weight_slots = [slot[id(w)] for w in self.weights if id(w) in slot]
+        self.weight_names = [n for n, w in weight_parameters(self.model) if id(w) in slot]
+        self.optimizer = make_optimizer(self.spec, self.trainable)
+        return self.optimizer
+
+    def _tensor(self, X: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(X), dtype=torch.float32, device=self.device)
+
+    def _target(self, y: np.ndarray) -> torch.Tensor:
+        if self.data.task == "classification":
+            return torch.as_tensor(y, dtype=torch.long, device=self.device)
+        return torch.as_tensor(y, dtype=torch.float32, device=self.device).reshape(-1, 1)
+
+    def _build_stages(self) -> list[Stage]:
+        if not self.spec.curriculum:
+            return [Stage(0, 0, self.spec.epochs, self.train_X, self.train_y, None)]
+        order = easiness_order(self.data.X_train, self.data.y_train, self.data.task, self.data.n_classes)
+        stages, first = [], 0
+        for i, cfg in enumerate(self.spec.curriculum):
+            stages.append(self._stage(i, first, cfg, order))
+            first += cfg.epochs
+        return stages
+
+    def _stage(self, index: int, first: int, cfg: CurriculumStage, order: np.ndarray) -> Stage:
+        keep = np.sort(order[: max(1, int(round(cfg.fraction * len(order))))])
+        rng = np.random.default_rng(self.spec.seed + 100 + index)
+        n_classes = self.data.n_classes if self.data.task == "classification" else 0
+        y = corrupt_labels(self.data.y_train[keep], cfg.label_noise, n_classes, rng)
+        X = add_input_noise(self.data.X_train[keep], cfg.input_noise, rng)
+        return Stage(index, first, cfg.epochs, self._tensor(X), self._target(y), cfg.lr)
+
+    def stage_at(self, epoch: int) -> Stage:
+        for stage in self.stages:
+            if epoch < stage.first_epoch + stage.epochs:
+                return stage
+        return self.stages[-1]
+
+    # ----- the loss ----------------------------------------------------------------------------
+    def data_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.data.task == "classification":
+            return F.cross_entropy(out, y)
+        return F.mse_loss(out, y)
+
+    def l2_penalty(self) -> torch.Tensor:
+        """½γΣw² over weights only (biases and norm parameters excluded, see nets.weight_parameters)."""
+        return 0.5 * self.spec.regularization.l2 * sum(w.pow(2).sum() for w in self.weights)
+
+    # ----- one epoch ---------------------------------------------------------------------------
+    def batch_order(self, n: int) -> torch.Tensor:
+        if self.spec.data.shuffle:
+            return torch.randperm(n, generator=self.order_gen).to(self.device)
+        return torch.arange(n, device=self.device)
+
+    def add_gradient_noise(self, step: int) -> None:
+        """g ← g + N(0, σ_t²) with σ_t = c / (1 + t)^r, t the global step."""
+        noise = self.spec.regularization.gradient_noise
+        sigma = noise.c / (1 + step) ** noise.r
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.add_(
+                    torch.randn(p.grad.shape, generator=self.noise_gen, device=self.device), alpha=sigma
+                )
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        stage = self.stage_at(epoch)
+        bs = self.spec.batch_size
+        n = len(stage.y)
+        n_steps = math.ceil(n / bs)
+        order = self.batch_order(n)
+        losses = torch.zeros(n_steps, device=self.device)
+        grad_norms = torch.zeros(n_steps, device=self.device)
+        layer_sq = torch.zeros(len(self.weights), device=self.device)
+        lrs: list[float] = []
+        use_l2 = self.spec.regularization.l2 > 0
+        noise_on = self.spec.regularization.gradient_noise.c > 0
+        clip = self.spec.regularization.grad_clip
+        params = self.trainable
+        self.model.train()
+        for i in range(n_steps):
+            reason = self.recorder.stop_reason()
+            if reason:
+                raise StopTraining(reason)
+            lr = self.lr_for(epoch + i / n_steps, stage)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            lrs.append(lr)
+            idx = order[i * bs : (i + 1) * bs]
+            loss = self.data_loss(self.model(stage.X[idx]), stage.y[idx])
+            total = loss + self.l2_penalty() if use_l2 else loss
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if noise_on:
+                self.add_gradient_noise(self.state.step)
+            grads = [p.grad for p in params if p.grad is not None]
+            norms = torch._foreach_norm(grads)
+            grad_norms[i] = torch.linalg.vector_norm(torch.stack(norms))
+            layer_sq += torch.stack([norms[j] for j in self.weight_slots]).square()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            self.optimizer.step()
+            losses[i] = loss.detach()
+            self.state.step += 1
+        return {"stage": stage, "losses": losses, "grad_norms": grad_norms, "layer_sq": layer_sq, "lrs": lrs}
+
+    def lr_for(self, epoch: float, stage: Stage) -> float:
+        base = stage.lr if stage.lr is not None else self.spec.optimizer.lr
+        return learning_rate(self.spec.schedule, base, epoch, self.spec.epochs, self.state.plateau)
+
+    # ----- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Loss (and accuracy) of every split in eval mode: dropout off, norm layers on running stats."""
+        self.model.eval()
+        names, values = [], []
+        for split, (X, y) in self.eval_sets.items():
+            loss_sum = torch.zeros((), device=self.device)
+            correct = torch.zeros((), device=self.device)
+            for start in range(0, len(y), 8192):
+                out = self.model(X[start : start + 8192])
+                target = y[start : start + 8192]
+                if self.data.task == "classification":
+                    loss_sum += F.cross_entropy(out, target, reduction="sum")
+                    correct += (out.argmax(1) == target).sum()
+                else:
+                    loss_sum += F.mse_loss(out, target, reduction="sum")
+            names.append(f"{split}/loss")
+            values.append(loss_sum / len(y))
+            if self.data.task == "classification":
+                names.append(f"{split}/accuracy")
+                values.append(correct / len(y))
+        if self.spec.regularization.l2 > 0:
+            names.append("train/l2_penalty")
+            values.append(self.l2_penalty())
+        return dict(zip(names, torch.stack(values).tolist(), strict=True))
+
+    # ----- the run -----------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train from ``self.state`` (fresh or restored) to the end; returns the summary."""
+        spec = self.spec
+        if self.state.epoch == 0 and self.state.step == 0:
+            self.log_epoch(0, self.evaluate(), None, 0.0)
+            self.recorder.epoch_end(0, 0, self.progress(0, None))
+        while self.state.epoch < spec.epochs and not self.state.stopped_early:
+            epoch = self.state.epoch
+            start = time.perf_counter()
+            first_step = self.state.step
+            result = self.train_epoch(epoch)
+            metrics = self.evaluate()
+            seconds = time.perf_counter() - start
+            self.state.epoch = epoch + 1
+            self.timing["epoch_seconds"] += seconds
+            self.timing["updates"] += self.state.step - first_step
+            self.log_steps(first_step, result)
+            self.log_epoch(self.state.epoch, metrics, result, seconds)
+            if self.check_divergence(first_step, result, metrics):
+                break
+            self.after_epoch(metrics)
+        return self.finish()
+
+    def check_divergence(self, first_step: int, result: dict[str, Any], metrics: dict[str, float]) -> bool:
+        losses = result["losses_host"]
+        bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
+        if not bad and all(math.isfinite(v) for v in metrics.values()):
+            return False
+        self.state.diverged_step = first_step + (bad[0] + 1 if bad else len(losses))
+        self.recorder.epoch_end(self.state.epoch, self.state.step, self.progress(self.state.epoch, metrics))
+        return True
+
+    def after_epoch(self, metrics: dict[str, float]) -> None:
+        """Model selection, schedule, early stopping and checkpoints, all on validation loss."""
+        epoch, spec = self.state.epoch, self.spec
+        val = metrics.get("val/loss", metrics["train/loss"])
+        improved = val < self.state.best_val - (
+            spec.regularization.early_stopping.min_delta if spec.regularization.early_stopping else 0.0
+        )
+        if improved:
+            self.state.best_val, self.state.best_epoch, self.state.bad_epochs = val, epoch, 0
+        else:
+            self.state.bad_epochs += 1
+        if spec.schedule.name == "plateau":
+            self.state.plateau.update(spec.schedule, val)
+        es = spec.regularization.early_stopping
+        if es and self.state.bad_epochs >= es.patience:
+            self.state.stopped_early = True
+        if improved and spec.checkpoints.keep_best:
+            self.recorder.save_checkpoint("best", epoch, self.state.step, val, self.checkpoint_bytes())
+        if epoch % spec.checkpoints.every_epochs == 0 and epoch < spec.epochs:
+            self.recorder.save_checkpoint("periodic", epoch, self.state.step, val, self.checkpoint_bytes())
+        hessian = spec.analysis.hessian
+        if (
+            hessian.enabled
+            and hessian.every_epochs
+            and epoch % hessian.every_epochs == 0
+            and epoch < spec.epochs
+        ):
+            self.recorder.analyze(self, epoch, "periodic")
+        self.recorder.epoch_end(epoch, self.state.step, self.progress(epoch, metrics))
+
+    def finish(self) -> dict[str, Any]:
+        epoch = self.state.epoch
+        val = None if self.state.diverged_step else self.state.best_val
+        self.recorder.save_checkpoint("last", epoch, self.state.step, val, self.checkpoint_bytes())
+        if self.spec.analysis.hessian.enabled and self.state.diverged_step is None:
+            self.recorder.analyze(self, epoch, "final")
+        return self.summary()
+
+    # ----- logging -----------------------------------------------------------------------------
+    def log_steps(self, first_step: int, result: dict[str, Any]) -> None:
+        """Per-update series: learning rate, minibatch loss and gradient norm (one device read)."""
+        host = torch.stack([result["losses"], result["grad_norms"]]).tolist()
+        result["losses_host"], result["grad_norms_host"] = host
+        epoch0 = self.state.epoch - 1
+        n = len(result["lrs"])
+        points = []
+        for i, (lr, loss, gnorm) in enumerate(zip(result["lrs"], *host, strict=True)):
+            step, ep = first_step + i + 1, epoch0 + (i + 1) / n
+            points += [
+                Point("train/lr", step, ep, lr),
+                Point("train/batch_loss", step, ep, loss),
+                Point("train/batch_grad_norm", step, ep, gnorm),
+            ]
+        self.recorder.log(points)
+
+    def log_epoch(
+        self, epoch: int, metrics: dict[str, float], result: dict[str, Any] | None, seconds: float
+    ) -> None:
+        step = self.state.step
+        values = dict(metrics)
+        if result is not None:
+            losses = np.asarray(result["losses_host"])
+            gnorms = np.asarray(result["grad_norms_host"])
+            finite = losses[np.isfinite(losses)]
+            values |= {
+                "train/data_loss": float(finite.mean()) if len(finite) else math.nan,
+                "train/batch_loss_std": float(finite.std()) if len(finite) else math.nan,
+                "train/grad_norm": float(gnorms.mean()),
+                "train/lr_epoch": result["lrs"][-1],
+                "curriculum/stage": float(result["stage"].index),
+                "time/epoch_seconds": seconds,
+                "time/update_ms": 1000 * seconds / max(1, len(losses)),
+            }
+            layer_norms = (result["layer_sq"] / max(1, len(losses))).sqrt().tolist()
+            values |= {f"grad/{name}": v for name, v in zip(self.weight_names, layer_norms, strict=True)}
+        self.recorder.log([Point(name, step, float(epoch), v) for name, v in values.items()])
+
+    def progress(self, epoch: int, metrics: dict[str, float] | None) -> dict[str, Any]:
+        elapsed = self.timing["epoch_seconds"]
+        done = max(1, epoch)
+        eta = elapsed / done * (self.spec.epochs - epoch) if epoch else None
+        out: dict[str, Any] = {
+            "epoch": epoch,
+            "epochs": self.spec.epochs,
+            "step": self.state.step,
+            "fraction": epoch / self.spec.epochs,
+            "eta_seconds": eta,
+        }
+        if metrics:
+            out |= {
+                k.replace("/", "_"): v
+                for k, v in metrics.items()
+                if k.endswith("loss") or k.endswith("accuracy")
+            }
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        updates = max(1, self.timing["updates"])
+        out: dict[str, Any] = {
+            "epochs_run": self.state.epoch,
+            "steps": self.state.step,
+            "best_epoch": self.state.best_epoch,
+            "best_val_loss": self.state.best_val if math.isfinite(self.state.best_val) else None,
+            "stopped_early": self.state.stopped_early,
+            "diverged_step": self.state.diverged_step,
+            "n_parameters": self.n_params,
+            "device": str(self.device),
+            "seconds_per_epoch": self.timing["epoch_seconds"] / max(1, self.state.epoch),
+            "ms_per_update": 1000 * self.timing["epoch_seconds"] / updates,
+            "data": self.data.info,
+        }
+        return out
+
+    # ----- checkpoints -------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "order_rng": self.order_gen.get_state(),
+            "noise_rng": self.noise_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "position": {"epoch": s.epoch, "step": s.step},
+            "train_state": {
+                "best_val": s.best_val,
+                "best_epoch": s.best_epoch,
+                "bad_epochs": s.bad_epochs,
+                "plateau": s.plateau.to_dict(),
+                "stopped_early": s.stopped_early,
+            },
+            "scaler": self.data.scaler.to_dict(),
+            "arch": describe_architecture(self.model),
+        }
+
+    def checkpoint_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(self.checkpoint_state(), buffer)
+        return buffer.getvalue()
+
+    def restore(self, payload: bytes) -> None:
+        """Resume exactly where a checkpoint left off (same device and deterministic mode)."""
+        state = load_checkpoint(payload)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.order_gen.set_state(state["order_rng"])
+        self.noise_gen.set_state(state["noise_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        t = state["train_state"]
+        self.state = TrainState(
+            epoch=state["position"]["epoch"],
+            step=state["position"]["step"],
+            best_val=t["best_val"],
+            best_epoch=t["best_epoch"],
+            bad_epochs=t["bad_epochs"],
+            plateau=PlateauState(**t["plateau"]),
+            stopped_early=t["stopped_early"],
+        )
+
+
+def load_checkpoint(payload: bytes) -> dict[str, Any]:
+    """Checkpoints are loaded with weights_only=True: a planted pickle cannot run code."""
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+
+
+def describe_architecture(model: nn.Module) -> dict[str, list[int]]:
+    return {name: list(t.shape) for name, t in model.state_dict().items()}
+
+
+def scaler_of(state: dict[str, Any]) -> Scaler:
+    return Scaler.from_dict(state["scaler"])
