@@ -62,3 +62,30 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def with_retries(work, attempts: int = 8, first_delay: float = 0.25):  # noqa: ANN001, ANN201
+    """Run ``work()`` (a whole transaction) again when the database connection drops.
+
+    Only connection-level errors are retried: a restarted Postgres or a dropped socket. Errors in the
+    statement itself are raised at once.
+    """
+    import time
+
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    delay = first_delay
+    for attempt in range(attempts):
+        try:
+            return work()
+        except OperationalError as exc:
+            if attempt == attempts - 1:
+                raise
+            last = exc
+        except DBAPIError as exc:
+            if not exc.connection_invalidated or attempt == attempts - 1:
+                raise
+            last = exc
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+    raise last  # pragma: no cover - the loop always returns or raises

@@ -23,6 +23,14 @@ BUILTIN_DATASETS = (
     "gaussian_regression",
 )
 
+# Parameters each generated dataset accepts, with their defaults (scikit-learn's make_* functions).
+GENERATOR_DEFAULTS: dict[str, dict[str, int | float]] = {
+    "moons": {"n_samples": 1000, "noise": 0.2},
+    "circles": {"n_samples": 1000, "noise": 0.1, "factor": 0.5},
+    "blobs": {"n_samples": 1000, "centers": 3, "n_features": 2, "cluster_std": 1.0},
+    "gaussian_regression": {"n_samples": 1000, "n_features": 10, "n_informative": 10, "noise": 0.1},
+}
+
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -64,9 +72,32 @@ class Data(Strict):
             f"unknown dataset {value!r}: use one of {', '.join(BUILTIN_DATASETS)} or an uploaded dataset id"
         )
 
+    @model_validator(mode="after")
+    def _params_fit_the_dataset(self) -> Data:
+        if not self.params:
+            return self
+        allowed = GENERATOR_DEFAULTS.get(self.dataset)
+        if allowed is None:
+            raise ValueError(f"params: {self.dataset} is not a generated dataset and takes no parameters")
+        unknown = sorted(set(self.params) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"params: unknown parameter(s) {unknown} for {self.dataset}; allowed: {sorted(allowed)}"
+            )
+        return self
+
     @field_validator("params")
     @classmethod
     def _bounded_generator_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        for key in ("noise", "cluster_std", "factor"):
+            v = params.get(key)
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1000
+            ):
+                raise ValueError(f"{key} must be a number from 0 to 1000")
+        c = params.get("centers")
+        if c is not None and (not isinstance(c, int) or not 2 <= c <= 1000):
+            raise ValueError("centers must be an integer from 2 to 1000")
         n = params.get("n_samples")
         if n is not None and (not isinstance(n, int) or not 10 <= n <= 1_000_000):
             raise ValueError("n_samples must be an integer from 10 to 1,000,000")

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn import datasets as skd
 from sklearn.model_selection import train_test_split
 
-from models.spec import Data
+from models.spec import GENERATOR_DEFAULTS, Data
 
 
 @dataclass
@@ -37,26 +37,11 @@ def _regression(X: np.ndarray, y: np.ndarray, **kw: Any) -> RawData:
     return RawData(X.astype(np.float32), y.astype(np.float32), "regression", 0, **kw)
 
 
-def _generator_params(params: dict[str, Any], allowed: dict[str, Any], seed: int) -> dict[str, Any]:
-    unknown = set(params) - set(allowed)
-    if unknown:
-        raise ValueError(f"data.params: unknown parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    return {**allowed, **params, "random_state": seed}
-
-
-GENERATORS: dict[str, tuple[Any, dict[str, Any], str]] = {
-    "moons": (skd.make_moons, {"n_samples": 1000, "noise": 0.2}, "classification"),
-    "circles": (skd.make_circles, {"n_samples": 1000, "noise": 0.1, "factor": 0.5}, "classification"),
-    "blobs": (
-        skd.make_blobs,
-        {"n_samples": 1000, "centers": 3, "n_features": 2, "cluster_std": 1.0},
-        "classification",
-    ),
-    "gaussian_regression": (
-        skd.make_regression,
-        {"n_samples": 1000, "n_features": 10, "n_informative": 10, "noise": 0.1},
-        "regression",
-    ),
+GENERATORS: dict[str, tuple[Any, str]] = {
+    "moons": (skd.make_moons, "classification"),
+    "circles": (skd.make_circles, "classification"),
+    "blobs": (skd.make_blobs, "classification"),
+    "gaussian_regression": (skd.make_regression, "regression"),
 }
 
 LOADERS = {
@@ -70,8 +55,9 @@ LOADERS = {
 
 def load_builtin(name: str, params: dict[str, Any], seed: int) -> RawData:
     if name in GENERATORS:
-        make, defaults, task = GENERATORS[name]
-        kwargs = _generator_params(params, defaults, seed)
+        make, task = GENERATORS[name]
+        # The spec has already refused unknown parameters (models.spec.GENERATOR_DEFAULTS).
+        kwargs = {**GENERATOR_DEFAULTS[name], **params, "random_state": seed}
         if name == "gaussian_regression":
             kwargs["n_informative"] = min(kwargs["n_informative"], kwargs["n_features"])
         X, y = make(**kwargs)[:2]

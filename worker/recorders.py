@@ -27,7 +27,9 @@ class MemoryRecorder:
     def stop_reason(self) -> str | None:
         return self._stop
 
-    def save_checkpoint(self, kind: str, epoch: int, step: int, val_loss: float | None, payload: bytes) -> None:
+    def save_checkpoint(
+        self, kind: str, epoch: int, step: int, val_loss: float | None, payload: bytes
+    ) -> None:
         self.checkpoints.append((kind, epoch, step, val_loss, payload))
 
     def analyze(self, trainer: Any, epoch: int, reason: str) -> None:

@@ -1,0 +1,74 @@
+"""The FastAPI application: routers, error shapes and request limits."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from api.routers import health, jobs
+from models.settings import get_settings
+
+log = logging.getLogger("saddle.api")
+
+
+def _field_path(loc: tuple | list) -> str:
+    # Drop the "body"/"query" prefix: users think in spec paths such as data.split.val.
+    parts = (
+        [str(p) for p in loc[1:]]
+        if loc and loc[0] in ("body", "query", "path", "header")
+        else list(map(str, loc))
+    )
+    return ".".join(parts) or "body"
+
+
+def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [
+        {"field": _field_path(e.get("loc", ())), "message": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return JSONResponse({"detail": summary, "errors": jsonable_encoder(errors)}, status_code=422)
+
+
+def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    if (
+        isinstance(exc, DBAPIError)
+        and not isinstance(exc, OperationalError)
+        and not exc.connection_invalidated
+    ):
+        raise exc
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return JSONResponse(
+        {"detail": "database unavailable, retry shortly"}, status_code=503, headers={"Retry-After": "2"}
+    )
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="Saddle",
+        version="1.0",
+        description="Training-job orchestration that diagnoses why a run went wrong.",
+    )
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(OperationalError, database_unavailable)
+    app.add_exception_handler(DBAPIError, database_unavailable)
+    max_bytes = get_settings().max_request_bytes
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_bytes:
+            return JSONResponse({"detail": f"request body over {max_bytes} bytes"}, status_code=413)
+        return await call_next(request)
+
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,42 @@
+"""Request-scoped dependencies: one database session per request and the caller's project."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException
+from sqlalchemy.orm import Session
+
+from api.auth import project_for_token
+from models.db import session_factory
+from models.tables import Project
+
+
+def get_session() -> Iterator[Session]:
+    """Commit when the handler returns, roll back when it raises."""
+    session = session_factory()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def current_project(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Project:
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    project = project_for_token(session, token.strip())
+    if project is None:
+        raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+    return project
+
+
+ProjectDep = Annotated[Project, Depends(current_project)]

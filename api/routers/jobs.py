@@ -1,0 +1,100 @@
+"""/v1/jobs: thin handlers over api.services.jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from sqlalchemy import select
+
+from api.deps import ProjectDep, SessionDep
+from api.schemas import CheckpointOut, DiagnosisOut, JobOut, JobPage, MetricsOut, SeriesOut, SpectrumOut
+from api.services import jobs as svc
+from models.metrics import read_series
+from models.settings import get_settings
+from models.spec import JobSpec
+from models.tables import Diagnosis
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+
+
+@router.post("", status_code=201, response_model=JobOut, responses={200: {"model": JobOut}})
+def submit_job(
+    spec: JobSpec,
+    session: SessionDep,
+    project: ProjectDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobOut:
+    job, created = svc.create_job(session, project, spec, idempotency_key)
+    if not created:
+        response.status_code = 200
+    return JobOut.model_validate(job)
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    session: SessionDep,
+    project: ProjectDep,
+    status: str | None = None,
+    name: str | None = None,
+    verdict: str | None = None,
+    sweep: str | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1)] = 50,
+) -> JobPage:
+    limit = min(limit, get_settings().max_page_size)
+    rows, next_cursor = svc.list_jobs(
+        session, project, status=status, name=name, verdict=verdict, sweep=sweep, cursor=cursor, limit=limit
+    )
+    return JobPage(items=[JobOut.model_validate(j) for j in rows], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: str, session: SessionDep, project: ProjectDep) -> JobOut:
+    return JobOut.model_validate(svc.get_job(session, project, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: str, session: SessionDep, project: ProjectDep) -> JobOut:
+    return JobOut.model_validate(svc.cancel_job(session, project, job_id))
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsOut)
+def get_metrics(
+    job_id: str,
+    session: SessionDep,
+    project: ProjectDep,
+    name: Annotated[list[str] | None, Query(description="series names, e.g. val/loss; repeatable")] = None,
+    split: Annotated[str | None, Query(description="only series of this split: train, val, test")] = None,
+    step_min: Annotated[int | None, Query(ge=0)] = None,
+    step_max: Annotated[int | None, Query(ge=0)] = None,
+    max_points: Annotated[int, Query(ge=2)] = 2000,
+) -> MetricsOut:
+    svc.get_job(session, project, job_id)
+    max_points = min(max_points, get_settings().max_metric_points)
+    series = read_series(
+        session, job_id, name, f"{split}/" if split else None, step_min, step_max, max_points
+    )
+    return MetricsOut(job_id=job_id, series=[SeriesOut(**vars(s)) for s in series])
+
+
+@router.get("/{job_id}/checkpoints", response_model=list[CheckpointOut])
+def list_checkpoints(job_id: str, session: SessionDep, project: ProjectDep) -> list[CheckpointOut]:
+    return [CheckpointOut.model_validate(c) for c in svc.list_checkpoints(session, project, job_id)]
+
+
+@router.get("/{job_id}/spectra", response_model=list[SpectrumOut])
+def list_spectra(job_id: str, session: SessionDep, project: ProjectDep) -> list[SpectrumOut]:
+    return [SpectrumOut.model_validate(s) for s in svc.list_spectra(session, project, job_id)]
+
+
+@router.get("/{job_id}/diagnoses", response_model=list[DiagnosisOut])
+def list_diagnoses(job_id: str, session: SessionDep, project: ProjectDep) -> list[DiagnosisOut]:
+    svc.get_job(session, project, job_id)
+    rows = session.scalars(
+        select(Diagnosis).where(Diagnosis.job_id == job_id).order_by(Diagnosis.kind.desc(), Diagnosis.id)
+    )
+    return [DiagnosisOut.model_validate(d) for d in rows]

@@ -1,0 +1,102 @@
+"""Response bodies. Request bodies are the shared pydantic models (models.spec)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    status: str
+    spec: dict[str, Any]
+    tags: dict[str, Any]
+    progress: dict[str, Any]
+    summary: dict[str, Any]
+    verdict: str | None
+    error: str | None
+    attempts: int
+    device: str | None
+    kind: str
+    sweep_id: str | None
+    parent_id: str | None
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class SeriesOut(BaseModel):
+    name: str
+    steps: list[int]
+    epochs: list[float]
+    values: list[float | None]
+    total_points: int
+    downsampled: bool
+    min: list[float | None] | None = None
+    max: list[float | None] | None = None
+
+
+class MetricsOut(BaseModel):
+    job_id: str
+    series: list[SeriesOut]
+
+
+class CheckpointOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    epoch: int
+    step: int
+    kind: str
+    val_loss: float | None
+    size_bytes: int
+    created_at: datetime
+
+
+class SpectrumOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    checkpoint_id: int | None
+    epoch: int
+    step: int
+    reason: str
+    method: str
+    samples: int
+    hvps: int
+    seconds: float
+    top: list[float]
+    bottom: list[float]
+    trace: float | None
+    trace_stderr: float | None
+    grad_norm: float
+    hg_norm: float | None
+    critical_point: dict[str, Any]
+    density: dict[str, Any] | None
+    has_escape_direction: bool
+    created_at: datetime
+
+
+class DiagnosisOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    code: str
+    kind: str
+    severity: str
+    confidence: float
+    evidence: dict[str, Any]
+    recommendation: str
+    patch: dict[str, Any]
+    provisional: bool
+    created_at: datetime

@@ -1,0 +1,179 @@
+"""Job operations as plain functions: each query carries the caller's project in its WHERE clause."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+from fastapi import HTTPException
+from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models.spec import JobSpec
+from models.tables import FINISHED_STATUSES, JOB_STATUSES, Checkpoint, Dataset, Job, Project, Spectrum, utcnow
+from worker.celery_app import enqueue_job
+
+log = logging.getLogger("saddle.api")
+
+
+def request_hash(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_datasets_exist(session: Session, project: Project, spec: JobSpec) -> None:
+    for field, value in (("data.dataset", spec.data.dataset), ("data.test_dataset", spec.data.test_dataset)):
+        if value is None or len(value) != 32:
+            continue
+        found = session.scalar(
+            select(Dataset.id).where(Dataset.id == value, Dataset.project_id == project.id)
+        )
+        if found is None:
+            raise HTTPException(422, f"{field}: no uploaded dataset {value} in this project")
+
+
+def create_job(
+    session: Session,
+    project: Project,
+    spec: JobSpec,
+    idempotency_key: str | None = None,
+    **links: Any,
+) -> tuple[Job, bool]:
+    """Insert the job row and enqueue it. Returns (job, created); an idempotent replay is not created."""
+    payload = spec.model_dump(mode="json")
+    digest = request_hash(payload)
+    if idempotency_key:
+        existing = find_by_idempotency_key(session, project, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest), False
+    check_datasets_exist(session, project, spec)
+    job = Job(
+        project_id=project.id,
+        name=spec.name,
+        spec=payload,
+        tags=dict(spec.tags),
+        status="queued",
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        **links,
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same key won the race
+        session.rollback()
+        existing = find_by_idempotency_key(session, project, idempotency_key or "")
+        if existing is None:
+            raise
+        return _replay(existing, digest), False
+    enqueue(job.id)
+    return job, True
+
+
+def _replay(job: Job, digest: str) -> Job:
+    if job.request_hash != digest:
+        raise HTTPException(422, "Idempotency-Key was already used with a different request body")
+    return job
+
+
+def find_by_idempotency_key(session: Session, project: Project, key: str) -> Job | None:
+    return session.scalars(
+        select(Job).where(Job.project_id == project.id, Job.idempotency_key == key)
+    ).one_or_none()
+
+
+def enqueue(job_id: str) -> None:
+    """Postgres holds the job; if the broker is away the reaper re-enqueues it later."""
+    try:
+        enqueue_job(job_id)
+    except Exception:
+        log.exception("could not enqueue job %s; it stays queued in the database", job_id)
+
+
+def get_job(session: Session, project: Project, job_id: str) -> Job:
+    job = session.scalars(select(Job).where(Job.id == job_id, Job.project_id == project.id)).one_or_none()
+    if job is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    return job
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(created), job_id
+    except Exception:
+        raise HTTPException(422, "cursor: not a cursor returned by this API") from None
+
+
+def list_jobs(
+    session: Session,
+    project: Project,
+    *,
+    status: str | None = None,
+    name: str | None = None,
+    verdict: str | None = None,
+    sweep: str | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[Job], str | None]:
+    stmt = select(Job).where(Job.project_id == project.id)
+    if status:
+        if status not in JOB_STATUSES:
+            raise HTTPException(422, f"status: must be one of {', '.join(JOB_STATUSES)}")
+        stmt = stmt.where(Job.status == status)
+    if name:
+        stmt = stmt.where(Job.name == name)
+    if verdict:
+        stmt = stmt.where(Job.verdict == verdict)
+    if sweep:
+        stmt = stmt.where(Job.sweep_id == sweep)
+    if cursor:
+        created, job_id = decode_cursor(cursor)
+        stmt = stmt.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+    rows = session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return list(rows[:limit]), next_cursor
+
+
+def cancel_job(session: Session, project: Project, job_id: str) -> Job:
+    job = session.scalars(
+        select(Job).where(Job.id == job_id, Job.project_id == project.id).with_for_update()
+    ).one_or_none()
+    if job is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    if job.status in FINISHED_STATUSES:
+        raise HTTPException(409, f"job {job_id} has already finished ({job.status})")
+    job.cancel_requested = True
+    if job.status == "queued":  # never started: it ends now, and a late delivery will skip it
+        job.status, job.finished_at = "cancelled", utcnow()
+    return job
+
+
+def list_checkpoints(session: Session, project: Project, job_id: str) -> list[Checkpoint]:
+    get_job(session, project, job_id)
+    return list(
+        session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step))
+    )
+
+
+def list_spectra(session: Session, project: Project, job_id: str) -> list[dict[str, Any]]:
+    get_job(session, project, job_id)
+    rows = session.scalars(
+        select(Spectrum).where(Spectrum.job_id == job_id).order_by(Spectrum.step, Spectrum.id)
+    )
+    return [
+        {
+            **{c.name: getattr(r, c.name) for c in Spectrum.__table__.columns},
+            "has_escape_direction": bool(r.escape_artifact),
+        }
+        for r in rows
+    ]

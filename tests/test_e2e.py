@@ -1,0 +1,71 @@
+"""End to end over real processes: HTTP → Postgres → Redis → Celery worker → Postgres → HTTP."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from saddle.client import Client
+from tests.conftest import tiny_spec
+
+pytestmark = pytest.mark.usefixtures("worker_process")
+
+
+def test_submitted_job_trains_and_reports_over_http(sdk: Client) -> None:
+    spec = tiny_spec(name="e2e", epochs=6, checkpoints={"every_epochs": 2, "keep_best": True})
+    job = sdk.submit(spec)
+    assert job["status"] == "queued"
+    seen_running = []
+    final = sdk.wait(job["id"], on_progress=lambda j: seen_running.append(j["status"]), timeout=180)
+    assert final["status"] == "succeeded", final["error"]
+    assert final["progress"]["epoch"] == 6 and final["progress"]["epochs"] == 6
+    assert final["summary"]["best_epoch"] >= 1 and final["attempts"] == 1
+
+    series = {s["name"]: s for s in sdk.metrics(job["id"])["series"]}
+    for split in ("train", "val", "test"):
+        assert len(series[f"{split}/loss"]["values"]) == 7  # epoch 0 (before training) and 6 epochs
+        assert len(series[f"{split}/accuracy"]["values"]) == 7
+    assert series["val/loss"]["values"][-1] < series["val/loss"]["values"][0]
+    assert len(series["train/grad_norm"]["values"]) == 6
+    steps_per_epoch = -(-final["summary"]["data"]["n_train"] // spec["batch_size"])
+    assert len(series["train/lr"]["values"]) == 6 * steps_per_epoch
+
+    kinds = sorted({c["kind"] for c in sdk.checkpoints(job["id"])})
+    assert kinds == ["best", "last", "periodic"]
+
+
+def test_metrics_filters_and_downsampling_over_http(sdk: Client) -> None:
+    job = sdk.wait(sdk.submit(tiny_spec(name="e2e-metrics", epochs=4, batch_size=4))["id"], timeout=180)
+    assert job["status"] == "succeeded", job["error"]
+    http = sdk.http
+    val_only = http.get(f"/v1/jobs/{job['id']}/metrics", params={"split": "val"}).json()["series"]
+    assert {s["name"] for s in val_only} == {"val/loss", "val/accuracy"}
+    lr = http.get(f"/v1/jobs/{job['id']}/metrics", params={"name": "train/lr", "max_points": 10}).json()[
+        "series"
+    ][0]
+    assert lr["downsampled"] and len(lr["values"]) == 10 and lr["total_points"] > 10
+    window = http.get(
+        f"/v1/jobs/{job['id']}/metrics", params={"name": "train/lr", "step_min": 5, "step_max": 9}
+    ).json()["series"][0]
+    assert window["steps"] == [5, 6, 7, 8, 9]
+
+
+def test_cancel_stops_a_running_job(sdk: Client) -> None:
+    spec = tiny_spec(name="e2e-cancel", epochs=2000, batch_size=1)
+    job = sdk.submit(spec)
+    deadline = time.monotonic() + 120
+    while sdk.job(job["id"])["status"] != "running":
+        assert time.monotonic() < deadline, "job never started"
+        time.sleep(0.2)
+    sdk.cancel(job["id"])
+    final = sdk.wait(job["id"], timeout=60)
+    assert final["status"] == "cancelled"
+    assert final["progress"].get("epoch", 0) < 2000
+
+
+def test_a_failing_job_ends_failed_with_its_error(sdk: Client) -> None:
+    # CNN needs image-shaped inputs; iris has none: a run-time error, reported on the job.
+    job = sdk.wait(sdk.submit(tiny_spec(name="e2e-fail", model={"arch": "cnn"}))["id"], timeout=120)
+    assert job["status"] == "failed"
+    assert "cnn needs image-shaped inputs" in job["error"]

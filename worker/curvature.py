@@ -1,0 +1,128 @@
+"""Hessian spectra of a running job, stored with the job (see worker.hessian for the mathematics).
+
+Spectra are taken every ``analysis.hessian.every_epochs``, at the end, and at the best checkpoint,
+on a fixed random subset of ``analysis.hessian.samples`` training rows, so spectra of one job compare
+across epochs.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy import select
+
+from models.artifacts import get_store, key_for_escape_direction
+from models.db import session_scope, with_retries
+from models.jsonsafe import json_safe
+from models.tables import Checkpoint, Spectrum
+from worker.hessian import classify_critical_point, spectrum
+from worker.lifecycle import Claim, fenced_update
+from worker.training import Trainer, load_checkpoint
+
+BATCH = 1024
+
+
+def analysis_batches(trainer: Trainer, samples: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    n = len(trainer.train_y)
+    rows = np.arange(n)
+    if samples < n:
+        rows = np.sort(np.random.default_rng(trainer.spec.seed + 7).choice(n, samples, replace=False))
+    index = torch.as_tensor(rows, device=trainer.device)
+    X, y = trainer.train_X[index], trainer.train_y[index]
+    return [(X[i : i + BATCH], y[i : i + BATCH]) for i in range(0, len(y), BATCH)]
+
+
+def measure(
+    trainer: Trainer, model: torch.nn.Module, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One spectrum of ``model`` on the job's analysis sample; returns the row's fields."""
+    h = trainer.spec.analysis.hessian.model_copy(update=settings or {})
+    batches = analysis_batches(trainer, h.samples)
+    result = spectrum(
+        model,
+        trainer.data_loss,
+        batches,
+        top_k=h.top_k,
+        bottom_k=h.bottom_k,
+        trace=h.trace,
+        density=h.density,
+        seed=trainer.spec.seed,
+    )
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    critical = classify_critical_point(result, lr=lr)
+    return {"result": result, "critical": critical, "samples": sum(len(b[1]) for b in batches)}
+
+
+def store(
+    claim: Claim,
+    epoch: int,
+    step: int,
+    reason: str,
+    measured: dict[str, Any],
+    checkpoint_id: int | None = None,
+) -> int:
+    result, critical = measured["result"], measured["critical"]
+    row_id: list[int] = []
+
+    def transaction() -> None:
+        with session_scope() as session:
+            if claim is not None:
+                fenced_update(session, claim)
+            row = Spectrum(
+                job_id=claim.job_id,
+                checkpoint_id=checkpoint_id,
+                epoch=epoch,
+                step=step,
+                reason=reason,
+                method=result.method,
+                samples=measured["samples"],
+                hvps=result.hvps,
+                seconds=result.seconds,
+                top=[float(v) for v in result.top],
+                bottom=[float(v) for v in result.bottom],
+                trace=_float_or_none(result.trace),
+                trace_stderr=_float_or_none(result.trace_stderr),
+                grad_norm=float(result.grad_norm),
+                hg_norm=_float_or_none(result.hg_norm),
+                critical_point=json_safe(critical),
+                density=json_safe(result.density),
+            )
+            session.add(row)
+            session.flush()
+            if result.escape_direction is not None:
+                key = key_for_escape_direction(claim.job_id, row.id)
+                buffer = io.BytesIO()
+                torch.save(torch.as_tensor(result.escape_direction).float().cpu(), buffer)
+                get_store().put_bytes(key, buffer.getvalue())
+                row.escape_artifact = key
+            row_id[:] = [row.id]
+
+    with_retries(transaction)
+    return row_id[0]
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def record_spectrum(claim: Claim, trainer: Trainer, epoch: int, reason: str) -> None:
+    store(claim, epoch, trainer.state.step, reason, measure(trainer, trainer.model))
+    if reason == "final":
+        record_best(claim, trainer)
+
+
+def record_best(claim: Claim, trainer: Trainer) -> None:
+    """At the end, also measure the best checkpoint (the weights a user would deploy)."""
+    with session_scope() as session:
+        best = session.scalars(
+            select(Checkpoint).where(Checkpoint.job_id == claim.job_id, Checkpoint.kind == "best")
+        ).one_or_none()
+    if best is None or best.epoch == trainer.state.epoch:
+        return
+    model = copy.deepcopy(trainer.model)
+    model.load_state_dict(load_checkpoint(get_store().get_bytes(best.artifact))["model"])
+    store(claim, best.epoch, best.step, "best", measure(trainer, model), checkpoint_id=best.id)

@@ -1,0 +1,129 @@
+"""Job state transitions, fenced by the attempt token.
+
+A worker claims a job by giving it a fresh attempt token; every later write of that worker names the
+token in its WHERE clause, so a worker that lost its claim (it stalled, the job was handed to another
+worker) finds zero rows updated and stops instead of overwriting a newer attempt.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+
+from models.db import session_scope, with_retries
+from models.jsonsafe import json_safe
+from models.settings import get_settings
+from models.tables import FINISHED_STATUSES, Job, new_id, utcnow
+
+MAX_ATTEMPTS = 3
+
+
+class LeaseLost(RuntimeError):
+    """This worker's attempt is no longer the current one; it must stop writing."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    token: str
+    attempt: int
+    spec: dict[str, Any]
+    project_id: str
+
+
+def heartbeat_is_fresh(job: Job) -> bool:
+    if job.heartbeat_at is None:
+        return False
+    beat = job.heartbeat_at if job.heartbeat_at.tzinfo else job.heartbeat_at.replace(tzinfo=utcnow().tzinfo)
+    return utcnow() - beat < timedelta(seconds=5 * get_settings().heartbeat_seconds)
+
+
+def claim(job_id: str) -> Claim | None:
+    """Take the job for this worker, or return None when it must not run here."""
+    with session_scope() as session:
+        job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
+        if job is None or job.status in FINISHED_STATUSES:
+            return None
+        now = utcnow()
+        if job.cancel_requested:  # cancelled while queued: it never starts
+            job.status, job.finished_at = "cancelled", now
+            return None
+        if job.status == "running" and heartbeat_is_fresh(job):
+            return None  # a live worker holds it; this is a duplicate delivery
+        if job.attempts >= MAX_ATTEMPTS:
+            job.status, job.finished_at = "failed", now
+            job.error = f"gave up after {job.attempts} attempts: each one ended with its worker lost"
+            return None
+        job.attempts += 1
+        job.attempt_token = new_id()
+        job.status, job.heartbeat_at, job.worker = "running", now, socket.gethostname()
+        job.started_at = job.started_at or now
+        return Claim(job.id, job.attempt_token, job.attempts, dict(job.spec), job.project_id)
+
+
+def fenced_update(session, claim: Claim, **values: Any) -> None:  # noqa: ANN001
+    result = session.execute(
+        update(Job).where(Job.id == claim.job_id, Job.attempt_token == claim.token).values(**values)
+    )
+    if result.rowcount == 0:
+        raise LeaseLost(f"job {claim.job_id}: attempt {claim.attempt} no longer holds the job")
+
+
+def finish(
+    claim: Claim, status: str, summary: dict[str, Any] | None = None, error: str | None = None
+) -> None:
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
+    if summary is not None:
+        values["summary"] = json_safe(summary)
+
+    def transaction() -> None:
+        with session_scope() as session:
+            fenced_update(session, claim, **values)
+
+    with_retries(transaction)
+
+
+class Heartbeat(threading.Thread):
+    """Beats every few seconds and turns cancel requests, lost leases and the time limit into a stop
+    reason that the training loop reads at each step without touching the database."""
+
+    def __init__(self, claim: Claim, max_minutes: float) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{claim.job_id[:8]}")
+        self.claim = claim
+        self.deadline = time.monotonic() + 60 * max_minutes
+        self.max_minutes = max_minutes
+        self.reason: str | None = None
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        interval = get_settings().heartbeat_seconds
+        while not self._done.wait(interval):
+            self.beat()
+
+    def beat(self) -> None:
+        if time.monotonic() > self.deadline:
+            self.reason = f"time limit of {self.max_minutes:g} minutes (resources.max_minutes) reached"
+            return
+        try:
+            with session_scope() as session:
+                row = session.execute(
+                    update(Job)
+                    .where(Job.id == self.claim.job_id, Job.attempt_token == self.claim.token)
+                    .values(heartbeat_at=utcnow())
+                    .returning(Job.cancel_requested)
+                ).first()
+        except Exception:  # a database blip: keep training, the next beat retries
+            return
+        if row is None:
+            self.reason = "lease lost: another attempt holds this job"
+        elif row[0]:
+            self.reason = "cancelled"
+
+    def stop(self) -> None:
+        self._done.set()

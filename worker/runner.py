@@ -1,0 +1,233 @@
+"""Run one job: claim it, prepare data and model, train with a database-backed recorder, finish.
+
+Called by the Celery task; also callable directly (tests, ``saddle run-local``).
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+import torch
+from sqlalchemy import delete, select
+
+from models.artifacts import get_store, key_for_checkpoint
+from models.db import session_scope, with_retries
+from models.jsonsafe import json_safe
+from models.metrics import Point, delete_after, write_points
+from models.settings import get_settings
+from models.spec import JobSpec
+from models.tables import Checkpoint, Dataset, utcnow
+from worker.data import Prepared, RawData, load_builtin, load_uploaded, prepare
+from worker.lifecycle import Claim, Heartbeat, LeaseLost, claim, fenced_update, finish
+from worker.training import StopTraining, Trainer, resolve_device
+
+log = logging.getLogger("saddle.worker")
+
+
+class DbRecorder:
+    """Buffers metric points and writes them with progress in one fenced transaction per epoch."""
+
+    def __init__(self, claim: Claim, heartbeat: Heartbeat) -> None:
+        self.claim = claim
+        self.heartbeat = heartbeat
+        self.buffer: list[Point] = []
+        self.flush_at = get_settings().metric_flush_points
+        self.store = get_store()
+        self.analysis_errors: list[str] = []
+
+    def log(self, points: list[Point]) -> None:
+        self.buffer.extend(points)
+        if len(self.buffer) >= self.flush_at:
+            self._write()
+
+    def epoch_end(self, epoch: int, step: int, progress: dict[str, Any]) -> None:
+        self._write(progress)
+
+    def _write(self, progress: dict[str, Any] | None = None) -> None:
+        points, self.buffer = self.buffer, []
+
+        def transaction() -> None:
+            with session_scope() as session:
+                values: dict[str, Any] = {"heartbeat_at": utcnow()}
+                if progress is not None:
+                    values["progress"] = json_safe(progress)
+                fenced_update(session, self.claim, **values)
+                write_points(session, self.claim.job_id, points)
+
+        with_retries(transaction)
+
+    def stop_reason(self) -> str | None:
+        return self.heartbeat.reason
+
+    def save_checkpoint(
+        self, kind: str, epoch: int, step: int, val_loss: float | None, payload: bytes
+    ) -> None:
+        key = key_for_checkpoint(self.claim.job_id, kind, epoch)
+        size = self.store.put_bytes(key, payload)
+        replaced: list[str] = []
+
+        def transaction() -> None:
+            with session_scope() as session:
+                fenced_update(session, self.claim, heartbeat_at=utcnow())
+                if kind in ("best", "last"):  # one of each is kept: the newest
+                    old = session.scalars(
+                        select(Checkpoint).where(
+                            Checkpoint.job_id == self.claim.job_id, Checkpoint.kind == kind
+                        )
+                    ).all()
+                    replaced[:] = [c.artifact for c in old if c.artifact != key]
+                    session.execute(
+                        delete(Checkpoint).where(
+                            Checkpoint.job_id == self.claim.job_id, Checkpoint.kind == kind
+                        )
+                    )
+                session.execute(
+                    delete(Checkpoint).where(
+                        Checkpoint.job_id == self.claim.job_id,
+                        Checkpoint.kind == kind,
+                        Checkpoint.epoch == epoch,
+                    )
+                )
+                session.add(
+                    Checkpoint(
+                        job_id=self.claim.job_id,
+                        epoch=epoch,
+                        step=step,
+                        kind=kind,
+                        artifact=key,
+                        val_loss=val_loss,
+                        size_bytes=size,
+                    )
+                )
+
+        with_retries(transaction)
+        for old_key in replaced:
+            self.store.delete(old_key)
+
+    def analyze(self, trainer: Trainer, epoch: int, reason: str) -> None:
+        """A spectrum that fails is reported in the summary; it never fails the training run."""
+        from worker.curvature import record_spectrum
+
+        self._write()  # the spectrum row refers to metrics already stored
+        try:
+            record_spectrum(self.claim, trainer, epoch, reason)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            log.exception("job %s: spectrum at epoch %d failed", self.claim.job_id, epoch)
+            self.analysis_errors.append(f"epoch {epoch} ({reason}): {type(exc).__name__}: {exc}")
+
+
+def load_raw(spec: JobSpec, dataset: str, project_id: str) -> RawData:
+    if dataset in {
+        "digits",
+        "iris",
+        "wine",
+        "breast_cancer",
+        "diabetes",
+        "moons",
+        "circles",
+        "blobs",
+        "gaussian_regression",
+    }:
+        return load_builtin(dataset, spec.data.params, spec.seed)
+    with session_scope() as session:
+        row = session.scalars(
+            select(Dataset).where(Dataset.id == dataset, Dataset.project_id == project_id)
+        ).one_or_none()
+        if row is None:
+            raise ValueError(f"dataset {dataset} not found in this project")
+        fmt, artifact, label, task = row.format, row.artifact, row.label, row.task
+    return load_uploaded(fmt, get_store().get_bytes(artifact), label, task)
+
+
+def prepare_data(spec: JobSpec, project_id: str) -> Prepared:
+    raw = load_raw(spec, spec.data.dataset, project_id)
+    test_raw = load_raw(spec, spec.data.test_dataset, project_id) if spec.data.test_dataset else None
+    return prepare(spec.data, raw, spec.seed, test_raw)
+
+
+def latest_checkpoint(job_id: str) -> tuple[Checkpoint | None, bytes | None]:
+    with session_scope() as session:
+        row = session.scalars(
+            select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc()).limit(1)
+        ).one_or_none()
+    if row is None:
+        return None, None
+    return row, get_store().get_bytes(row.artifact)
+
+
+def resume_if_possible(claim: Claim, trainer: Trainer) -> None:
+    """A re-delivered job continues from its newest checkpoint; points logged after it are dropped
+    so the resumed attempt re-logs them exactly once."""
+    if claim.attempt == 1:
+        return
+    row, payload = latest_checkpoint(claim.job_id)
+    if row is None or payload is None:
+        return
+    trainer.restore(payload)
+    with session_scope() as session:
+        fenced_update(session, claim, heartbeat_at=utcnow())
+        delete_after(session, claim.job_id, row.step)
+    log.info("job %s: attempt %d resumes from epoch %d", claim.job_id, claim.attempt, row.epoch)
+
+
+def configure_torch(spec: JobSpec) -> None:
+    threads = get_settings().torch_threads
+    if threads:
+        torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def run_job(job_id: str) -> str:
+    """Run a job to its end; returns the final status (or 'skipped' when it must not run here)."""
+    job_claim = claim(job_id)
+    if job_claim is None:
+        return "skipped"
+    spec = JobSpec.model_validate(job_claim.spec)
+    heartbeat = Heartbeat(job_claim, spec.resources.max_minutes)
+    heartbeat.start()
+    try:
+        return _train(job_claim, spec, heartbeat)
+    except LeaseLost as exc:
+        log.warning("%s", exc)
+        return "lease_lost"
+    finally:
+        heartbeat.stop()
+
+
+def _train(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
+    try:
+        configure_torch(spec)
+        device = resolve_device(spec.resources.device)
+        data = prepare_data(spec, job_claim.project_id)
+        recorder = DbRecorder(job_claim, heartbeat)
+        trainer = Trainer(spec, data, recorder, device)
+        with session_scope() as session:
+            fenced_update(session, job_claim, device=str(device))
+        resume_if_possible(job_claim, trainer)
+        summary = trainer.fit()
+        if recorder.analysis_errors:
+            summary["analysis_errors"] = recorder.analysis_errors
+    except StopTraining as stop:
+        if stop.reason == "cancelled":
+            finish(job_claim, "cancelled", error="cancelled by request")
+            return "cancelled"
+        if stop.reason.startswith("lease lost"):
+            raise LeaseLost(stop.reason) from None
+        finish(job_claim, "failed", error=stop.reason)
+        return "failed"
+    except LeaseLost:
+        raise
+    except Exception as exc:
+        log.exception("job %s failed", job_claim.job_id)
+        finish(job_claim, "failed", error=f"{type(exc).__name__}: {exc}\n{_short_trace()}")
+        return "failed"
+    finish(job_claim, "succeeded", summary=summary)
+    return "succeeded"
+
+
+def _short_trace() -> str:
+    return "".join(traceback.format_exc().splitlines(keepends=True)[-6:])
