@@ -125,7 +125,7 @@ def api_server(database: str) -> str:
     processes.stop(proc)
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def sdk(api_server: str, token: str):
     from saddle.client import Client
 

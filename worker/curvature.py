@@ -18,7 +18,7 @@ from sqlalchemy import select
 from models.artifacts import get_store, key_for_escape_direction
 from models.db import session_scope, with_retries
 from models.jsonsafe import json_safe
-from models.tables import Checkpoint, Spectrum
+from models.tables import Checkpoint, Spectrum, utcnow
 from worker.hessian import classify_critical_point, spectrum
 from worker.lifecycle import Claim, fenced_update
 from worker.training import Trainer, load_checkpoint
@@ -57,6 +57,25 @@ def measure(
     return {"result": result, "critical": critical, "samples": sum(len(b[1]) for b in batches)}
 
 
+def spectrum_fields(measured: dict[str, Any]) -> dict[str, Any]:
+    """The stored columns of a measured spectrum (also what in-memory runs keep)."""
+    result = measured["result"]
+    return {
+        "method": result.method,
+        "samples": measured["samples"],
+        "hvps": result.hvps,
+        "seconds": result.seconds,
+        "top": [float(v) for v in result.top],
+        "bottom": [float(v) for v in result.bottom],
+        "trace": _float_or_none(result.trace),
+        "trace_stderr": _float_or_none(result.trace_stderr),
+        "grad_norm": float(result.grad_norm),
+        "hg_norm": _float_or_none(result.hg_norm),
+        "critical_point": json_safe(measured["critical"]),
+        "density": json_safe(result.density),
+    }
+
+
 def store(
     claim: Claim,
     epoch: int,
@@ -65,31 +84,19 @@ def store(
     measured: dict[str, Any],
     checkpoint_id: int | None = None,
 ) -> int:
-    result, critical = measured["result"], measured["critical"]
+    result = measured["result"]
     row_id: list[int] = []
 
     def transaction() -> None:
         with session_scope() as session:
-            if claim is not None:
-                fenced_update(session, claim)
+            fenced_update(session, claim, heartbeat_at=utcnow())
             row = Spectrum(
                 job_id=claim.job_id,
                 checkpoint_id=checkpoint_id,
                 epoch=epoch,
                 step=step,
                 reason=reason,
-                method=result.method,
-                samples=measured["samples"],
-                hvps=result.hvps,
-                seconds=result.seconds,
-                top=[float(v) for v in result.top],
-                bottom=[float(v) for v in result.bottom],
-                trace=_float_or_none(result.trace),
-                trace_stderr=_float_or_none(result.trace_stderr),
-                grad_norm=float(result.grad_norm),
-                hg_norm=_float_or_none(result.hg_norm),
-                critical_point=json_safe(critical),
-                density=json_safe(result.density),
+                **spectrum_fields(measured),
             )
             session.add(row)
             session.flush()

@@ -265,6 +265,7 @@ def prepare(spec_data: Data, raw: RawData, seed: int, test_raw: RawData | None =
         "task": task,
         "data_task": raw.task,
         "feature_scale": feature_scale_summary(raw.X[train]),
+        "order": order_summary(raw.y[train], task == "classification" or raw.task == "classification"),
     }
     return Prepared(
         scaler.apply(X_train),
@@ -295,3 +296,22 @@ def feature_scale_summary(X: np.ndarray) -> dict[str, float]:
         "ratio": float(live.max() / live.min()),
         "max_abs_mean": float(np.abs(X.mean(axis=0)).max()),
     }
+
+
+def order_summary(y: np.ndarray, classes: bool) -> dict[str, float]:
+    """How ordered the training rows are in their own (file) order: what unshuffled training sees.
+
+    For classes: how often neighbours share a label, against what a random order gives (Σ p_k²).
+    For targets: the rank correlation of the target with the row position.
+    """
+    if len(y) < 3:
+        return {}
+    if classes:
+        y = y.astype(np.int64)
+        freq = np.bincount(y) / len(y)
+        return {
+            "adjacent_same_label": float(np.mean(y[1:] == y[:-1])),
+            "expected_at_random": float((freq**2).sum()),
+        }
+    ranks = np.argsort(np.argsort(y))
+    return {"rank_correlation_with_position": float(np.corrcoef(ranks, np.arange(len(y)))[0, 1])}

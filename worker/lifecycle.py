@@ -68,6 +68,8 @@ def claim(job_id: str) -> Claim | None:
 
 
 def fenced_update(session, claim: Claim, **values: Any) -> None:  # noqa: ANN001
+    """Update the job row only if this worker still holds the attempt; every write is also a beat."""
+    values.setdefault("heartbeat_at", utcnow())
     result = session.execute(
         update(Job).where(Job.id == claim.job_id, Job.attempt_token == claim.token).values(**values)
     )

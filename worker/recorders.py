@@ -8,7 +8,9 @@ from models.metrics import Point
 
 
 class MemoryRecorder:
-    def __init__(self, stop_after_epoch: int | None = None) -> None:
+    def __init__(self, stop_after_epoch: int | None = None, spectra: bool = False) -> None:
+        self.measure_spectra = spectra
+        self.spectra: list[dict[str, Any]] = []
         self.points: list[Point] = []
         self.progress: list[dict[str, Any]] = []
         self.checkpoints: list[tuple[str, int, int, float | None, bytes]] = []
@@ -34,6 +36,13 @@ class MemoryRecorder:
 
     def analyze(self, trainer: Any, epoch: int, reason: str) -> None:
         self.analyses.append((epoch, reason))
+        if self.measure_spectra:
+            from worker.curvature import measure, spectrum_fields
+
+            measured = measure(trainer, trainer.model)
+            self.spectra.append(
+                {"epoch": epoch, "step": trainer.state.step, "reason": reason, **spectrum_fields(measured)}
+            )
 
     def series(self, name: str) -> list[float]:
         return [p.value for p in self.points if p.name == name]

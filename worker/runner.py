@@ -20,6 +20,9 @@ from models.settings import get_settings
 from models.spec import JobSpec
 from models.tables import Checkpoint, Dataset, utcnow
 from worker.data import Prepared, RawData, load_builtin, load_uploaded, prepare
+from worker.diagnosis import diagnose_job
+from worker.diagnosis.reference import reference_scores
+from worker.finetune import initialize_from_parent
 from worker.lifecycle import Claim, Heartbeat, LeaseLost, claim, fenced_update, finish
 from worker.training import StopTraining, Trainer, resolve_device
 
@@ -205,10 +208,12 @@ def _train(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
         data = prepare_data(spec, job_claim.project_id)
         recorder = DbRecorder(job_claim, heartbeat)
         trainer = Trainer(spec, data, recorder, device)
+        parent = initialize_from_parent(trainer, job_claim.project_id)
+        reference = reference_scores(data, spec.seed)
         with session_scope() as session:
             fenced_update(session, job_claim, device=str(device))
         resume_if_possible(job_claim, trainer)
-        summary = trainer.fit()
+        summary = trainer.fit() | {"reference": reference, "init_from": parent}
         if recorder.analysis_errors:
             summary["analysis_errors"] = recorder.analysis_errors
     except StopTraining as stop:
@@ -226,7 +231,16 @@ def _train(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
         finish(job_claim, "failed", error=f"{type(exc).__name__}: {exc}\n{_short_trace()}")
         return "failed"
     finish(job_claim, "succeeded", summary=summary)
+    diagnose_safely(job_claim.job_id)
     return "succeeded"
+
+
+def diagnose_safely(job_id: str) -> None:
+    """The diagnosis reads what was stored; if it fails, the job stays succeeded without a verdict."""
+    try:
+        diagnose_job(job_id)
+    except Exception:
+        log.exception("job %s: diagnosis failed", job_id)
 
 
 def _short_trace() -> str:

@@ -115,7 +115,16 @@ def easiness_order(X: np.ndarray, y: np.ndarray, task: str, n_classes: int) -> n
     return np.argsort(difficulty, kind="stable")
 
 
+def _keep_output(store: dict[str, torch.Tensor], name: str):  # noqa: ANN202
+    def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        store[name] = output.detach()
+
+    return hook
+
+
 class Trainer:
+    UNIT_SAMPLE = 512  # training rows on which unit statistics are measured each epoch
+
     def __init__(self, spec: JobSpec, data: Prepared, recorder: Recorder, device: torch.device) -> None:
         self.spec = spec
         self.data = data
@@ -287,7 +296,34 @@ class Trainer:
         if self.spec.regularization.l2 > 0:
             names.append("train/l2_penalty")
             values.append(self.l2_penalty())
+        for name, value in self.unit_statistics().items():
+            names.append(name)
+            values.append(value)
         return dict(zip(names, torch.stack(values).tolist(), strict=True))
+
+    def unit_statistics(self) -> dict[str, torch.Tensor]:
+        """Per hidden layer: the fraction of dead units (never active on a fixed sample of training
+        rows) and of saturated units (a sigmoid/tanh output pinned near its limits on ≥ 90% of rows)."""
+        blocks = [(f"blocks.{i}", b) for i, b in enumerate(getattr(self.model, "blocks", []))]
+        if not blocks:
+            return {}
+        outputs: dict[str, torch.Tensor] = {}
+        hooks = [b.act.register_forward_hook(_keep_output(outputs, name)) for name, b in blocks]
+        try:
+            self.model(self.train_X[: self.UNIT_SAMPLE])
+        finally:
+            for h in hooks:
+                h.remove()
+        stats = {}
+        kind = self.spec.model.activation
+        for name, out in outputs.items():
+            if kind in ("relu", "leaky_relu", "gelu"):
+                stats[f"units/{name}/dead_fraction"] = (out <= 0).all(dim=0).float().mean()
+            if kind in ("sigmoid", "tanh"):
+                lo, hi = (0.02, 0.98) if kind == "sigmoid" else (-0.98, 0.98)
+                pinned = ((out < lo) | (out > hi)).float().mean(dim=0)
+                stats[f"units/{name}/saturated_fraction"] = (pinned >= 0.9).float().mean()
+        return stats
 
     # ----- the run -----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -296,6 +332,8 @@ class Trainer:
         if self.state.epoch == 0 and self.state.step == 0:
             self.log_epoch(0, self.evaluate(), None, 0.0)
             self.recorder.epoch_end(0, 0, self.progress(0, None))
+            if spec.analysis.hessian.enabled:  # curvature at init: the learning rate's stable limit
+                self.recorder.analyze(self, 0, "initial")
         while self.state.epoch < spec.epochs and not self.state.stopped_early:
             epoch = self.state.epoch
             start = time.perf_counter()
@@ -432,6 +470,7 @@ class Trainer:
             "seconds_per_epoch": self.timing["epoch_seconds"] / max(1, self.state.epoch),
             "ms_per_update": 1000 * self.timing["epoch_seconds"] / updates,
             "data": self.data.info,
+            "layer_sizes": {name: w.numel() for name, w in weight_parameters(self.model)},
         }
         return out
 

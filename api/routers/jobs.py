@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from api.deps import ProjectDep, SessionDep
 from api.schemas import CheckpointOut, DiagnosisOut, JobOut, JobPage, MetricsOut, SeriesOut, SpectrumOut
 from api.services import jobs as svc
+from api.services import remedies
 from models.metrics import read_series
 from models.settings import get_settings
 from models.spec import JobSpec
@@ -98,3 +100,33 @@ def list_diagnoses(job_id: str, session: SessionDep, project: ProjectDep) -> lis
         select(Diagnosis).where(Diagnosis.job_id == job_id).order_by(Diagnosis.kind.desc(), Diagnosis.id)
     )
     return [DiagnosisOut.model_validate(d) for d in rows]
+
+
+class RemedyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    findings: list[str] | None = Field(
+        None, description="codes whose fixes to apply; default: the verdict's fix"
+    )
+
+
+class RemedyOut(BaseModel):
+    job: JobOut
+    applied: list[str]
+    patch: dict[str, Any]
+
+
+@router.post("/{job_id}/remedy", status_code=201, response_model=RemedyOut)
+def remedy(
+    job_id: str,
+    session: SessionDep,
+    project: ProjectDep,
+    body: Annotated[RemedyRequest | None, Body()] = None,
+) -> RemedyOut:
+    job, what = remedies.create_remedy(session, project, job_id, body.findings if body else None)
+    return RemedyOut(job=JobOut.model_validate(job), **what)
+
+
+@router.get("/{job_id}/remedies")
+def list_remedies(job_id: str, session: SessionDep, project: ProjectDep) -> dict[str, Any]:
+    return remedies.compare_with_remedies(session, project, job_id)
