@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from api.routers import health, jobs
+from api.routers import datasets, health, jobs
 from models.settings import get_settings
 
 log = logging.getLogger("saddle.api")
@@ -68,6 +68,7 @@ def create_app() -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(datasets.router)
     return app
 
 
