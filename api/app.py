@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -10,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from api.routers import datasets, health, jobs
+from api.routers import datasets, health, jobs, studies
 from models.settings import get_settings
 
 log = logging.getLogger("saddle.api")
@@ -48,8 +50,22 @@ def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    """Each API process runs a reaper thread that re-queues jobs whose worker or broker was lost."""
+    from worker.reaper import Reaper
+
+    reaper = Reaper() if get_settings().reaper_seconds > 0 else None
+    if reaper:
+        reaper.start()
+    yield
+    if reaper:
+        reaper.stop()
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
+        lifespan=lifespan,
         title="Saddle",
         version="1.0",
         description="Training-job orchestration that diagnoses why a run went wrong.",
@@ -69,6 +85,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)
+    app.include_router(studies.router)
     return app
 
 

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
 
     # Worker behaviour.
     heartbeat_seconds: float = 2.0
+    # A running job whose heartbeat is older than this lost its worker; the reaper re-queues it.
+    stale_after_seconds: float = 30.0
+    reaper_seconds: float = 10.0  # how often the API's reaper looks (0 disables it)
+    max_attempts: int = 3  # deliveries that ended with the worker lost before a job is failed
     metric_flush_points: int = 5_000
     torch_threads: int = 0  # 0: share the cores between the worker's processes
 

@@ -49,6 +49,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reaper(args: argparse.Namespace) -> int:
+    from worker.reaper import Reaper
+
+    reaper = Reaper(args.interval)
+    print(f"reaper: every {reaper.interval:g} s (Ctrl-C stops)")
+    try:
+        while True:
+            reaper.once()
+            reaper._stop_event.wait(reaper.interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from migrations import run_upgrade
 
@@ -166,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loglevel", default="info")
     p.add_argument("--hostname", default="saddle@%h")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("reaper", help="re-queue jobs whose worker or broker was lost (the API runs one too)")
+    p.add_argument("--interval", type=float, default=None)
+    p.set_defaults(func=cmd_reaper)
 
     p = sub.add_parser("migrate", help="create or upgrade the database schema (alembic upgrade)")
     p.add_argument("--revision", default="head")

@@ -26,6 +26,8 @@ SERVICE_ENV = {
     "SADDLE_QUEUE": f"saddle-test-{RUN_ID}",
     "SADDLE_ARTIFACTS": str(TMP / "artifacts"),
     "SADDLE_HEARTBEAT_SECONDS": "0.5",
+    "SADDLE_STALE_AFTER_SECONDS": "6",
+    "SADDLE_REAPER_SECONDS": "1",
     "SADDLE_TORCH_THREADS": "1",
 }
 os.environ.update(SERVICE_ENV)

@@ -21,8 +21,6 @@ from models.jsonsafe import json_safe
 from models.settings import get_settings
 from models.tables import FINISHED_STATUSES, Job, new_id, utcnow
 
-MAX_ATTEMPTS = 3
-
 
 class LeaseLost(RuntimeError):
     """This worker's attempt is no longer the current one; it must stop writing."""
@@ -41,7 +39,7 @@ def heartbeat_is_fresh(job: Job) -> bool:
     if job.heartbeat_at is None:
         return False
     beat = job.heartbeat_at if job.heartbeat_at.tzinfo else job.heartbeat_at.replace(tzinfo=utcnow().tzinfo)
-    return utcnow() - beat < timedelta(seconds=5 * get_settings().heartbeat_seconds)
+    return utcnow() - beat < timedelta(seconds=get_settings().stale_after_seconds)
 
 
 def claim(job_id: str) -> Claim | None:
@@ -56,7 +54,7 @@ def claim(job_id: str) -> Claim | None:
             return None
         if job.status == "running" and heartbeat_is_fresh(job):
             return None  # a live worker holds it; this is a duplicate delivery
-        if job.attempts >= MAX_ATTEMPTS:
+        if job.attempts >= get_settings().max_attempts:
             job.status, job.finished_at = "failed", now
             job.error = f"gave up after {job.attempts} attempts: each one ended with its worker lost"
             return None

@@ -67,6 +67,9 @@ class DbRecorder:
     def save_checkpoint(
         self, kind: str, epoch: int, step: int, val_loss: float | None, payload: bytes
     ) -> None:
+        # Everything logged up to this checkpoint is stored before it: a resume from it must find
+        # the metrics of the epochs it does not replay.
+        self._write()
         key = key_for_checkpoint(self.claim.job_id, kind, epoch)
         size = self.store.put_bytes(key, payload)
         replaced: list[str] = []

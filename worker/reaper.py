@@ -1,0 +1,98 @@
+"""The reaper: no job is lost when a worker or the broker dies.
+
+Postgres is the source of truth and Redis only carries messages, so the reaper repairs the broker
+from the database:
+- a *running* job whose heartbeat is older than ``stale_after_seconds`` lost its worker (kill -9, a
+  dead machine): it goes back to *queued* with its attempt token cleared — which fences out the old
+  worker if it ever comes back — and is enqueued again; the next attempt resumes from its newest
+  checkpoint, and after ``max_attempts`` such losses the job is failed with the reason;
+- when the Redis server restarted (its run_id changed; it keeps nothing on disk), every *queued*
+  job is enqueued again. A duplicate message is harmless: a delivery that finds its job running
+  elsewhere or finished does nothing.
+
+It runs as a thread in each API process (conditional UPDATEs make several reapers safe) and as the
+``saddle reaper`` command. The module imports no torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from models.db import session_scope
+from models.settings import get_settings
+from models.tables import Job, utcnow
+from worker.celery_app import enqueue_job
+
+log = logging.getLogger("saddle.reaper")
+
+
+def requeue_stale_running() -> list[str]:
+    cutoff = utcnow() - timedelta(seconds=get_settings().stale_after_seconds)
+    with session_scope() as session:
+        ids = session.scalars(
+            update(Job)
+            .where(Job.status == "running", Job.heartbeat_at < cutoff)
+            .values(status="queued", attempt_token=None, heartbeat_at=None)
+            .returning(Job.id)
+        ).all()
+    for job_id in ids:
+        log.warning("job %s: worker lost (heartbeat older than cutoff); re-queued", job_id)
+        _enqueue(job_id)
+    return list(ids)
+
+
+def requeue_all_queued() -> int:
+    with session_scope() as session:
+        ids = session.scalars(select(Job.id).where(Job.status == "queued")).all()
+    for job_id in ids:
+        _enqueue(job_id)
+    return len(ids)
+
+
+def _enqueue(job_id: str) -> None:
+    try:
+        enqueue_job(job_id)
+    except Exception:  # the broker is away: the next round tries again
+        log.exception("could not enqueue job %s", job_id)
+
+
+def broker_identity() -> str | None:
+    """Redis's run_id changes on every restart; other brokers keep their messages on disk."""
+    url = get_settings().broker_url
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    try:
+        return str(redis.Redis.from_url(url, socket_timeout=2).info("server")["run_id"])
+    except Exception:
+        return None
+
+
+class Reaper(threading.Thread):
+    def __init__(self, interval: float | None = None) -> None:
+        super().__init__(daemon=True, name="saddle-reaper")
+        self.interval = interval if interval is not None else get_settings().reaper_seconds
+        self._stop_event = threading.Event()
+        self._broker_id: str | None = None
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            try:
+                self.once()
+            except Exception:  # the database is away: try again next round
+                log.exception("reaper round failed")
+
+    def once(self) -> None:
+        requeue_stale_running()
+        current = broker_identity()
+        if current and self._broker_id and current != self._broker_id:
+            log.warning("broker restarted (run_id changed); re-enqueued %d queued jobs", requeue_all_queued())
+        self._broker_id = current or self._broker_id
+
+    def stop(self) -> None:
+        self._stop_event.set()
