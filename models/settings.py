@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     max_metric_points: int = 100_000
     max_epochs: int = 10_000
     max_parameters: int = 50_000_000
+    max_data_bytes: int = 4 * 2**30
     max_request_bytes: int = 50 * 1024 * 1024
 
     # Worker behaviour.

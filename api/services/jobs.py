@@ -14,6 +14,8 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from models.budget import budget_problems
+from models.settings import get_settings
 from models.spec import JobSpec
 from models.tables import FINISHED_STATUSES, JOB_STATUSES, Checkpoint, Dataset, Job, Project, Spectrum, utcnow
 from worker.celery_app import enqueue_job
@@ -25,15 +27,29 @@ def request_hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def check_datasets_exist(session: Session, project: Project, spec: JobSpec) -> None:
+def check_datasets_exist(session: Session, project: Project, spec: JobSpec) -> tuple[int, int] | None:
+    """422 for an uploaded dataset id that is not this project's; returns (rows, features) of data.dataset."""
+    shape = None
     for field, value in (("data.dataset", spec.data.dataset), ("data.test_dataset", spec.data.test_dataset)):
         if value is None or len(value) != 32:
             continue
-        found = session.scalar(
-            select(Dataset.id).where(Dataset.id == value, Dataset.project_id == project.id)
-        )
-        if found is None:
+        row = session.execute(
+            select(Dataset.n_rows, Dataset.n_features).where(
+                Dataset.id == value, Dataset.project_id == project.id
+            )
+        ).first()
+        if row is None:
             raise HTTPException(422, f"{field}: no uploaded dataset {value} in this project")
+        if field == "data.dataset":
+            shape = (row[0], row[1])
+    return shape
+
+
+def check_budget(spec: JobSpec, uploaded: tuple[int, int] | None) -> None:
+    settings = get_settings()
+    problems = budget_problems(spec, settings.max_parameters, settings.max_data_bytes, uploaded)
+    if problems:
+        raise HTTPException(422, "; ".join(problems))
 
 
 def create_job(
@@ -50,7 +66,7 @@ def create_job(
         existing = find_by_idempotency_key(session, project, idempotency_key)
         if existing is not None:
             return _replay(existing, digest), False
-    check_datasets_exist(session, project, spec)
+    check_budget(spec, check_datasets_exist(session, project, spec))
     job = Job(
         project_id=project.id,
         name=spec.name,
