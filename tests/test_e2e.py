@@ -69,3 +69,27 @@ def test_a_failing_job_ends_failed_with_its_error(sdk: Client) -> None:
     job = sdk.wait(sdk.submit(tiny_spec(name="e2e-fail", model={"arch": "cnn"}))["id"], timeout=120)
     assert job["status"] == "failed"
     assert "cnn needs image-shaped inputs" in job["error"]
+
+
+def test_spectra_are_taken_during_training_and_on_demand(sdk: Client) -> None:
+    spec = tiny_spec(name="e2e-spectra", epochs=4, analysis={"hessian": {"every_epochs": 2, "samples": 64}})
+    job = sdk.wait(sdk.submit(spec)["id"], timeout=180)
+    assert job["status"] == "succeeded", job["error"]
+    spectra = sdk.spectra(job["id"])
+    reasons = [s["reason"] for s in spectra]
+    assert reasons[0] == "initial" and "periodic" in reasons and "final" in reasons
+    for s in spectra:
+        assert s["method"] in ("exact", "lanczos") and s["hvps"] >= 1 and s["seconds"] >= 0 and s["samples"] == 64
+        assert s["top"] == sorted(s["top"], reverse=True) and s["grad_norm"] >= 0
+        assert s["critical_point"]["class"] in ("not_critical", "local_minimum", "saddle", "local_maximum", "flat")
+    last = next(c for c in sdk.checkpoints(job["id"]) if c["kind"] == "last")
+    url = f"/v1/jobs/{job['id']}/checkpoints/{last['id']}/spectrum"
+    response = sdk.http.post(url, json={"top_k": 2, "bottom_k": 2, "density": True})
+    assert response.status_code == 202, response.text
+    assert sdk.http.post(f"/v1/jobs/{job['id']}/checkpoints/999999999/spectrum").status_code == 404
+    deadline = time.monotonic() + 120
+    while not (on_demand := [s for s in sdk.spectra(job["id"]) if s["reason"] == "on_demand"]):
+        assert time.monotonic() < deadline, "no on-demand spectrum"
+        time.sleep(0.5)
+    s = on_demand[0]
+    assert len(s["top"]) == 2 and len(s["bottom"]) == 2 and s["checkpoint_id"] == last["id"] and s["density"]

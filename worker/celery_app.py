@@ -12,6 +12,7 @@ from celery import Celery
 from models.settings import Settings, get_settings
 
 RUN_JOB = "saddle.run_job"
+ON_DEMAND_SPECTRUM = "saddle.on_demand_spectrum"
 # Redis re-delivers an unacked message after this long; jobs may run for days (resources.max_minutes
 # is bounded by a week), and the attempt token protects against an early second delivery anyway.
 VISIBILITY_TIMEOUT_SECONDS = 8 * 24 * 3600
@@ -56,3 +57,7 @@ app = make_celery()
 
 def enqueue_job(job_id: str) -> None:
     app.send_task(RUN_JOB, args=[job_id], queue=get_settings().queue)
+
+
+def enqueue_spectrum(job_id: str, checkpoint_id: int, settings: dict) -> None:
+    app.send_task(ON_DEMAND_SPECTRUM, args=[job_id, checkpoint_id, settings], queue=get_settings().queue)

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from models.artifacts import get_store, key_for_escape_direction
 from models.db import session_scope, with_retries
 from models.jsonsafe import json_safe
-from models.tables import Checkpoint, Spectrum, utcnow
+from models.tables import Checkpoint, Job, Spectrum
 from worker.hessian import classify_critical_point, spectrum
 from worker.lifecycle import Claim, fenced_update
 from worker.training import Trainer, load_checkpoint
@@ -77,21 +77,24 @@ def spectrum_fields(measured: dict[str, Any]) -> dict[str, Any]:
 
 
 def store(
-    claim: Claim,
+    job_id: str,
+    claim: Claim | None,
     epoch: int,
     step: int,
     reason: str,
     measured: dict[str, Any],
     checkpoint_id: int | None = None,
 ) -> int:
+    """Insert the spectrum row (and its escape direction); fenced when a training attempt writes it."""
     result = measured["result"]
     row_id: list[int] = []
 
     def transaction() -> None:
         with session_scope() as session:
-            fenced_update(session, claim, heartbeat_at=utcnow())
+            if claim is not None:
+                fenced_update(session, claim)
             row = Spectrum(
-                job_id=claim.job_id,
+                job_id=job_id,
                 checkpoint_id=checkpoint_id,
                 epoch=epoch,
                 step=step,
@@ -101,7 +104,7 @@ def store(
             session.add(row)
             session.flush()
             if result.escape_direction is not None:
-                key = key_for_escape_direction(claim.job_id, row.id)
+                key = key_for_escape_direction(job_id, row.id)
                 buffer = io.BytesIO()
                 torch.save(torch.as_tensor(result.escape_direction).float().cpu(), buffer)
                 get_store().put_bytes(key, buffer.getvalue())
@@ -117,7 +120,7 @@ def _float_or_none(value: Any) -> float | None:
 
 
 def record_spectrum(claim: Claim, trainer: Trainer, epoch: int, reason: str) -> None:
-    store(claim, epoch, trainer.state.step, reason, measure(trainer, trainer.model))
+    store(claim.job_id, claim, epoch, trainer.state.step, reason, measure(trainer, trainer.model))
     if reason == "final":
         record_best(claim, trainer)
 
@@ -132,4 +135,32 @@ def record_best(claim: Claim, trainer: Trainer) -> None:
         return
     model = copy.deepcopy(trainer.model)
     model.load_state_dict(load_checkpoint(get_store().get_bytes(best.artifact))["model"])
-    store(claim, best.epoch, best.step, "best", measure(trainer, model), checkpoint_id=best.id)
+    store(claim.job_id, claim, best.epoch, best.step, "best", measure(trainer, model), checkpoint_id=best.id)
+
+
+def on_demand_spectrum(job_id: str, checkpoint_id: int, settings: dict[str, Any]) -> int:
+    """A spectrum of a stored checkpoint with other settings (POST .../checkpoints/{id}/spectrum)."""
+    from models.spec import JobSpec
+    from worker.recorders import MemoryRecorder
+    from worker.runner import prepare_data
+    from worker.training import resolve_device
+
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        ckpt = session.get(Checkpoint, checkpoint_id)
+        if job is None or ckpt is None or ckpt.job_id != job_id:
+            raise LookupError(f"checkpoint {checkpoint_id} of job {job_id} not found")
+        spec, project_id, artifact, epoch, step = (
+            JobSpec.model_validate(job.spec),
+            job.project_id,
+            ckpt.artifact,
+            ckpt.epoch,
+            ckpt.step,
+        )
+    trainer = Trainer(
+        spec, prepare_data(spec, project_id), MemoryRecorder(), resolve_device(spec.resources.device)
+    )
+    trainer.model.load_state_dict(load_checkpoint(get_store().get_bytes(artifact))["model"])
+    return store(
+        job_id, None, epoch, step, "on_demand", measure(trainer, trainer.model, settings), checkpoint_id
+    )

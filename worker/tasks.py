@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-from worker.celery_app import RUN_JOB, app
+from worker.celery_app import ON_DEMAND_SPECTRUM, RUN_JOB, app
+from worker.curvature import on_demand_spectrum
 from worker.runner import run_job
+from worker.timing import BATCH_TIMING_TASK, run_study
 
 
 @app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True)
 def run_job_task(job_id: str) -> str:
     return run_job(job_id)
+
+
+@app.task(name=BATCH_TIMING_TASK, acks_late=True, reject_on_worker_lost=True)
+def batch_size_timing_task(job_id: str) -> str:
+    """A batch-size timing study (a Job row of kind "study"); see worker.timing."""
+    return run_study(job_id)
+
+
+@app.task(name=ON_DEMAND_SPECTRUM, acks_late=True, reject_on_worker_lost=True)
+def on_demand_spectrum_task(job_id: str, checkpoint_id: int, settings: dict) -> int:
+    return on_demand_spectrum(job_id, checkpoint_id, settings)

@@ -130,3 +130,34 @@ def remedy(
 @router.get("/{job_id}/remedies")
 def list_remedies(job_id: str, session: SessionDep, project: ProjectDep) -> dict[str, Any]:
     return remedies.compare_with_remedies(session, project, job_id)
+
+
+class SpectrumRequest(BaseModel):
+    """Settings for an on-demand spectrum; unset fields keep the job's analysis.hessian values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top_k: int | None = Field(None, ge=1, le=100)
+    bottom_k: int | None = Field(None, ge=0, le=100)
+    trace: bool | None = None
+    density: bool | None = None
+    samples: int | None = Field(None, ge=1, le=1_000_000)
+
+
+@router.post("/{job_id}/checkpoints/{checkpoint_id}/spectrum", status_code=202)
+def request_spectrum(
+    job_id: str,
+    checkpoint_id: int,
+    session: SessionDep,
+    project: ProjectDep,
+    body: Annotated[SpectrumRequest | None, Body()] = None,
+) -> dict[str, Any]:
+    settings = (body or SpectrumRequest()).model_dump(exclude_none=True)
+    svc.request_spectrum(session, project, job_id, checkpoint_id, settings)
+    return {
+        "status": "queued",
+        "job_id": job_id,
+        "checkpoint_id": checkpoint_id,
+        "settings": settings,
+        "result": f"/v1/jobs/{job_id}/spectra",
+    }

@@ -18,7 +18,7 @@ from models.budget import budget_problems
 from models.settings import get_settings
 from models.spec import JobSpec
 from models.tables import FINISHED_STATUSES, JOB_STATUSES, Checkpoint, Dataset, Job, Project, Spectrum, utcnow
-from worker.celery_app import enqueue_job
+from worker.celery_app import enqueue_job, enqueue_spectrum
 
 log = logging.getLogger("saddle.api")
 
@@ -193,3 +193,15 @@ def list_spectra(session: Session, project: Project, job_id: str) -> list[dict[s
         }
         for r in rows
     ]
+
+
+def request_spectrum(
+    session: Session, project: Project, job_id: str, checkpoint_id: int, settings: dict[str, Any]
+) -> None:
+    get_job(session, project, job_id)
+    found = session.scalar(
+        select(Checkpoint.id).where(Checkpoint.id == checkpoint_id, Checkpoint.job_id == job_id)
+    )
+    if found is None:
+        raise HTTPException(404, f"checkpoint {checkpoint_id} of job {job_id} not found")
+    enqueue_spectrum(job_id, checkpoint_id, settings)
