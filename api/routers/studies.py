@@ -1,0 +1,112 @@
+"""/v1/studies: measurements that are not training runs, stored as Job rows of their own kind.
+
+``POST /v1/studies/batch-size-timing`` times the spec's model and data on a worker's device over a
+list of batch sizes (see ``worker.timing``). The study is a Job with ``kind = "study"``: its spec is
+the base spec, its summary first holds the study's parameters and, when it succeeds, the curve under
+``batch_size_timing``; ``GET /v1/jobs/{id}`` shows it and ``POST /v1/jobs/{id}/cancel`` stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.deps import ProjectDep, SessionDep
+from api.schemas import JobOut
+from api.services.jobs import check_datasets_exist, find_by_idempotency_key, request_hash
+from models.settings import get_settings
+from models.spec import JobSpec
+from models.tables import Job, Project
+from worker.celery_app import app as celery_app
+
+log = logging.getLogger("saddle.api")
+router = APIRouter(prefix="/v1/studies", tags=["studies"])
+
+# Registered by worker/tasks.py as worker.timing.BATCH_TIMING_TASK; that module loads torch, which the
+# API never imports, so the name is repeated here (tests/test_batch_timing.py checks they agree).
+BATCH_TIMING_TASK = "saddle.batch_size_timing"
+MAX_BATCH_SIZES = 16
+MAX_STUDY_BATCH = 65_536
+
+
+class BatchTimingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    spec: JobSpec
+    batch_sizes: list[Annotated[int, Field(ge=1, le=MAX_STUDY_BATCH)]] = Field(
+        min_length=1, max_length=MAX_BATCH_SIZES
+    )
+    epochs: int = Field(2, ge=1, le=5, description="timed epochs per batch size (the median is reported)")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _distinct_ascending(cls, sizes: list[int]) -> list[int]:
+        return sorted(set(sizes))
+
+
+def create_batch_timing(
+    session: Session, project: Project, body: BatchTimingRequest, idempotency_key: str | None
+) -> tuple[Job, bool]:
+    payload = body.model_dump(mode="json")
+    digest = request_hash(payload)
+    if idempotency_key:
+        existing = find_by_idempotency_key(session, project, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest), False
+    check_datasets_exist(session, project, body.spec)
+    job = Job(
+        project_id=project.id,
+        name=body.spec.name or "batch-size-timing",
+        spec=payload["spec"],
+        tags=dict(body.spec.tags),
+        kind="study",
+        # The worker reads the study's parameters from here: the database, not the message, holds them.
+        summary={
+            "study": {"kind": "batch_size_timing", "batch_sizes": body.batch_sizes, "epochs": body.epochs}
+        },
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same key won the race
+        session.rollback()
+        existing = find_by_idempotency_key(session, project, idempotency_key or "")
+        if existing is None:
+            raise
+        return _replay(existing, digest), False
+    enqueue_study(job.id)
+    return job, True
+
+
+def _replay(job: Job, digest: str) -> Job:
+    if job.request_hash != digest:
+        raise HTTPException(422, "Idempotency-Key was already used with a different request body")
+    return job
+
+
+def enqueue_study(job_id: str) -> None:
+    try:
+        celery_app.send_task(BATCH_TIMING_TASK, args=[job_id], queue=get_settings().queue)
+    except Exception:  # the row stays queued; it can be sent again from the database
+        log.exception("could not enqueue study %s", job_id)
+
+
+@router.post("/batch-size-timing", status_code=201, response_model=JobOut, responses={200: {"model": JobOut}})
+def batch_size_timing(
+    body: BatchTimingRequest,
+    session: SessionDep,
+    project: ProjectDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+) -> JobOut:
+    job, created = create_batch_timing(session, project, body, idempotency_key)
+    if not created:
+        response.status_code = 200
+    return JobOut.model_validate(job)
