@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from api.routers import datasets, health, jobs, studies
+from api.schemas import ERROR_RESPONSES
 from models.settings import get_settings
 
 log = logging.getLogger("saddle.api")
@@ -83,9 +84,9 @@ def create_app() -> FastAPI:
         return await call_next(request)
 
     app.include_router(health.router)
-    app.include_router(jobs.router)
-    app.include_router(datasets.router)
-    app.include_router(studies.router)
+    app.include_router(jobs.router, responses=ERROR_RESPONSES)
+    app.include_router(datasets.router, responses=ERROR_RESPONSES)
+    app.include_router(studies.router, responses=ERROR_RESPONSES)
     return app
 
 

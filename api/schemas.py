@@ -100,3 +100,21 @@ class DiagnosisOut(BaseModel):
     patch: dict[str, Any]
     provisional: bool
     created_at: datetime
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+    type: str
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx/5xx body: a readable summary, and per-field errors for a 422 from validation."""
+
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (400, 401, 404, 409, 413, 422, 503)
+}

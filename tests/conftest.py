@@ -30,7 +30,9 @@ SERVICE_ENV = {
     "SADDLE_REAPER_SECONDS": "1",
     "SADDLE_TORCH_THREADS": "1",
 }
-os.environ.update(SERVICE_ENV)
+# The API processes the tests start run a reaper; the test process itself does not (its in-process
+# apps come and go, and a reaper outliving the session's database would only log noise).
+os.environ.update(SERVICE_ENV | {"SADDLE_REAPER_SECONDS": "0"})
 
 
 def _admin_execute(sql: str) -> None:
