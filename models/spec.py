@@ -223,6 +223,8 @@ class Hessian(Strict):
 class Analysis(Strict):
     hessian: Hessian = Field(default_factory=Hessian)
     probes: bool = False
+    # Per-step gradient norms, per-layer gradient norms and unit statistics: what the diagnosis reads.
+    diagnostics: bool = True
 
 
 class Resources(Strict):

@@ -7,6 +7,7 @@ to the numbers (database, memory) is the ``Recorder``'s business, so the loop is
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import time
@@ -115,9 +116,9 @@ def easiness_order(X: np.ndarray, y: np.ndarray, task: str, n_classes: int) -> n
     return np.argsort(difficulty, kind="stable")
 
 
-def _keep_output(store: dict[str, torch.Tensor], name: str):  # noqa: ANN202
+def _keep_output(store: dict[str, torch.Tensor], name: str, rows: int):  # noqa: ANN202
     def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-        store[name] = output.detach()
+        store[name] = output[:rows].detach()
 
     return hook
 
@@ -233,13 +234,13 @@ class Trainer:
         n_steps = math.ceil(n / bs)
         order = self.batch_order(n)
         losses = torch.zeros(n_steps, device=self.device)
-        grad_norms = torch.zeros(n_steps, device=self.device)
-        layer_sq = torch.zeros(len(self.weights), device=self.device)
+        norms_buf = torch.zeros(n_steps, len(self.trainable), device=self.device)
         lrs: list[float] = []
         use_l2 = self.spec.regularization.l2 > 0
         noise_on = self.spec.regularization.gradient_noise.c > 0
         clip = self.spec.regularization.grad_clip
         params = self.trainable
+        diagnostics = self.spec.analysis.diagnostics
         self.model.train()
         for i in range(n_steps):
             reason = self.recorder.stop_reason()
@@ -256,16 +257,26 @@ class Trainer:
             total.backward()
             if noise_on:
                 self.add_gradient_noise(self.state.step)
-            grads = [p.grad for p in params if p.grad is not None]
-            norms = torch._foreach_norm(grads)
-            grad_norms[i] = torch.linalg.vector_norm(torch.stack(norms))
-            layer_sq += torch.stack([norms[j] for j in self.weight_slots]).square()
+            if diagnostics:
+                self.gradient_statistics(params, i, norms_buf)
             if clip:
                 torch.nn.utils.clip_grad_norm_(params, clip)
             self.optimizer.step()
             losses[i] = loss.detach()
             self.state.step += 1
-        return {"stage": stage, "losses": losses, "grad_norms": grad_norms, "layer_sq": layer_sq, "lrs": lrs}
+        squares = norms_buf.square()
+        return {
+            "stage": stage,
+            "losses": losses,
+            "grad_norms": squares.sum(dim=1).sqrt(),
+            "layer_sq": squares[:, self.weight_slots].sum(dim=0),
+            "lrs": lrs,
+        }
+
+    def gradient_statistics(self, params: list[nn.Parameter], i: int, norms_buf: torch.Tensor) -> None:
+        """Per-tensor gradient norms of update ``i``, written into a device buffer (two kernels per
+        step; the totals and per-layer means are computed once at the end of the epoch)."""
+        torch.stack(torch._foreach_norm([p.grad for p in params if p.grad is not None]), out=norms_buf[i])
 
     def lr_for(self, epoch: float, stage: Stage) -> float:
         base = stage.lr if stage.lr is not None else self.spec.optimizer.lr
@@ -274,14 +285,18 @@ class Trainer:
     # ----- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Loss (and accuracy) of every split in eval mode: dropout off, norm layers on running stats."""
+        """Loss (and accuracy) of every split in eval mode: dropout off, norm layers on running stats.
+        Unit statistics ride along on the training split's first forward pass (no extra pass)."""
         self.model.eval()
         names, values = [], []
+        activations: dict[str, torch.Tensor] = {}
         for split, (X, y) in self.eval_sets.items():
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), device=self.device)
             for start in range(0, len(y), 8192):
-                out = self.model(X[start : start + 8192])
+                watch = split == "train" and start == 0 and self.spec.analysis.diagnostics
+                with self.capture_activations(activations) if watch else contextlib.nullcontext():
+                    out = self.model(X[start : start + 8192])
                 target = y[start : start + 8192]
                 if self.data.task == "classification":
                     loss_sum += F.cross_entropy(out, target, reduction="sum")
@@ -296,24 +311,28 @@ class Trainer:
         if self.spec.regularization.l2 > 0:
             names.append("train/l2_penalty")
             values.append(self.l2_penalty())
-        for name, value in self.unit_statistics().items():
+        for name, value in self.unit_statistics(activations).items():
             names.append(name)
             values.append(value)
         return dict(zip(names, torch.stack(values).tolist(), strict=True))
 
-    def unit_statistics(self) -> dict[str, torch.Tensor]:
-        """Per hidden layer: the fraction of dead units (never active on a fixed sample of training
-        rows) and of saturated units (a sigmoid/tanh output pinned near its limits on ≥ 90% of rows)."""
-        blocks = [(f"blocks.{i}", b) for i, b in enumerate(getattr(self.model, "blocks", []))]
-        if not blocks:
-            return {}
-        outputs: dict[str, torch.Tensor] = {}
-        hooks = [b.act.register_forward_hook(_keep_output(outputs, name)) for name, b in blocks]
+    @contextlib.contextmanager
+    def capture_activations(self, store: dict[str, torch.Tensor]):  # noqa: ANN201
+        """Keep the first UNIT_SAMPLE rows of each hidden layer's activation output."""
+        blocks = list(enumerate(getattr(self.model, "blocks", [])))
+        hooks = [
+            b.act.register_forward_hook(_keep_output(store, f"blocks.{i}", self.UNIT_SAMPLE))
+            for i, b in blocks
+        ]
         try:
-            self.model(self.train_X[: self.UNIT_SAMPLE])
+            yield
         finally:
             for h in hooks:
                 h.remove()
+
+    def unit_statistics(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per hidden layer: the fraction of dead units (never active on a fixed sample of training
+        rows) and of saturated units (a sigmoid/tanh output pinned near its limits on ≥ 90% of rows)."""
         stats = {}
         kind = self.spec.model.activation
         for name, out in outputs.items():
@@ -406,13 +425,12 @@ class Trainer:
         epoch0 = self.state.epoch - 1
         n = len(result["lrs"])
         points = []
+        diagnostics = self.spec.analysis.diagnostics
         for i, (lr, loss, gnorm) in enumerate(zip(result["lrs"], *host, strict=True)):
             step, ep = first_step + i + 1, epoch0 + (i + 1) / n
-            points += [
-                Point("train/lr", step, ep, lr),
-                Point("train/batch_loss", step, ep, loss),
-                Point("train/batch_grad_norm", step, ep, gnorm),
-            ]
+            points += [Point("train/lr", step, ep, lr), Point("train/batch_loss", step, ep, loss)]
+            if diagnostics:
+                points.append(Point("train/batch_grad_norm", step, ep, gnorm))
         self.recorder.log(points)
 
     def log_epoch(
@@ -427,14 +445,15 @@ class Trainer:
             values |= {
                 "train/data_loss": float(finite.mean()) if len(finite) else math.nan,
                 "train/batch_loss_std": float(finite.std()) if len(finite) else math.nan,
-                "train/grad_norm": float(gnorms.mean()),
                 "train/lr_epoch": result["lrs"][-1],
                 "curriculum/stage": float(result["stage"].index),
                 "time/epoch_seconds": seconds,
                 "time/update_ms": 1000 * seconds / max(1, len(losses)),
             }
-            layer_norms = (result["layer_sq"] / max(1, len(losses))).sqrt().tolist()
-            values |= {f"grad/{name}": v for name, v in zip(self.weight_names, layer_norms, strict=True)}
+            if self.spec.analysis.diagnostics:
+                values["train/grad_norm"] = float(gnorms.mean())
+                layer_norms = (result["layer_sq"] / max(1, len(losses))).sqrt().tolist()
+                values |= {f"grad/{name}": v for name, v in zip(self.weight_names, layer_norms, strict=True)}
         self.recorder.log([Point(name, step, float(epoch), v) for name, v in values.items()])
 
     def progress(self, epoch: int, metrics: dict[str, float] | None) -> dict[str, Any]:
