@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from api.deps import ProjectDep, SessionDep
 from api.schemas import CheckpointOut, DiagnosisOut, JobOut, JobPage, MetricsOut, SeriesOut, SpectrumOut
 from api.services import jobs as svc
-from api.services import remedies
+from api.services import query, remedies
 from models.metrics import read_series
 from models.settings import get_settings
 from models.spec import JobSpec
@@ -38,18 +38,26 @@ def submit_job(
 
 @router.get("", response_model=JobPage)
 def list_jobs(
+    request: Request,
     session: SessionDep,
     project: ProjectDep,
     status: str | None = None,
     name: str | None = None,
     verdict: str | None = None,
+    finding: Annotated[list[str] | None, Query(description="jobs with this finding code; repeatable")] = None,
     sweep: str | None = None,
+    tag: Annotated[list[str] | None, Query(description="key:value or key; repeatable")] = None,
+    created_after: str | None = None,
+    created_before: str | None = None,
+    sort: Annotated[str | None, Query(description="created_at or a dotted path, '-' for descending")] = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1)] = 50,
 ) -> JobPage:
+    """Filter by the named parameters and by any dotted spec./summary./progress. path with an optional
+    operator suffix (__lt, __lte, __gt, __gte, __ne, __in), e.g. `spec.optimizer.lr__lt=0.01`."""
     limit = min(limit, get_settings().max_page_size)
-    rows, next_cursor = svc.list_jobs(
-        session, project, status=status, name=name, verdict=verdict, sweep=sweep, cursor=cursor, limit=limit
+    rows, next_cursor = query.list_jobs(
+        session, project.id, list(request.query_params.multi_items()), cursor, limit
     )
     return JobPage(items=[JobOut.model_validate(j) for j in rows], next_cursor=next_cursor)
 

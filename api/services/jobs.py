@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
-from datetime import datetime
 from typing import Any
 
 from fastapi import HTTPException
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.budget import budget_problems
 from models.settings import get_settings
 from models.spec import JobSpec
-from models.tables import FINISHED_STATUSES, JOB_STATUSES, Checkpoint, Dataset, Job, Project, Spectrum, utcnow
+from models.tables import FINISHED_STATUSES, Checkpoint, Dataset, Job, Project, Spectrum, utcnow
 from worker.celery_app import enqueue_job, enqueue_spectrum
 
 log = logging.getLogger("saddle.api")
@@ -115,49 +113,6 @@ def get_job(session: Session, project: Project, job_id: str) -> Job:
     if job is None:
         raise HTTPException(404, f"job {job_id} not found")
     return job
-
-
-def encode_cursor(job: Job) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(created), job_id
-    except Exception:
-        raise HTTPException(422, "cursor: not a cursor returned by this API") from None
-
-
-def list_jobs(
-    session: Session,
-    project: Project,
-    *,
-    status: str | None = None,
-    name: str | None = None,
-    verdict: str | None = None,
-    sweep: str | None = None,
-    cursor: str | None = None,
-    limit: int = 50,
-) -> tuple[list[Job], str | None]:
-    stmt = select(Job).where(Job.project_id == project.id)
-    if status:
-        if status not in JOB_STATUSES:
-            raise HTTPException(422, f"status: must be one of {', '.join(JOB_STATUSES)}")
-        stmt = stmt.where(Job.status == status)
-    if name:
-        stmt = stmt.where(Job.name == name)
-    if verdict:
-        stmt = stmt.where(Job.verdict == verdict)
-    if sweep:
-        stmt = stmt.where(Job.sweep_id == sweep)
-    if cursor:
-        created, job_id = decode_cursor(cursor)
-        stmt = stmt.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
-    rows = session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return list(rows[:limit]), next_cursor
 
 
 def cancel_job(session: Session, project: Project, job_id: str) -> Job:

@@ -569,6 +569,8 @@ def overfitting(ev: Evidence, f: Facts) -> Finding | None:
     val, train = f.val_loss, f.train_loss
     if len(val) < 5 or not np.all(np.isfinite(val)):
         return None
+    if ev.summary.get("stopped_early"):
+        return None  # early stopping already ended the run near its best and kept that checkpoint
     best = int(np.argmin(val))
     rise = float(val[-1] - val[best])
     # Noise: how much the validation loss jitters from epoch to epoch after its best (the descent
