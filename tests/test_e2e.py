@@ -93,3 +93,17 @@ def test_spectra_are_taken_during_training_and_on_demand(sdk: Client) -> None:
         time.sleep(0.5)
     s = on_demand[0]
     assert len(s["top"]) == 2 and len(s["bottom"]) == 2 and s["checkpoint_id"] == last["id"] and s["density"]
+
+
+def test_compare_shows_spec_differences_and_aligned_curves(sdk: Client) -> None:
+    a = sdk.submit(tiny_spec(name="cmp-a", epochs=2))
+    b = sdk.submit(tiny_spec(name="cmp-b", epochs=3, batch_size=8))
+    for job in (a, b):
+        assert sdk.wait(job["id"], timeout=180)["status"] == "succeeded"
+    body = sdk.http.get("/v1/jobs/compare", params={"ids": f"{a['id']},{b['id']}"}).json()
+    assert set(body["spec_diff"]) == {"name", "epochs", "batch_size"}
+    assert body["spec_diff"]["batch_size"] == {a["id"]: 16, b["id"]: 8}
+    val = body["series"]["val/loss"]
+    assert val["epochs"] == [0.0, 1.0, 2.0, 3.0]
+    assert val["values"][a["id"]][-1] is None and val["values"][b["id"]][-1] is not None
+    assert sdk.http.get("/v1/jobs/compare", params={"ids": a["id"]}).status_code == 422

@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from api.deps import ProjectDep, SessionDep
 from api.schemas import CheckpointOut, DiagnosisOut, JobOut, JobPage, MetricsOut, SeriesOut, SpectrumOut
+from api.services import compare, query, remedies
 from api.services import jobs as svc
-from api.services import query, remedies
 from models.metrics import read_series
 from models.settings import get_settings
 from models.spec import JobSpec
@@ -60,6 +60,19 @@ def list_jobs(
         session, project.id, list(request.query_params.multi_items()), cursor, limit
     )
     return JobPage(items=[JobOut.model_validate(j) for j in rows], next_cursor=next_cursor)
+
+
+@router.get("/compare")
+def compare_jobs(
+    session: SessionDep,
+    project: ProjectDep,
+    ids: Annotated[str, Query(description="comma-separated job ids (2 to 20)")],
+    name: Annotated[
+        list[str] | None, Query(description="series to align; default losses and accuracies")
+    ] = None,
+) -> dict[str, Any]:
+    """Spec differences of several jobs and their per-epoch series aligned by epoch."""
+    return compare.compare(session, project, [i for i in ids.split(",") if i], name)
 
 
 @router.get("/{job_id}", response_model=JobOut)
