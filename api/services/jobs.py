@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api.services.finetune import check_init_from
 from models.budget import budget_problems
 from models.settings import get_settings
 from models.spec import JobSpec
@@ -65,6 +66,9 @@ def create_job(
         if existing is not None:
             return _replay(existing, digest), False
     check_budget(spec, check_datasets_exist(session, project, spec))
+    check_init_from(session, project, spec)
+    if spec.init_from is not None:
+        links.setdefault("parent_id", spec.init_from.job)  # the fine-tuned job records its parent
     job = Job(
         project_id=project.id,
         name=spec.name,
