@@ -107,3 +107,16 @@ def test_compare_shows_spec_differences_and_aligned_curves(sdk: Client) -> None:
     assert val["epochs"] == [0.0, 1.0, 2.0, 3.0]
     assert val["values"][a["id"]][-1] is None and val["values"][b["id"]][-1] is not None
     assert sdk.http.get("/v1/jobs/compare", params={"ids": a["id"]}).status_code == 422
+
+
+def test_provisional_diagnoses_appear_while_the_job_runs(sdk: Client) -> None:
+    spec = tiny_spec(name="e2e-provisional", epochs=400, batch_size=4, checkpoints={"every_epochs": 2})
+    job = sdk.submit(spec)
+    deadline = time.monotonic() + 120
+    while not (diagnoses := sdk.diagnoses(job["id"])):
+        assert time.monotonic() < deadline, "no provisional diagnosis while running"
+        time.sleep(0.5)
+    assert all(d["provisional"] for d in diagnoses) and diagnoses[0]["kind"] == "verdict"
+    assert sdk.job(job["id"])["verdict"] is None  # the job's verdict waits for the end
+    sdk.cancel(job["id"])
+    assert sdk.wait(job["id"], timeout=60)["status"] == "cancelled"

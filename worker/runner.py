@@ -24,6 +24,7 @@ from worker.diagnosis import diagnose_job
 from worker.diagnosis.reference import reference_scores
 from worker.finetune import initialize_from_parent
 from worker.lifecycle import Claim, Heartbeat, LeaseLost, claim, fenced_update, finish
+from worker.sweeps import on_job_finished
 from worker.training import StopTraining, Trainer, resolve_device
 
 log = logging.getLogger("saddle.worker")
@@ -111,6 +112,8 @@ class DbRecorder:
         with_retries(transaction)
         for old_key in replaced:
             self.store.delete(old_key)
+        if kind == "periodic":
+            diagnose_safely(self.claim.job_id, provisional=True)
 
     def analyze(self, trainer: Trainer, epoch: int, reason: str) -> None:
         """A spectrum that fails is reported in the summary; it never fails the training run."""
@@ -196,7 +199,9 @@ def run_job(job_id: str) -> str:
     heartbeat = Heartbeat(job_claim, spec.resources.max_minutes)
     heartbeat.start()
     try:
-        return _train(job_claim, spec, heartbeat)
+        status = _train(job_claim, spec, heartbeat)
+        on_job_finished(job_id)  # a sweep's trial: record it and launch the next ones; never raises
+        return status
     except LeaseLost as exc:
         log.warning("%s", exc)
         return "lease_lost"
@@ -213,8 +218,11 @@ def _train(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
         trainer = Trainer(spec, data, recorder, device)
         parent = initialize_from_parent(trainer, job_claim.project_id)
         reference = reference_scores(data, spec.seed)
+        # What the diagnosis needs besides metrics (data facts, the reference scores) is stored at
+        # the start, so provisional diagnoses at checkpoints can read it while the job runs.
+        early = json_safe(trainer.summary() | {"reference": reference, "init_from": parent})
         with session_scope() as session:
-            fenced_update(session, job_claim, device=str(device))
+            fenced_update(session, job_claim, device=str(device), summary=early)
         resume_if_possible(job_claim, trainer)
         summary = trainer.fit() | {"reference": reference, "init_from": parent}
         if recorder.analysis_errors:
@@ -238,10 +246,10 @@ def _train(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
     return "succeeded"
 
 
-def diagnose_safely(job_id: str) -> None:
-    """The diagnosis reads what was stored; if it fails, the job stays succeeded without a verdict."""
+def diagnose_safely(job_id: str, provisional: bool = False) -> None:
+    """The diagnosis reads what was stored; if it fails, training goes on and the job keeps its status."""
     try:
-        diagnose_job(job_id)
+        diagnose_job(job_id, provisional=provisional)
     except Exception:
         log.exception("job %s: diagnosis failed", job_id)
 
