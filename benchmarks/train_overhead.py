@@ -1,0 +1,246 @@
+"""The service's training loop against a hand-written PyTorch loop doing the same work, same process.
+
+Service: ``worker.training.Trainer`` with a ``MemoryRecorder`` (per-step and per-epoch logging on,
+Hessian off), timed around ``Trainer.fit()``. Periodic and best checkpoints are off because the hand
+loop writes none; the one "last" checkpoint that ``fit`` always writes stays in the service's time.
+
+Hand loop: the same model (``worker.nets.build_model``, same seed, so the same initial weights), the
+same prepared arrays already on the device, the same batch size and epochs, shuffling with
+``torch.randperm`` from a seeded generator, the same optimizer, and after each epoch the loss of the
+train, validation and test splits in eval mode, read off the device once per epoch.
+
+Runs alternate (hand, service, hand, service, ...) after one untimed warm-up of each, so a load spike
+on this shared machine hits both. Each run is timed by two clocks: wall time, and the process's CPU
+time. Throughputs and the ratio service/hand are the best of the repeats (the least disturbed run;
+every loop gets the same treatment). With one intra-op thread on the CPU, CPU time is what the loop
+itself costs, whatever the neighbours do, so on this shared machine the CPU-time ratio is the steadier
+figure; on a GPU only wall time means anything. ``--profile`` adds a cProfile of the service's run
+(what ``Trainer.fit`` and ``Trainer.train_epoch`` call).
+
+    .venv/bin/python benchmarks/train_overhead.py [--repeats 9] [--threads 1] [--device cpu] [--profile]
+        [--curve [--curve-epochs 2]]   # also the batch-size timing curve (worker.timing), 1 to 4,096
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.spec import JobSpec  # noqa: E402
+from worker.data import Prepared, load_builtin, prepare  # noqa: E402
+from worker.nets import build_model  # noqa: E402
+from worker.recorders import MemoryRecorder  # noqa: E402
+from worker.training import Trainer, make_optimizer  # noqa: E402
+
+TARGET = 0.95
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    batch_size: int
+    epochs: int  # chosen so one run takes a fraction of a second on this CPU
+
+
+CASES = (
+    Case("MLP 64-256-256-10, digits, batch 32", 32, 10),
+    Case("MLP 64-256-256-10, digits, batch 256", 256, 40),
+    Case("MLP 64-256-256-10, digits, batch 1", 1, 1),
+)
+
+
+def make_spec(case: Case, device: str) -> JobSpec:
+    return JobSpec.model_validate(
+        {
+            "data": {"dataset": "digits", "scaling": "standardize"},
+            "model": {"arch": "mlp", "hidden": [256, 256]},
+            "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+            "batch_size": case.batch_size,
+            "epochs": case.epochs,
+            "checkpoints": {"every_epochs": 10_000, "keep_best": False},
+            "analysis": {"hessian": {"enabled": False}},
+            "resources": {"device": device},
+        }
+    )
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class Timed:
+    wall: float
+    cpu: float
+    steps: int
+
+
+def clocks() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def elapsed(start: tuple[float, float], steps: int) -> Timed:
+    wall, cpu = clocks()
+    return Timed(wall - start[0], cpu - start[1], steps)
+
+
+def run_service(spec: JobSpec, data: Prepared, device: torch.device) -> Timed:
+    trainer = Trainer(spec, data, MemoryRecorder(), device)
+    sync(device)
+    start = clocks()
+    trainer.fit()
+    sync(device)
+    return elapsed(start, trainer.state.step)
+
+
+def run_hand(spec: JobSpec, data: Prepared, device: torch.device) -> Timed:
+    model = build_model(spec.model, data.X_train.shape[1], data.n_outputs, None, spec.seed).to(device)
+    opt = make_optimizer(spec, list(model.parameters()))
+    X, y = (torch.as_tensor(a, device=device) for a in (data.X_train, data.y_train))
+    splits = [
+        (torch.as_tensor(Xs, device=device), torch.as_tensor(ys, device=device))
+        for Xs, ys in ((data.X_train, data.y_train), (data.X_val, data.y_val), (data.X_test, data.y_test))
+    ]
+    gen = torch.Generator().manual_seed(spec.seed)
+    bs, n, steps = spec.batch_size, len(y), 0
+    sync(device)
+    start = clocks()
+    for _ in range(spec.epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(device)
+        for i in range(0, n, bs):
+            idx = perm[i : i + bs]
+            loss = F.cross_entropy(model(X[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+        model.eval()
+        with torch.no_grad():
+            torch.stack([F.cross_entropy(model(Xs), ys) for Xs, ys in splits]).tolist()
+    sync(device)
+    return elapsed(start, steps)
+
+
+def alternate(runs: dict[str, Callable[[], Timed]], repeats: int) -> dict[str, list[Timed]]:
+    """Every run ``repeats`` times, alternating; one untimed warm-up of each first."""
+    for run in runs.values():
+        run()
+    timed: dict[str, list[Timed]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            timed[name].append(run())
+    return timed
+
+
+def best_rate(runs: list[Timed], clock: str) -> float:
+    return max(r.steps / getattr(r, clock) for r in runs)
+
+
+def bench(case: Case, device: torch.device, repeats: int) -> float:
+    spec = make_spec(case, device.type)
+    data = prepare(spec.data, load_builtin("digits", {}, spec.seed), spec.seed)
+    timed = alternate(
+        {"hand": lambda: run_hand(spec, data, device), "service": lambda: run_service(spec, data, device)},
+        repeats,
+    )
+    hand, service = best_rate(timed["hand"], "wall"), best_rate(timed["service"], "wall")
+    cpu_ratio = best_rate(timed["service"], "cpu") / best_rate(timed["hand"], "cpu")
+    ratio = cpu_ratio if device.type == "cpu" else service / hand
+    verdict = "meets" if ratio >= TARGET else "misses"
+    print(
+        f"{case.name}: hand {hand:,.0f} updates/s, service {service:,.0f} updates/s (wall), "
+        f"ratio {service / hand:.3f} wall, {cpu_ratio:.3f} CPU time ({verdict} {TARGET})",
+        flush=True,
+    )
+    return ratio
+
+
+def profile(case: Case, device: torch.device, top: int = 25) -> None:
+    """cProfile of one service run: where train_epoch's time goes, by the functions it calls."""
+    spec = make_spec(case, device.type)
+    data = prepare(spec.data, load_builtin("digits", {}, spec.seed), spec.seed)
+    run_service(spec, data, device)
+    profiler = cProfile.Profile()
+    profiler.runcall(run_service, spec, data, device)
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out).sort_stats("tottime")
+    stats.print_callees(r"\(fit\)")
+    stats.print_callees("train_epoch")
+    stats.print_stats(top)
+    print(f"--- profile: {case.name} ---\n{out.getvalue()}")
+
+
+CURVE_SIZES = [1, 4, 16, 64, 256, 1024, 4096]
+CURVE_DATA = {
+    "digits": {"dataset": "digits", "scaling": "standardize"},
+    "100,000 synthetic samples": {
+        "dataset": "blobs",
+        "params": {"n_samples": 100_000, "n_features": 64, "centers": 10},
+        "scaling": "standardize",
+    },
+}
+
+
+def curve(device: torch.device, epochs: int) -> None:
+    """The batch-size timing study (worker.timing) for the same MLP, batch 1 to 4,096."""
+    from worker.timing import measure_batch_sizes
+
+    for label, data_spec in CURVE_DATA.items():
+        spec = JobSpec.model_validate(
+            {"data": data_spec, "model": {"hidden": [256, 256]}, "resources": {"device": device.type}}
+        )
+        data = prepare(spec.data, load_builtin(spec.data.dataset, spec.data.params, spec.seed), spec.seed)
+        print(
+            f"--- batch-size timing, MLP 64-256-256-10 on {label} ({len(data.y_train):,} training rows) ---"
+        )
+        for row in measure_batch_sizes(spec, data, CURVE_SIZES, epochs, device):
+            print(
+                f"batch {row['batch_size']:>5}: {row['ms_per_update']:8.3f} ms/update, "
+                f"{row['seconds_per_epoch']:8.3f} s/epoch, {row['samples_per_second']:12,.0f} samples/s",
+                flush=True,
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=9)
+    # One intra-op thread by default: the worker runs with cores ÷ concurrency threads, and on this
+    # shared two-core machine a second thread waits on busy cores and measures the neighbours.
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--curve", action="store_true", help="also the batch-size timing curve, 1 to 4,096")
+    parser.add_argument("--curve-epochs", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"device {device} ({name}), torch {torch.__version__}, {args.threads} thread(s), "
+        f"{args.repeats} alternating repeats, best of each"
+    )
+    ratios = [bench(case, device, args.repeats) for case in CASES]
+    if args.curve:
+        curve(device, args.curve_epochs)
+    if args.profile:
+        for case, ratio in zip(CASES, ratios, strict=True):
+            if ratio < TARGET:
+                profile(case, device)
+
+
+if __name__ == "__main__":
+    main()
