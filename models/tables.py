@@ -143,19 +143,45 @@ class Job(Base):
     )
 
 
+class SweepTrial(Base):
+    """One trial of a sweep: what Optuna knows about it. Each scheduling step rebuilds an in-memory
+    Optuna study from these rows, so no process holds sweep state (see ``worker.sweeps``)."""
+
+    __tablename__ = "sweep_trials"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)  # 0, 1, ... in launch order (Optuna's trial number)
+    # Null when the sampled point gave an invalid spec and no job could be created (see ``error``).
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), unique=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType)  # dotted spec path -> value
+    # The sampler's and pruner's per-trial memory (GridSampler's grid_id, successive-halving rungs).
+    system_attrs: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="running")  # see worker.sweeps.TRIAL_STATES
+    value: Mapped[float | None] = mapped_column(Float)  # the objective, once complete
+    intermediate: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)  # epoch -> metric value
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("sweep_id", "number", name="uq_sweep_trials_number"),
+        Index("ix_sweep_trials_sweep_state", "sweep_id", "state"),
+    )
+
+
 class MetricPoint(Base):
-    """One value of one series. (job, name, step) is unique so a retried batch cannot duplicate."""
+    """One value of one series. (job, name, step) is the primary key, so a retried batch cannot
+    duplicate a point. No surrogate id and no foreign key: each costs an index lookup per row on the
+    hottest write path (jobs are never deleted under their points; see models.metrics)."""
 
     __tablename__ = "metric_points"
 
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    name: Mapped[str] = mapped_column(String(100))  # "<split>/<metric>", e.g. "val/loss"
-    step: Mapped[int] = mapped_column(BigInteger)
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)  # "<split>/<metric>", e.g. "val/loss"
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     epoch: Mapped[float] = mapped_column(Float)
     value: Mapped[float] = mapped_column(Float)
-
-    __table_args__ = (UniqueConstraint("job_id", "name", "step", name="uq_metric_points_job_name_step"),)
 
 
 class Checkpoint(Base):

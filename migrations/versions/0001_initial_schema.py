@@ -190,17 +190,12 @@ def upgrade() -> None:
     op.create_index(op.f("ix_diagnoses_job_id"), "diagnoses", ["job_id"], unique=False)
     op.create_table(
         "metric_points",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
         sa.Column("job_id", sa.String(length=32), nullable=False),
         sa.Column("name", sa.String(length=100), nullable=False),
         sa.Column("step", sa.BigInteger(), nullable=False),
         sa.Column("epoch", sa.Float(), nullable=False),
         sa.Column("value", sa.Float(), nullable=False),
-        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE"),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("job_id", "name", "step", name="uq_metric_points_job_name_step"),
+        sa.PrimaryKeyConstraint("job_id", "name", "step"),
     )
     op.create_table(
         "spectra",
