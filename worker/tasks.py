@@ -5,6 +5,7 @@ from __future__ import annotations
 from worker.celery_app import ON_DEMAND_SPECTRUM, RUN_JOB, app
 from worker.curvature import on_demand_spectrum
 from worker.runner import run_job
+from worker.sweeps import connect_signals
 from worker.timing import BATCH_TIMING_TASK, run_study
 
 
@@ -22,3 +23,7 @@ def batch_size_timing_task(job_id: str) -> str:
 @app.task(name=ON_DEMAND_SPECTRUM, acks_late=True, reject_on_worker_lost=True)
 def on_demand_spectrum_task(job_id: str, checkpoint_id: int, settings: dict) -> int:
     return on_demand_spectrum(job_id, checkpoint_id, settings)
+
+
+# A sweep trial's worker also runs its pruning watcher (see worker.sweeps).
+connect_signals()

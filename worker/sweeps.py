@@ -1,0 +1,1227 @@
+"""Sweeps: Optuna's samplers and pruners driving ordinary jobs, with every bit of state in Postgres.
+
+Torch-free: the API imports this module to validate sweeps and launch their first trials.
+
+State
+    A sweep is a ``sweeps`` row (its validated request in ``config``) and one ``sweep_trials`` row per
+    trial: the sampled parameters, Optuna's state (running, pruning, complete, pruned, failed,
+    cancelled), the objective, the intermediate values reported at epoch boundaries and the
+    sampler's per-trial memory (``system_attrs``: GridSampler's grid id, successive halving's
+    rungs). The trial's job is an ordinary ``jobs`` row (``kind = "trial"``, ``sweep_id`` set).
+    No Optuna storage is kept: each scheduling step rebuilds an in-memory study from the trial rows
+    (``optuna.trial.create_trial`` + ``Study.add_trials``), asks it, writes the answer as rows and
+    drops it. Nothing lives in a process, so an API or worker restart loses nothing, and Optuna's
+    own tables never enter our schema.
+
+Scheduling
+    ``schedule(session, sweep_id)`` is the one step. It locks the sweep row (SELECT ... FOR UPDATE,
+    so two workers finishing trials at once cannot both fill the same free slot), brings each
+    finished trial's row up to date from its job (the job's status is the truth; the objective is
+    read from the job's metrics), launches trials until ``max_concurrency`` are active or
+    ``max_trials`` have been launched, and once nothing is active and nothing is left to launch it
+    closes the sweep: best trial, then the cross-run findings. The step is idempotent and runs when
+    the sweep is created (API), at the end of every trial's ``run_job`` (``on_job_finished``, the
+    worker's hook), and from ``GET /v1/sweeps/{id}`` when a running sweep has no queued or running
+    job left, which heals a hook lost to a worker killed between a job's end and its hook.
+
+Pruning
+    Optuna's pruners judge intermediate values reported at epoch boundaries. The trial's objective
+    metric is written once per epoch by the training worker, so the worker process that trains a
+    trial also runs a ``PruneWatcher`` thread (started by Celery's ``task_prerun`` signal, stopped by
+    the hook or ``task_postrun``). When new epochs appear in the series it rebuilds the study, gives
+    the pruner this trial with all its epoch values, stores what the pruner remembers, and when told
+    to prune marks the trial ``pruning`` and sets the job's ``cancel_requested`` — exactly what
+    ``POST /v1/jobs/{id}/cancel`` does; the job's heartbeat stops training at its next beat and the
+    hook records the trial as ``pruned``. The watcher runs beside the training loop in the trial's own
+    process, so it never waits for a free worker slot, and it writes only its own trial's row.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from models.db import session_scope, with_retries
+from models.jsonsafe import json_safe
+from models.settings import get_settings
+from models.spec import JobSpec
+from models.tables import (
+    FINISHED_STATUSES,
+    Diagnosis,
+    Job,
+    MetricPoint,
+    Spectrum,
+    Sweep,
+    SweepTrial,
+    new_id,
+    utcnow,
+)
+from worker.celery_app import RUN_JOB, enqueue_job
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger("saddle.sweeps")
+
+MAX_TRIALS = 10_000
+MAX_GRID_POINTS = 10_000
+ACTIVE = ("running", "pruning")  # "pruning": told to stop, its job has not ended yet
+TRIAL_STATES = ("running", "pruning", "complete", "pruned", "failed", "cancelled")
+SWEEP_STATUSES = ("running", "succeeded", "failed", "cancelled")
+# A trial is better than its sibling only by a margin that noise between seeds does not reach.
+WORSE_RELATIVE = 0.10
+WORSE_ABSOLUTE = 0.01
+MAX_TABLE_ROWS = 100
+MAX_GROUPS = 20
+
+
+# ----- the request ----------------------------------------------------------------------------
+class Dim(BaseModel):
+    """One dimension of the search space, at a dotted JobSpec path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["choice", "uniform", "loguniform", "int"]
+    values: list[Any] | None = Field(None, min_length=1, max_length=1000)
+    low: float | None = None
+    high: float | None = None
+    step: float | None = Field(None, gt=0)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _shape(self) -> Dim:
+        if self.type == "choice":
+            if self.values is None:
+                raise ValueError("choice needs values")
+            if self.low is not None or self.high is not None or self.step is not None or self.log:
+                raise ValueError("choice takes values only (no low, high, step or log)")
+            return self
+        if self.values is not None:
+            raise ValueError(f"{self.type} takes low and high, not values")
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs low and high")
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError("low and high must be finite")
+        if self.type == "int":
+            if not (self.low.is_integer() and self.high.is_integer()):
+                raise ValueError("int bounds must be integers")
+            if self.step is not None and not self.step.is_integer():
+                raise ValueError("int step must be an integer")
+            if self.low > self.high:
+                raise ValueError(f"low ({self.low:g}) must not exceed high ({self.high:g})")
+            if self.log and (self.low < 1 or (self.step or 1) != 1):
+                raise ValueError("log int needs low >= 1 and no step")
+            return self
+        if self.log:
+            raise ValueError("log applies to int only; use type loguniform")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.type == "loguniform":
+            if self.low <= 0:
+                raise ValueError("loguniform needs low > 0")
+            if self.step is not None:
+                raise ValueError("loguniform takes no step")
+        elif self.step is not None and self.step > self.high - self.low:
+            raise ValueError("step is larger than high - low")
+        return self
+
+    def grid(self) -> list[Any] | None:
+        """The points a grid walks: choices or the integers low..high by step; None if continuous."""
+        if self.type == "choice":
+            return list(self.values or [])
+        if self.type == "int":
+            return list(range(int(self.low or 0), int(self.high or 0) + 1, int(self.step or 1)))
+        return None
+
+    def candidates(self) -> list[Any]:
+        """Values whose specs are validated up front: every choice, or both bounds."""
+        if self.type == "choice":
+            return list(self.values or [])
+        if self.type == "int":
+            return [int(self.low or 0), int(self.high or 0)]
+        return [self.low, self.high]
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.type == "choice":
+            # Optuna's categorical choices must be scalars; model.hidden choices are lists, so the
+            # sampler sees the index and the trial row keeps the value.
+            return CategoricalDistribution(list(range(len(self.values or []))))
+        if self.type == "int":
+            return IntDistribution(
+                int(self.low or 0), int(self.high or 0), log=self.log, step=int(self.step or 1)
+            )
+        return FloatDistribution(
+            float(self.low or 0), float(self.high or 0), log=self.type == "loguniform", step=self.step
+        )
+
+    def to_internal(self, value: Any) -> Any:
+        if self.type == "choice":
+            keys = [_canonical(v) for v in self.values or []]
+            return keys.index(_canonical(value))
+        return int(value) if self.type == "int" else float(value)
+
+    def from_internal(self, value: Any) -> Any:
+        if self.type == "choice":
+            return copy.deepcopy((self.values or [])[int(value)])
+        return int(value) if self.type == "int" else float(value)
+
+
+class Objective(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = Field("val/loss", pattern=r"^(train|val|test)/[a-z][a-z0-9_]*$")
+    mode: Literal["min", "max"] | None = Field(None, description="default: max for accuracy, else min")
+    # best: the metric at the best checkpoint (the epoch of lowest validation loss); last: final epoch.
+    at: Literal["best", "last"] = "best"
+
+    @model_validator(mode="after")
+    def _default_mode(self) -> Objective:
+        if self.mode is None:
+            self.mode = "max" if self.metric.endswith("accuracy") else "min"
+        return self
+
+
+class PrunerSpec(BaseModel):
+    """A pruner and its Optuna parameters; the plain strings none|median|successive_halving also work."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["none", "median", "successive_halving"] = "none"
+    n_startup_trials: int = Field(5, ge=0, le=MAX_TRIALS)  # median: finished trials before pruning
+    n_warmup_steps: int = Field(0, ge=0, le=10_000)  # median: epochs before a trial can be pruned
+    interval_steps: int = Field(1, ge=1, le=10_000)
+    min_resource: int | None = Field(None, ge=1, le=10_000)  # successive halving; None: Optuna's auto
+    reduction_factor: int = Field(4, ge=2, le=100)
+    min_early_stopping_rate: int = Field(0, ge=0, le=100)
+
+
+class SweepSpec(BaseModel):
+    """The body of ``POST /v1/sweeps`` (DESIGN.md's contract), stored as the sweep's config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("", max_length=200)
+    base: JobSpec
+    space: dict[str, Dim] = Field(min_length=1, max_length=32)
+    algorithm: Literal["grid", "random", "tpe"] = "random"
+    objective: Objective = Field(default_factory=Objective)
+    max_trials: int | None = Field(
+        None, ge=1, le=MAX_TRIALS, description="required for random and tpe; grid: the grid's size"
+    )
+    max_concurrency: int = Field(4, ge=1, le=1_000)
+    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="sampler seed; default from the id")
+
+    @field_validator("pruner", mode="before")
+    @classmethod
+    def _pruner_by_name(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def set_path(spec: dict[str, Any], path: str, value: Any) -> None:
+    """Set a dotted path in a spec dict, creating objects on the way (e.g. data.params.noise)."""
+    *parents, leaf = path.split(".")
+    node = spec
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[leaf] = copy.deepcopy(value)
+
+
+def get_path(spec: dict[str, Any], path: str) -> Any:
+    node: Any = spec
+    for part in path.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+# ----- stored config, cached per process (a sweep's config never changes) -----------------------
+_spec_cache: dict[str, SweepSpec] = {}
+
+
+def sweep_spec(sweep: Sweep) -> SweepSpec:
+    spec = _spec_cache.get(sweep.id)
+    if spec is None:
+        spec = SweepSpec.model_validate(sweep.config["request"])
+        if len(_spec_cache) > 1_000:
+            _spec_cache.clear()
+        _spec_cache[sweep.id] = spec
+    return spec
+
+
+# ----- the Optuna bridge ----------------------------------------------------------------------
+def _optuna() -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+@dataclass
+class TrialView:
+    """What the study needs of one trial row."""
+
+    number: int
+    params: dict[str, Any]
+    state: str
+    value: float | None
+    intermediate: dict[str, Any]
+    system_attrs: dict[str, Any]
+
+
+def load_views(session: Session, sweep_id: str) -> list[TrialView]:
+    rows = session.execute(
+        select(
+            SweepTrial.number,
+            SweepTrial.params,
+            SweepTrial.state,
+            SweepTrial.value,
+            SweepTrial.intermediate,
+            SweepTrial.system_attrs,
+        )
+        .where(SweepTrial.sweep_id == sweep_id)
+        .order_by(SweepTrial.number)
+    ).all()
+    return [TrialView(*row) for row in rows]
+
+
+def distributions(spec: SweepSpec) -> dict[str, Any]:
+    return {path: dim.distribution() for path, dim in spec.space.items()}
+
+
+def make_sampler(spec: SweepSpec, seed: int, n_existing: int) -> Any:
+    samplers = _optuna().samplers
+    if spec.algorithm == "grid":
+        # GridSampler shuffles the grid with its seed and gives trial k the k-th point, so the seed
+        # must stay the same at every rebuild of the study.
+        space = {path: [dim.to_internal(v) for v in dim.grid() or []] for path, dim in spec.space.items()}
+        return samplers.GridSampler(space, seed=seed)
+    # A fresh sampler per step: with the same seed every step would draw the same first point.
+    if spec.algorithm == "tpe":
+        return samplers.TPESampler(seed=seed + n_existing)
+    return samplers.RandomSampler(seed=seed + n_existing)
+
+
+def make_pruner(spec: SweepSpec) -> Any:
+    pruners = _optuna().pruners
+    p = spec.pruner
+    if p.type == "median":
+        return pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials,
+            n_warmup_steps=p.n_warmup_steps,
+            interval_steps=p.interval_steps,
+        )
+    if p.type == "successive_halving":
+        return pruners.SuccessiveHalvingPruner(
+            min_resource=p.min_resource or "auto",
+            reduction_factor=p.reduction_factor,
+            min_early_stopping_rate=p.min_early_stopping_rate,
+        )
+    return pruners.NopPruner()
+
+
+def _intermediate(values: dict[str, Any]) -> dict[int, float]:
+    return {int(k): (math.nan if v is None else float(v)) for k, v in values.items()}
+
+
+def build_study(spec: SweepSpec, views: list[TrialView], sampler: Any, pruner: Any) -> Any:
+    """An in-memory study holding the given trials, numbered as in our table (views are ordered and
+    contiguous from 0, so Optuna's numbers match ours)."""
+    optuna = _optuna()
+    state_of = {
+        "complete": optuna.trial.TrialState.COMPLETE,
+        "pruned": optuna.trial.TrialState.PRUNED,
+        "failed": optuna.trial.TrialState.FAIL,
+        "cancelled": optuna.trial.TrialState.FAIL,
+        "running": optuna.trial.TrialState.RUNNING,
+        "pruning": optuna.trial.TrialState.RUNNING,
+    }
+    direction = "maximize" if spec.objective.mode == "max" else "minimize"
+    study = optuna.create_study(direction=direction, sampler=sampler, pruner=pruner)
+    dists = distributions(spec)
+    trials = []
+    for view in views:
+        state = state_of[view.state]
+        value = view.value if state == optuna.trial.TrialState.COMPLETE else None
+        if state == optuna.trial.TrialState.COMPLETE and (value is None or not math.isfinite(value)):
+            state, value = optuna.trial.TrialState.FAIL, None
+        trials.append(
+            optuna.trial.create_trial(
+                state=state,
+                value=value,
+                params={
+                    p: dists[p].to_external_repr(spec.space[p].to_internal(v)) for p, v in view.params.items()
+                },
+                distributions={p: dists[p] for p in view.params},
+                system_attrs=dict(view.system_attrs),
+                intermediate_values=_intermediate(view.intermediate),
+            )
+        )
+    study.add_trials(trials)
+    return study
+
+
+def ask(
+    spec: SweepSpec, seed: int, views: list[TrialView], first: int, k: int
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """k new points for trials numbered from ``first``: (params by dotted path, the sampler's system
+    attrs to keep with the trial). ``views`` is the history (all trials; none for random sampling)."""
+    study = build_study(spec, views, make_sampler(spec, seed, first), make_pruner(spec))
+    dists = distributions(spec)
+    out = []
+    for _ in range(k):
+        trial = study.ask(dists)
+        frozen = study.get_trials(deepcopy=False)[trial.number]
+        params = {
+            p: spec.space[p].from_internal(dists[p].to_internal_repr(v)) for p, v in trial.params.items()
+        }
+        out.append((params, json_safe(dict(frozen.system_attrs))))
+    return out
+
+
+# ----- scheduling -----------------------------------------------------------------------------
+def trial_spec(sweep: Sweep, spec: SweepSpec, number: int, params: dict[str, Any]) -> dict[str, Any]:
+    payload = spec.base.model_dump(mode="json")
+    for path, value in params.items():
+        set_path(payload, path, value)
+    payload["name"] = f"{sweep.name[:180]}#{number}"
+    payload["tags"] = {**payload.get("tags", {}), "sweep": sweep.id, "trial": number}
+    return payload
+
+
+def launch(session: Session, sweep: Sweep, spec: SweepSpec, first: int, k: int) -> list[str]:
+    """Insert k trials (jobs and trial rows) numbered from ``first``; returns the job ids to enqueue.
+    A sampled point whose spec does not validate becomes a failed trial without a job."""
+    # Random sampling needs no history: skipping the rebuild keeps a step O(1) at 10,000 trials.
+    views = [] if spec.algorithm == "random" else load_views(session, sweep.id)
+    job_ids: list[str] = []
+    trials: list[SweepTrial] = []
+    for i, (params, attrs) in enumerate(ask(spec, sweep.config["seed"], views, first, k)):
+        number = first + i
+        payload = trial_spec(sweep, spec, number, params)
+        try:
+            job_spec = JobSpec.model_validate(payload)
+        except ValidationError as exc:
+            trials.append(
+                SweepTrial(
+                    sweep_id=sweep.id,
+                    number=number,
+                    params=json_safe(params),
+                    system_attrs=attrs,
+                    state="failed",
+                    error=f"invalid spec: {exc.errors()[0]['msg']}",
+                    finished_at=utcnow(),
+                )
+            )
+            continue
+        payload = job_spec.model_dump(mode="json")
+        job = Job(
+            id=new_id(),
+            project_id=sweep.project_id,
+            name=job_spec.name,
+            spec=payload,
+            tags=dict(job_spec.tags),
+            status="queued",
+            kind="trial",
+            sweep_id=sweep.id,
+        )
+        session.add(job)
+        trials.append(
+            SweepTrial(
+                sweep_id=sweep.id, number=number, job_id=job.id, params=json_safe(params), system_attrs=attrs
+            )
+        )
+        job_ids.append(job.id)
+    session.add_all(trials)  # the unit of work inserts the jobs first: trial rows refer to them
+    session.flush()
+    return job_ids
+
+
+def objective_series(session: Session, job_id: str, metric: str) -> dict[int, float]:
+    rows = session.execute(
+        select(MetricPoint.epoch, MetricPoint.value)
+        .where(MetricPoint.job_id == job_id, MetricPoint.name == metric)
+        .order_by(MetricPoint.step)
+    ).all()
+    return {int(epoch): float(value) for epoch, value in rows}
+
+
+def objective_value(objective: Objective, series: dict[int, float], summary: dict[str, Any]) -> float | None:
+    if not series:
+        return None
+    last = series[max(series)]
+    value = last
+    if objective.at == "best":
+        best_epoch = summary.get("best_epoch")
+        value = series.get(int(best_epoch), last) if best_epoch is not None else last
+    return value if math.isfinite(value) else None
+
+
+def finish_trial(
+    session: Session, trial: SweepTrial, status: str, summary: dict[str, Any], spec: SweepSpec
+) -> None:
+    series = objective_series(session, trial.job_id or "", spec.objective.metric)
+    trial.intermediate = json_safe({str(e): v for e, v in series.items() if e >= 1})
+    trial.finished_at = utcnow()
+    if status == "succeeded":
+        trial.value = objective_value(spec.objective, series, summary or {})
+        if trial.value is None:
+            trial.state = "failed"
+            trial.error = f"objective {spec.objective.metric} was not recorded or is not finite"
+        else:
+            trial.state = "complete"
+    elif status == "cancelled":
+        trial.state = "pruned" if trial.state == "pruning" else "cancelled"
+    else:
+        trial.state = "failed"
+
+
+def sync_trials(session: Session, sweep: Sweep, spec: SweepSpec, finished_job: str | None) -> None:
+    """Record the end of trials whose job ended. A succeeded job is recorded by its own hook (which
+    runs after the job's diagnosis, so findings never race it), or by anyone once its hook is
+    overdue — the worker died between the job's end and the hook."""
+    overdue = utcnow() - timedelta(seconds=get_settings().stale_after_seconds)
+    rows = session.execute(
+        select(SweepTrial, Job.status, Job.summary, Job.finished_at)
+        .join(Job, Job.id == SweepTrial.job_id)
+        .where(
+            SweepTrial.sweep_id == sweep.id,
+            SweepTrial.state.in_(ACTIVE),
+            Job.status.in_(FINISHED_STATUSES),
+        )
+    ).all()
+    for trial, status, summary, finished_at in rows:
+        if finished_at is not None and finished_at.tzinfo is None:  # SQLite drops the zone
+            finished_at = finished_at.replace(tzinfo=UTC)
+        recent = finished_at is not None and finished_at > overdue
+        if status == "succeeded" and trial.job_id != finished_job and recent:
+            continue
+        finish_trial(session, trial, status, summary, spec)
+    session.flush()
+
+
+def trial_counts(session: Session, sweep_id: str) -> dict[str, int]:
+    rows = session.execute(
+        select(SweepTrial.state, func.count())
+        .where(SweepTrial.sweep_id == sweep_id)
+        .group_by(SweepTrial.state)
+    ).all()
+    return {state: int(n) for state, n in rows}
+
+
+def schedule(
+    session: Session, sweep_id: str | None, finished_job: str | None = None, skip_locked: bool = False
+) -> list[str]:
+    """One scheduling step (see the module docstring). Returns the job ids to enqueue once the caller
+    has committed: a message must never name a job that a rollback removed. ``sweep_id`` None: the
+    sweep of ``finished_job`` if it is a trial (the hook's case, found in the same statement)."""
+    which = (
+        Sweep.id == sweep_id
+        if sweep_id is not None
+        else Sweep.id
+        == select(Job.sweep_id).where(Job.id == finished_job, Job.kind == "trial").scalar_subquery()
+    )
+    # populate_existing: a caller that read the sweep earlier in this session gets the locked row's
+    # current status, not the one it saw before the lock.
+    sweep = session.scalars(
+        select(Sweep)
+        .where(which)
+        .with_for_update(skip_locked=skip_locked)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if sweep is None:
+        return []
+    spec = sweep_spec(sweep)
+    sync_trials(session, sweep, spec, finished_job)
+    if sweep.status != "running":
+        return []
+    total = int(sweep.config["total"])
+    counts = trial_counts(session, sweep.id)
+    launched = sum(counts.values())
+    active = sum(counts.get(s, 0) for s in ACTIVE)
+    job_ids: list[str] = []
+    while (room := min(spec.max_concurrency - active, total - launched)) > 0:
+        # A point whose spec is invalid becomes a failed trial without a job: sample again.
+        new = launch(session, sweep, spec, launched, room)
+        job_ids += new
+        launched += room
+        active += len(new)
+    if active == 0 and launched >= total:
+        close(session, sweep, spec, "succeeded")
+    return job_ids
+
+
+def best_trial(session: Session, sweep_id: str, mode: str) -> SweepTrial | None:
+    order = SweepTrial.value.desc() if mode == "max" else SweepTrial.value.asc()
+    return session.scalars(
+        select(SweepTrial)
+        .where(SweepTrial.sweep_id == sweep_id, SweepTrial.state == "complete", SweepTrial.value.is_not(None))
+        .order_by(order, SweepTrial.number)
+        .limit(1)
+    ).one_or_none()
+
+
+def close(session: Session, sweep: Sweep, spec: SweepSpec, status: str) -> None:
+    """End the sweep: best trial and findings. A sweep with no complete trial failed."""
+    best = best_trial(session, sweep.id, spec.objective.mode or "min")
+    sweep.best_job_id = best.job_id if best else None
+    sweep.status = status if status == "cancelled" or best is not None else "failed"
+    sweep.finished_at = utcnow()
+    try:
+        with session.begin_nested():  # a bug in the findings must not keep the sweep from ending
+            sweep.findings = json_safe(cross_run_findings(session, sweep, spec))
+    except Exception:
+        log.exception("sweep %s: cross-run findings failed", sweep.id)
+        sweep.findings = []
+
+
+def enqueue(job_ids: list[str]) -> None:
+    for job_id in job_ids:
+        try:
+            enqueue_job(job_id)
+        except Exception:  # Postgres holds the job; the reaper re-sends queued jobs after a broker loss
+            log.exception("could not enqueue trial job %s; it stays queued in the database", job_id)
+
+
+def on_job_finished(job_id: str) -> None:
+    """The worker's hook at the end of ``run_job``, whatever the job's outcome. Never raises: a
+    failure here must not turn a finished job into a failed task (GET heals a missed step)."""
+    try:
+        stop_watcher(job_id)
+
+        def transaction() -> list[str]:
+            # Every job ends here, so a job that is no trial costs one indexed SELECT; a trial's
+            # worker slot stays busy until the step is done, so it is kept to a few statements.
+            with session_scope() as session:
+                return schedule(session, None, finished_job=job_id)
+
+        enqueue(with_retries(transaction))
+    except Exception:
+        log.exception("job %s: sweep scheduling after the trial failed", job_id)
+
+
+def cancel(session: Session, sweep: Sweep) -> None:
+    """Cancel a locked, running sweep: queued trials end now, running ones stop at their next beat."""
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(Job.sweep_id == sweep.id, Job.status == "queued")
+        .values(status="cancelled", cancel_requested=True, finished_at=now)
+    )
+    session.execute(
+        update(Job).where(Job.sweep_id == sweep.id, Job.status == "running").values(cancel_requested=True)
+    )
+    spec = sweep_spec(sweep)
+    sync_trials(session, sweep, spec, None)
+    close(session, sweep, spec, "cancelled")
+
+
+# ----- pruning --------------------------------------------------------------------------------
+_watchers: dict[str, PruneWatcher] = {}
+_watchers_lock = threading.Lock()
+
+
+class PruneWatcher(threading.Thread):
+    """Reports a running trial's epoch values to the sweep's pruner and stops the trial when told."""
+
+    def __init__(self, job_id: str, sweep_id: str, trial_id: int, number: int, spec: SweepSpec) -> None:
+        super().__init__(daemon=True, name=f"prune-{job_id[:8]}")
+        self.job_id, self.sweep_id, self.trial_id, self.number = job_id, sweep_id, trial_id, number
+        self.spec = spec
+        self.reported = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        interval = max(0.2, get_settings().heartbeat_seconds / 2)
+        while not self._done.wait(interval):
+            try:
+                if self.check():
+                    return
+            except Exception:  # a database blip: the next round tries again
+                log.exception("job %s: pruning check failed", self.job_id)
+
+    def check(self) -> bool:
+        """One look; True once the trial was pruned or left the running state."""
+        with session_scope() as session:
+            series = {
+                e: v
+                for e, v in objective_series(session, self.job_id, self.spec.objective.metric).items()
+                if e >= 1
+            }
+            if len(series) <= self.reported:
+                return False
+            self.reported = len(series)
+            views = load_views(session, self.sweep_id)
+            if self.number >= len(views) or views[self.number].state != "running":
+                return True
+            views[self.number].intermediate = {str(e): v for e, v in series.items()}
+            pruner = make_pruner(self.spec)
+            study = build_study(self.spec, views, _optuna().samplers.RandomSampler(), pruner)
+            trial = study.get_trials(deepcopy=False)[self.number]
+            prune = bool(pruner.prune(study, trial))
+            # What the pruner remembers (successive halving's rungs) lives in the trial's system attrs.
+            attrs = study.get_trials(deepcopy=False)[self.number].system_attrs
+            updated = session.execute(
+                update(SweepTrial)
+                .where(SweepTrial.id == self.trial_id, SweepTrial.state == "running")
+                .values(
+                    intermediate=json_safe(views[self.number].intermediate),
+                    system_attrs=json_safe(dict(attrs)),
+                    state="pruning" if prune else "running",
+                )
+            ).rowcount
+            if prune and updated:
+                session.execute(
+                    update(Job)
+                    .where(Job.id == self.job_id, Job.status == "running")
+                    .values(cancel_requested=True)
+                )
+                log.info("job %s: pruned at epoch %d", self.job_id, max(series))
+            return prune or not updated
+
+    def stop(self) -> None:
+        self._done.set()
+
+
+def start_watcher(job_id: str) -> PruneWatcher | None:
+    with session_scope() as session:
+        row = session.execute(
+            select(Sweep, SweepTrial.id, SweepTrial.number, SweepTrial.state)
+            .join(SweepTrial, SweepTrial.sweep_id == Sweep.id)
+            .where(SweepTrial.job_id == job_id)
+        ).first()
+        if row is None:
+            return None
+        sweep, trial_id, number, state = row
+        if sweep.status != "running" or state != "running":
+            return None
+        spec = sweep_spec(sweep)
+    if spec.pruner.type == "none":
+        return None
+    watcher = PruneWatcher(job_id, sweep.id, trial_id, number, spec)
+    with _watchers_lock:
+        old = _watchers.pop(job_id, None)
+        _watchers[job_id] = watcher
+    if old:
+        old.stop()
+    watcher.start()
+    return watcher
+
+
+def stop_watcher(job_id: str) -> None:
+    with _watchers_lock:
+        watcher = _watchers.pop(job_id, None)
+    if watcher:
+        watcher.stop()
+
+
+def on_task_prerun(task: Any = None, args: Any = None, **_: Any) -> None:
+    """Celery ``task_prerun`` handler: a trial of a sweep with a pruner gets a watcher."""
+    if task is None or task.name != RUN_JOB or not args:
+        return
+    try:
+        start_watcher(str(args[0]))
+    except Exception:
+        log.exception("job %s: could not start the pruning watcher", args[0])
+
+
+def on_task_postrun(task: Any = None, args: Any = None, **_: Any) -> None:
+    if task is not None and task.name == RUN_JOB and args:
+        stop_watcher(str(args[0]))
+
+
+def connect_signals() -> None:
+    from celery.signals import task_postrun, task_prerun
+
+    task_prerun.connect(on_task_prerun, weak=False)
+    task_postrun.connect(on_task_postrun, weak=False)
+
+
+# ----- cross-run findings ---------------------------------------------------------------------
+@dataclass
+class Run:
+    """One complete trial with what the comparisons read."""
+
+    job_id: str
+    number: int
+    spec: dict[str, Any]
+    summary: dict[str, Any]
+    verdict: str | None
+    value: float | None
+    series: dict[str, dict[int, float]] = field(default_factory=dict)
+    lambda_max: float | None = None
+
+    def final(self, name: str) -> float | None:
+        s = self.series.get(name) or {}
+        return s[max(s)] if s else None
+
+    def at_best(self, name: str) -> float | None:
+        """The metric at the best checkpoint (model selection on validation), else the last epoch."""
+        s = self.series.get(name) or {}
+        best = self.summary.get("best_epoch")
+        if best is not None and int(best) in s:
+            return s[int(best)]
+        return self.final(name)
+
+    @property
+    def train_loss(self) -> float | None:
+        return self.final("train/loss")
+
+    @property
+    def val_loss(self) -> float | None:
+        return self.summary.get("best_val_loss") or self.final("val/loss")
+
+    @property
+    def test_loss(self) -> float | None:
+        return self.at_best("test/loss")
+
+
+def load_runs(session: Session, sweep_id: str) -> list[Run]:
+    rows = session.execute(
+        select(SweepTrial.number, SweepTrial.value, Job.id, Job.spec, Job.summary, Job.verdict)
+        .join(Job, Job.id == SweepTrial.job_id)
+        .where(SweepTrial.sweep_id == sweep_id, SweepTrial.state == "complete")
+        .order_by(SweepTrial.number)
+    ).all()
+    runs = {
+        job_id: Run(job_id, number, spec, summary or {}, verdict, value)
+        for number, value, job_id, spec, summary, verdict in rows
+    }
+    ids = list(runs)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for job_id, name, epoch, value in session.execute(
+            select(MetricPoint.job_id, MetricPoint.name, MetricPoint.epoch, MetricPoint.value)
+            .where(
+                MetricPoint.job_id.in_(chunk), MetricPoint.name.in_(("train/loss", "val/loss", "test/loss"))
+            )
+            .order_by(MetricPoint.step)
+        ):
+            runs[job_id].series.setdefault(name, {})[int(epoch)] = value
+        # λ_max of the final model: the "final" spectrum, else the newest one.
+        newest: dict[str, tuple[int, int]] = {}
+        for job_id, step, reason, top in session.execute(
+            select(Spectrum.job_id, Spectrum.step, Spectrum.reason, Spectrum.top).where(
+                Spectrum.job_id.in_(chunk)
+            )
+        ):
+            rank = (1 if reason == "final" else 0, int(step))
+            if top and (job_id not in newest or rank > newest[job_id]):
+                newest[job_id] = rank
+                runs[job_id].lambda_max = float(top[0])
+    return list(runs.values())
+
+
+def _sibling_key(spec: dict[str, Any], varied: str) -> str:
+    """Two runs are siblings for a comparison when their specs agree on everything but ``varied``
+    (names and tags never count)."""
+    s = copy.deepcopy(spec)
+    s.pop("name", None)
+    s.pop("tags", None)
+    set_path(s, varied, None)
+    if varied == "model.hidden" and isinstance(get_path(s, "model.dropout"), list):
+        set_path(s, "model.dropout", None)  # per-layer dropout follows the depth
+    return _canonical(s)
+
+
+def _groups(runs: list[Run], varied: str) -> list[list[Run]]:
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(_sibling_key(run.spec, varied), []).append(run)
+    out = [g for g in groups.values() if len({_canonical(get_path(r.spec, varied)) for r in g}) >= 2]
+    return sorted(out, key=len, reverse=True)[:MAX_GROUPS]
+
+
+def _table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """At most MAX_TABLE_ROWS rows, evenly spread over the sorted table (a 1,000-trial sweep)."""
+    stride = -(-len(rows) // MAX_TABLE_ROWS)
+    return rows[::stride] if stride > 1 else rows
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _clearly_worse(loss: float, reference: float) -> bool:
+    return loss - reference > max(WORSE_ABSOLUTE, WORSE_RELATIVE * abs(reference))
+
+
+def _r(x: float | None, digits: int = 4) -> float | None:
+    return None if not _finite(x) else float(f"{x:.{digits}g}")
+
+
+def _rank_correlation(xs: list[float], ys: list[float]) -> float | None:
+    """Spearman's rho without ties handling; None when undefined."""
+    import numpy as np
+
+    if len(xs) < 2:
+        return None
+    rx = np.argsort(np.argsort(xs)).astype(float)
+    ry = np.argsort(np.argsort(ys)).astype(float)
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+@dataclass
+class TrialNote:
+    """A diagnosis a comparison adds to one trial."""
+
+    job_id: str
+    code: str
+    evidence: dict[str, Any]
+    recommendation: str
+    patch: dict[str, Any]
+    verdict: str | None = None  # the verdict the trial must get, if any
+
+
+def depth_findings(runs: list[Run], sweep_id: str) -> tuple[list[dict[str, Any]], list[TrialNote]]:
+    """deeper_is_worse: a deeper sibling with clearly higher *training* loss than a shallower one
+    cannot be short of capacity (it could copy the shallow net and pass the rest through), so the
+    optimizer failed it: its verdict is underfitting.optimization."""
+    findings: list[dict[str, Any]] = []
+    notes: list[TrialNote] = []
+    pairs: list[dict[str, Any]] = []
+    for group in _groups([r for r in runs if _finite(r.train_loss)], "model.hidden"):
+        if len({len(get_path(r.spec, "model.hidden") or []) for r in group}) < 2:
+            continue  # widths differ, depths do not
+        group.sort(key=lambda r: (len(get_path(r.spec, "model.hidden") or []), r.number))
+        table = _table(
+            [
+                {
+                    "job_id": r.job_id,
+                    "hidden": get_path(r.spec, "model.hidden"),
+                    "depth": len(get_path(r.spec, "model.hidden") or []),
+                    "train_loss": _r(r.train_loss),
+                    "val_loss": _r(r.val_loss),
+                    "test_loss": _r(r.test_loss),
+                    "verdict": r.verdict,
+                }
+                for r in group
+            ]
+        )
+        worse_here = []
+        for deep in group:
+            depth = len(get_path(deep.spec, "model.hidden") or [])
+            shallower = [s for s in group if len(get_path(s.spec, "model.hidden") or []) < depth]
+            if not shallower:
+                continue
+            ref = min(shallower, key=lambda s: s.train_loss or math.inf)
+            if not _clearly_worse(deep.train_loss or 0.0, ref.train_loss or 0.0):
+                continue
+            pair = {
+                "deeper": {
+                    "job_id": deep.job_id,
+                    "hidden": get_path(deep.spec, "model.hidden"),
+                    "train_loss": _r(deep.train_loss),
+                },
+                "shallower": {
+                    "job_id": ref.job_id,
+                    "hidden": get_path(ref.spec, "model.hidden"),
+                    "train_loss": _r(ref.train_loss),
+                },
+            }
+            worse_here.append(pair)
+            notes.append(_deeper_note(deep, ref, pair, sweep_id))
+        pairs += worse_here
+        best = min(group, key=lambda r: r.train_loss or math.inf)
+        conclusion = (
+            f"Deeper is worse: {len(worse_here)} deeper model(s) reach a higher training loss than a shallower "
+            "sibling — optimization trouble, not model bias."
+            if worse_here
+            else f"Training loss does not get worse with depth; the lowest is at depth "
+            f"{len(get_path(best.spec, 'model.hidden') or [])} ({_r(best.train_loss)})."
+        )
+        findings.append(
+            {
+                "code": "depth_comparison",
+                "severity": "info",
+                "conclusion": conclusion,
+                "evidence": {"table": table},
+            }
+        )
+    if pairs:
+        findings.insert(
+            0,
+            {
+                "code": "deeper_is_worse",
+                "severity": "warning",
+                "conclusion": "A deeper model trains worse than a shallower one: that is an optimization problem "
+                "(vanishing gradients, saturation, poor initialization), not a lack of capacity. Fix the "
+                "optimization of the deep model (normalization, ReLU, a better initialization) or keep the "
+                "shallower depth.",
+                "evidence": {"pairs": _table(pairs)},
+                "trials": sorted({p["deeper"]["job_id"] for p in pairs}),
+                "patch": notes[0].patch,
+            },
+        )
+    return findings, notes
+
+
+def _deeper_note(deep: Run, ref: Run, pair: dict[str, Any], sweep_id: str) -> TrialNote:
+    activation = get_path(deep.spec, "model.activation")
+    patch: dict[str, Any] = {"model": {"norm": "batch"}}
+    if activation in ("sigmoid", "tanh"):
+        patch["model"]["activation"] = "relu"
+    return TrialNote(
+        deep.job_id,
+        "deeper_is_worse",
+        {
+            "sweep_id": sweep_id,
+            "train_loss": _r(deep.train_loss),
+            "hidden": get_path(deep.spec, "model.hidden"),
+            "shallower_job_id": ref.job_id,
+            "shallower_hidden": get_path(ref.spec, "model.hidden"),
+            "shallower_train_loss": _r(ref.train_loss),
+            "alternative_patch": {"model": {"hidden": get_path(ref.spec, "model.hidden")}},
+            "pair": pair,
+        },
+        f"This model's training loss ({_r(deep.train_loss)}) is higher than that of its shallower sibling "
+        f"{ref.job_id} ({_r(ref.train_loss)}). A deeper net can represent everything the shallower one "
+        "can, so the optimizer is at fault: add normalization"
+        + (" and use ReLU instead of a saturating activation" if activation in ("sigmoid", "tanh") else "")
+        + ", or keep the shallower depth.",
+        patch,
+        verdict="underfitting.optimization",
+    )
+
+
+def batch_size_findings(runs: list[Run], sweep_id: str) -> tuple[list[dict[str, Any]], list[TrialNote]]:
+    """batch_size_sharpness: λ_max of the final model, test loss and time per epoch against batch
+    size. When larger batches reach sharper minima and also test worse, the sharp trials (sharper and
+    worse than the smallest batch) get ``sharp_minimum``."""
+    findings: list[dict[str, Any]] = []
+    notes: list[TrialNote] = []
+    for group in _groups(runs, "batch_size"):
+        group.sort(key=lambda r: (int(get_path(r.spec, "batch_size") or 0), r.number))
+        table = _table(
+            [
+                {
+                    "job_id": r.job_id,
+                    "batch_size": get_path(r.spec, "batch_size"),
+                    "lambda_max": _r(r.lambda_max),
+                    "test_loss": _r(r.test_loss),
+                    "val_loss": _r(r.val_loss),
+                    "train_loss": _r(r.train_loss),
+                    "seconds_per_epoch": _r(r.summary.get("seconds_per_epoch")),
+                    "ms_per_update": _r(r.summary.get("ms_per_update")),
+                }
+                for r in group
+            ]
+        )
+        measured = [r for r in group if _finite(r.lambda_max) and _finite(r.test_loss)]
+        sizes = [float(get_path(r.spec, "batch_size")) for r in measured]
+        rho_sharp = _rank_correlation(sizes, [r.lambda_max or 0.0 for r in measured])
+        rho_test = _rank_correlation(sizes, [r.test_loss or 0.0 for r in measured])
+        small, large = group[0], group[-1]
+        t_small, t_large = small.summary.get("seconds_per_epoch"), large.summary.get("seconds_per_epoch")
+        speedup = t_small / t_large if _finite(t_small) and _finite(t_large) and t_large else None
+        evidence = {
+            "table": table,
+            "rank_correlation": {"lambda_max": _r(rho_sharp), "test_loss": _r(rho_test)},
+            "epoch_speedup_largest_vs_smallest": _r(speedup),
+        }
+        sharp: list[Run] = []
+        if (
+            measured
+            and rho_sharp is not None
+            and rho_test is not None
+            and rho_sharp >= 0.5
+            and rho_test >= 0.5
+        ):
+            ref = measured[0]  # the smallest batch with a spectrum
+            sharp = [
+                r
+                for r in measured[1:]
+                if get_path(r.spec, "batch_size") > get_path(ref.spec, "batch_size")
+                and (r.lambda_max or 0.0) > 1.2 * (ref.lambda_max or 0.0)
+                and _clearly_worse(r.test_loss or 0.0, ref.test_loss or 0.0)
+            ]
+        trade = (
+            f" An epoch at batch {get_path(large.spec, 'batch_size')} takes {1 / speedup:.2g}× the time of batch "
+            f"{get_path(small.spec, 'batch_size')}."
+            if speedup
+            else ""
+        )
+        if sharp:
+            ref = measured[0]
+            findings.append(
+                {
+                    "code": "batch_size_sharpness",
+                    "severity": "warning",
+                    "conclusion": f"Larger batches reach sharper minima (λ_max {_r(ref.lambda_max)} at batch "
+                    f"{get_path(ref.spec, 'batch_size')} → up to {_r(max(r.lambda_max or 0.0 for r in sharp))}) "
+                    "and generalize worse (test loss "
+                    f"{_r(ref.test_loss)} → up to {_r(max(r.test_loss or 0.0 for r in sharp))}). Prefer the "
+                    f"smaller batch, or make up for a large one (warm-up, noise, a higher rate).{trade}",
+                    "evidence": evidence,
+                    "trials": [r.job_id for r in sharp],
+                    "patch": {"batch_size": get_path(ref.spec, "batch_size")},
+                }
+            )
+            for r in sharp:
+                notes.append(
+                    TrialNote(
+                        r.job_id,
+                        "sharp_minimum",
+                        {
+                            "sweep_id": sweep_id,
+                            "batch_size": get_path(r.spec, "batch_size"),
+                            "lambda_max": _r(r.lambda_max),
+                            "test_loss": _r(r.test_loss),
+                            "reference": {
+                                "job_id": ref.job_id,
+                                "batch_size": get_path(ref.spec, "batch_size"),
+                                "lambda_max": _r(ref.lambda_max),
+                                "test_loss": _r(ref.test_loss),
+                            },
+                        },
+                        f"At batch size {get_path(r.spec, 'batch_size')} training ended in a sharper minimum "
+                        f"(λ_max {_r(r.lambda_max)}) than at batch size {get_path(ref.spec, 'batch_size')} "
+                        f"(λ_max {_r(ref.lambda_max)}), and its test loss is worse. Use the smaller batch.",
+                        {"batch_size": get_path(ref.spec, "batch_size")},
+                    )
+                )
+        conclusion = (
+            "Larger batches reached sharper minima and tested worse." + trade
+            if sharp
+            else "No sharpness penalty for larger batches in these runs." + trade
+        )
+        findings.append(
+            {
+                "code": "batch_size_comparison",
+                "severity": "info",
+                "conclusion": conclusion,
+                "evidence": evidence,
+            }
+        )
+    return findings, notes
+
+
+def learning_rate_findings(runs: list[Run]) -> list[dict[str, Any]]:
+    """learning_rate_range: loss against rate; the usable range is the rates whose best validation
+    loss is within 10% of the best one, and the rates that diverged bound it from above."""
+    findings = []
+    for group in _groups(runs, "optimizer.lr"):
+        group.sort(key=lambda r: float(get_path(r.spec, "optimizer.lr")))
+        table = _table(
+            [
+                {
+                    "job_id": r.job_id,
+                    "lr": get_path(r.spec, "optimizer.lr"),
+                    "train_loss": _r(r.train_loss),
+                    "val_loss": _r(r.val_loss),
+                    "verdict": r.verdict,
+                }
+                for r in group
+            ]
+        )
+        ok = [r for r in group if _finite(r.val_loss) and r.verdict != "diverged"]
+        ok_ids = {r.job_id for r in ok}
+        diverged = [float(get_path(r.spec, "optimizer.lr")) for r in group if r.job_id not in ok_ids]
+        if not ok:
+            conclusion, usable, best_lr = "Every rate diverged or lost its validation loss.", None, None
+        else:
+            best = min(ok, key=lambda r: r.val_loss or math.inf)
+            best_lr = float(get_path(best.spec, "optimizer.lr"))
+            good = [
+                float(get_path(r.spec, "optimizer.lr"))
+                for r in ok
+                if (r.val_loss or math.inf) <= 1.1 * (best.val_loss or 0.0) + 1e-12
+            ]
+            usable = [min(good), max(good)]
+            conclusion = f"Best rate {best_lr:g} (validation loss {_r(best.val_loss)}); rates from {usable[0]:g} to {usable[1]:g} come within 10% of it."
+            if diverged:
+                conclusion += f" Diverged at {min(diverged):g} and above."
+        findings.append(
+            {
+                "code": "learning_rate_range",
+                "severity": "info",
+                "conclusion": conclusion,
+                "evidence": {
+                    "table": table,
+                    "best_lr": best_lr,
+                    "usable_range": usable,
+                    "diverged_lrs": diverged,
+                },
+            }
+        )
+    return findings
+
+
+def cross_run_findings(session: Session, sweep: Sweep, spec: SweepSpec) -> list[dict[str, Any]]:
+    runs = load_runs(session, sweep.id)
+    depth, depth_notes = depth_findings(runs, sweep.id)
+    batch, batch_notes = batch_size_findings(runs, sweep.id)
+    apply_notes(session, sweep.id, [r.job_id for r in runs], depth_notes + batch_notes)
+    return depth + batch + learning_rate_findings(runs)
+
+
+def apply_notes(session: Session, sweep_id: str, job_ids: list[str], notes: list[TrialNote]) -> None:
+    """Write the comparisons' diagnoses on the trials (replacing this sweep's earlier ones), and the
+    verdict they imply. The verdict row that the single-run engine wrote is replaced, keeping what it
+    said as ``previous_verdict``, so a job's verdict and its verdict row always agree."""
+    old = session.execute(
+        select(Diagnosis.id, Diagnosis.evidence).where(
+            Diagnosis.job_id.in_(job_ids), Diagnosis.code.in_(("deeper_is_worse", "sharp_minimum"))
+        )
+    ).all()
+    stale = [i for i, evidence in old if (evidence or {}).get("sweep_id") == sweep_id]
+    if stale:
+        session.execute(delete(Diagnosis).where(Diagnosis.id.in_(stale)))
+    for note in notes:
+        session.add(
+            Diagnosis(
+                job_id=note.job_id,
+                code=note.code,
+                kind="finding",
+                severity="warning",
+                confidence=0.8,
+                evidence=json_safe(note.evidence),
+                recommendation=note.recommendation,
+                patch=json_safe(note.patch),
+            )
+        )
+        if note.verdict:
+            set_verdict(session, note)
+
+
+def set_verdict(session: Session, note: TrialNote) -> None:
+    job = session.get(Job, note.job_id)
+    if job is None or job.verdict in (note.verdict, "diverged"):  # divergence is the more specific story
+        return
+    session.execute(delete(Diagnosis).where(Diagnosis.job_id == job.id, Diagnosis.kind == "verdict"))
+    session.add(
+        Diagnosis(
+            job_id=job.id,
+            code=note.verdict,
+            kind="verdict",
+            severity="warning",
+            confidence=0.8,
+            evidence=json_safe({"previous_verdict": job.verdict, "causes": [note.code], **note.evidence}),
+            recommendation=note.recommendation,
+            patch=json_safe(note.patch),
+        )
+    )
+    job.verdict = note.verdict
