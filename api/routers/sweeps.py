@@ -1,0 +1,159 @@
+"""/v1/sweeps and the one-call studies /v1/studies/depth and /v1/studies/batch-size: thin handlers
+over api.services.sweeps (scheduling, pruning and findings are in worker.sweeps)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+from pydantic import BaseModel
+
+from api.deps import ProjectDep, SessionDep
+from api.services import sweeps as svc
+from models.settings import get_settings
+from worker.sweeps import SweepSpec
+
+router = APIRouter(prefix="/v1", tags=["sweeps"])
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+
+
+class ProgressOut(BaseModel):
+    done: int  # finished in any way: succeeded, failed, cancelled or pruned
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    pruned: int
+    total: int  # trials the sweep will run (max_trials, or the grid's size)
+
+
+class BestOut(BaseModel):
+    job_id: str | None
+    number: int
+    value: float | None
+    params: dict[str, Any]
+
+
+class TrialOut(BaseModel):
+    job_id: str | None
+    number: int
+    params: dict[str, Any]
+    objective: float | None
+    verdict: str | None
+    status: str  # queued | running | succeeded | failed | cancelled | pruned
+    error: str | None = None
+
+
+class SweepOut(BaseModel):
+    id: str
+    name: str
+    kind: str  # sweep | study.depth | study.batch_size
+    status: str  # running | succeeded | failed | cancelled
+    algorithm: str
+    objective: dict[str, Any]
+    pruner: str
+    max_trials: int
+    max_concurrency: int
+    progress: ProgressOut
+    best: BestOut | None
+    trials: list[TrialOut]
+    next_trials_after: int | None  # pass as trials_after for the next page of the trials table
+    findings: list[dict[str, Any]]
+    conclusion: str | None  # studies: the comparison's conclusion once finished
+    config: dict[str, Any]
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class SweepSummaryOut(BaseModel):
+    id: str
+    name: str
+    kind: str
+    status: str
+    algorithm: str | None
+    best_job_id: str | None
+    progress: ProgressOut
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class SweepPage(BaseModel):
+    items: list[SweepSummaryOut]
+    next_cursor: str | None
+
+
+def _created(session: SessionDep, sweep_and_created: tuple[Any, bool], response: Response) -> SweepOut:
+    sweep, created = sweep_and_created
+    if not created:
+        response.status_code = 200
+    return SweepOut.model_validate(svc.sweep_view(session, sweep))
+
+
+@router.post("/sweeps", status_code=201, response_model=SweepOut, responses={200: {"model": SweepOut}})
+def create_sweep(
+    body: SweepSpec,
+    session: SessionDep,
+    project: ProjectDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> SweepOut:
+    return _created(session, svc.create_sweep(session, project, body, idempotency_key), response)
+
+
+@router.get("/sweeps", response_model=SweepPage)
+def list_sweeps(
+    session: SessionDep,
+    project: ProjectDep,
+    status: str | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1)] = 50,
+) -> SweepPage:
+    items, next_cursor = svc.list_sweeps(
+        session, project, status, cursor, min(limit, get_settings().max_page_size)
+    )
+    return SweepPage(items=[SweepSummaryOut.model_validate(i) for i in items], next_cursor=next_cursor)
+
+
+@router.get("/sweeps/{sweep_id}", response_model=SweepOut)
+def get_sweep(
+    sweep_id: str,
+    session: SessionDep,
+    project: ProjectDep,
+    trials_after: Annotated[int, Query(ge=-1, description="list trials numbered above this")] = -1,
+    trials_limit: Annotated[int, Query(ge=0, le=svc.MAX_TRIALS_PAGE)] = svc.DEFAULT_TRIALS_PAGE,
+) -> SweepOut:
+    return SweepOut.model_validate(svc.read_sweep(session, project, sweep_id, trials_after, trials_limit))
+
+
+@router.post("/sweeps/{sweep_id}/cancel", response_model=SweepOut)
+def cancel_sweep(sweep_id: str, session: SessionDep, project: ProjectDep) -> SweepOut:
+    return SweepOut.model_validate(svc.sweep_view(session, svc.cancel_sweep(session, project, sweep_id)))
+
+
+@router.post("/studies/depth", status_code=201, response_model=SweepOut, responses={200: {"model": SweepOut}})
+def depth_study(
+    body: svc.DepthStudy,
+    session: SessionDep,
+    project: ProjectDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> SweepOut:
+    """A grid sweep over model.hidden; GET /v1/sweeps/{id} gives the comparison and conclusion."""
+    return _created(session, svc.create_depth_study(session, project, body, idempotency_key), response)
+
+
+@router.post(
+    "/studies/batch-size", status_code=201, response_model=SweepOut, responses={200: {"model": SweepOut}}
+)
+def batch_size_study(
+    body: svc.BatchSizeStudy,
+    session: SessionDep,
+    project: ProjectDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> SweepOut:
+    """A grid sweep over batch_size: λ_max, test loss and time per epoch against batch size."""
+    return _created(session, svc.create_batch_size_study(session, project, body, idempotency_key), response)

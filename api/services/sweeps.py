@@ -1,0 +1,462 @@
+"""Sweep and study operations as plain functions; every query carries the caller's project.
+
+The scheduling itself (Optuna, launching trials, pruning, findings) lives in ``worker.sweeps``, which
+is torch-free; this module validates requests, creates sweeps, and shapes what the API returns.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import math
+from datetime import datetime
+from typing import Annotated, Any, get_args, get_origin
+
+from fastapi import HTTPException
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.services.jobs import check_datasets_exist, request_hash
+from models.spec import JobSpec
+from models.tables import Job, Project, Sweep, SweepTrial, new_id
+from worker import sweeps as engine
+from worker.sweeps import MAX_GRID_POINTS, Dim, SweepSpec
+
+DEFAULT_TRIALS_PAGE = 1_000
+MAX_TRIALS_PAGE = 10_000
+
+
+def _invalid(loc: tuple[str, ...], message: str) -> RequestValidationError:
+    """A 422 in the app's usual shape, naming the field (e.g. ``space.optimizer.lr``)."""
+    return RequestValidationError([{"loc": ("body", *loc), "msg": message, "type": "value_error"}])
+
+
+# ----- validation -------------------------------------------------------------------------------
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``Init`` or ``InitFrom | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _is_mapping(annotation: Any) -> bool:
+    return get_origin(annotation) is dict or any(_is_mapping(a) for a in get_args(annotation))
+
+
+def check_path(path: str) -> str | None:
+    """None when the dotted path names a JobSpec field (or a key under a free-form mapping such as
+    ``data.params.noise``), else what is wrong with it."""
+    model: type[BaseModel] = JobSpec
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        so_far = ".".join(parts[: i + 1])
+        info = model.model_fields.get(part)
+        if info is None:
+            return f"{so_far} is not a JobSpec field"
+        if i == len(parts) - 1:
+            return None
+        sub = _model_in(info.annotation)
+        if sub is None:
+            if _is_mapping(info.annotation) and i == len(parts) - 2:
+                return None
+            return f"{so_far} has no field {parts[i + 1]!r}"
+        model = sub
+    return None
+
+
+def plan(session: Session, project: Project, body: SweepSpec) -> int:
+    """Validate what pydantic cannot see alone and return how many trials the sweep will run.
+
+    Every candidate value (each choice, both bounds of a range) is set on the base spec and the
+    result validated as a JobSpec, so a value that can only give invalid trials is a 422 now, not a
+    failed trial later."""
+    for path in body.space:
+        problem = check_path(path)
+        if problem:
+            raise _invalid(("space", path), problem)
+    if body.algorithm == "grid":
+        size = 1
+        for path, dim in body.space.items():
+            points = dim.grid()
+            if points is None:
+                raise _invalid(
+                    ("space", path),
+                    f"grid needs choice or int dimensions; {dim.type} is continuous (use random or tpe)",
+                )
+            size *= len(points)
+        if size > MAX_GRID_POINTS:
+            raise _invalid(("space",), f"the grid has {size} points; at most {MAX_GRID_POINTS}")
+        if body.max_trials is not None and body.max_trials > size:
+            raise _invalid(("max_trials",), f"{body.max_trials} exceeds the grid's {size} points")
+        total = body.max_trials or size
+    elif body.max_trials is None:
+        raise _invalid(("max_trials",), f"required for algorithm {body.algorithm}")
+    else:
+        total = body.max_trials
+
+    base = body.base.model_dump(mode="json")
+    firsts = {path: dim.candidates()[0] for path, dim in body.space.items()}
+    for path, dim in body.space.items():
+        for i, value in enumerate(dim.candidates()):
+            payload = copy.deepcopy(base)
+            for other, first in firsts.items():
+                engine.set_path(payload, other, first)
+            engine.set_path(payload, path, value)
+            try:
+                spec = JobSpec.model_validate(payload)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"]) or "spec"
+                raise _invalid(
+                    ("space", path), f"value {value!r} gives an invalid spec: {where}: {err['msg']}"
+                ) from None
+            # Uploaded datasets must exist in this project: the base's, and each one the space names.
+            if i == 0 or path in ("data.dataset", "data.test_dataset"):
+                check_datasets_exist(session, project, spec)
+    return total
+
+
+# ----- create, read, list, cancel -----------------------------------------------------------------
+def find_by_idempotency_key(session: Session, project: Project, key: str) -> Sweep | None:
+    return session.scalars(
+        select(Sweep).where(Sweep.project_id == project.id, Sweep.idempotency_key == key)
+    ).one_or_none()
+
+
+def _replay(sweep: Sweep, digest: str) -> Sweep:
+    if sweep.config.get("request_hash") != digest:
+        raise HTTPException(422, "Idempotency-Key was already used with a different request body")
+    return sweep
+
+
+def create_sweep(
+    session: Session,
+    project: Project,
+    body: SweepSpec,
+    idempotency_key: str | None = None,
+    kind: str = "sweep",
+) -> tuple[Sweep, bool]:
+    """Insert the sweep and launch its first trials. Returns (sweep, created); a replay is not created."""
+    payload = body.model_dump(mode="json")
+    digest = request_hash({"kind": kind, **payload})
+    if idempotency_key:
+        existing = find_by_idempotency_key(session, project, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest), False
+    total = plan(session, project, body)
+    sweep_id = new_id()
+    sweep = Sweep(
+        id=sweep_id,
+        project_id=project.id,
+        name=body.name or "sweep",
+        status="running",
+        config={
+            "request": payload,
+            "kind": kind,
+            "total": total,
+            # One seed for the sweep's life: GridSampler's order and each step's sampler derive from it.
+            "seed": body.seed if body.seed is not None else int(sweep_id[:7], 16),
+            "request_hash": digest,
+        },
+        findings=[],
+        idempotency_key=idempotency_key,
+    )
+    session.add(sweep)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same key won the race
+        session.rollback()
+        existing = find_by_idempotency_key(session, project, idempotency_key or "")
+        if existing is None:
+            raise
+        return _replay(existing, digest), False
+    job_ids = engine.schedule(session, sweep.id)
+    session.commit()
+    engine.enqueue(job_ids)
+    return sweep, True
+
+
+def get_sweep(session: Session, project: Project, sweep_id: str) -> Sweep:
+    sweep = session.scalars(
+        select(Sweep).where(Sweep.id == sweep_id, Sweep.project_id == project.id)
+    ).one_or_none()
+    if sweep is None:
+        raise HTTPException(404, f"sweep {sweep_id} not found")
+    return sweep
+
+
+def trial_status(state: str, job_status: str | None) -> str:
+    """What the trials table shows: the job's status, or pruned, or failed for a trial that never
+    got a job (its sampled spec was invalid)."""
+    if state == "pruned" or (state == "pruning" and job_status == "cancelled"):
+        return "pruned"
+    return job_status or "failed"
+
+
+def progress(session: Session, sweep: Sweep) -> dict[str, int]:
+    rows = session.execute(
+        select(SweepTrial.state, Job.status, func.count())
+        .outerjoin(Job, Job.id == SweepTrial.job_id)
+        .where(SweepTrial.sweep_id == sweep.id)
+        .group_by(SweepTrial.state, Job.status)
+    ).all()
+    return _progress(sweep, [(trial_status(state, status), n) for state, status, n in rows])
+
+
+def _progress(sweep: Sweep, counted: list[tuple[str, int]]) -> dict[str, int]:
+    out = dict.fromkeys(("queued", "running", "succeeded", "failed", "cancelled", "pruned"), 0)
+    for status, n in counted:
+        out[status] = out.get(status, 0) + int(n)
+    done = out["succeeded"] + out["failed"] + out["cancelled"] + out["pruned"]
+    return {"done": done, **out, "total": int(sweep.config["total"])}
+
+
+def _best(session: Session, sweep: Sweep, mode: str) -> dict[str, Any] | None:
+    best = engine.best_trial(session, sweep.id, mode)
+    if best is None:
+        return None
+    return {"job_id": best.job_id, "number": best.number, "value": best.value, "params": best.params}
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def sweep_view(
+    session: Session, sweep: Sweep, trials_after: int = -1, trials_limit: int = DEFAULT_TRIALS_PAGE
+) -> dict[str, Any]:
+    """The sweep with its progress, best trial, one page of the trials table and its findings."""
+    spec = engine.sweep_spec(sweep)
+    rows = session.execute(
+        select(
+            SweepTrial.number,
+            SweepTrial.job_id,
+            SweepTrial.params,
+            SweepTrial.value,
+            SweepTrial.state,
+            SweepTrial.error,
+            Job.status,
+            Job.verdict,
+        )
+        .outerjoin(Job, Job.id == SweepTrial.job_id)
+        .where(SweepTrial.sweep_id == sweep.id, SweepTrial.number > trials_after)
+        .order_by(SweepTrial.number)
+        .limit(trials_limit + 1)
+    ).all()
+    trials = [
+        {
+            "job_id": job_id,
+            "number": number,
+            "params": params,
+            "objective": _finite(value),
+            "verdict": verdict,
+            "status": trial_status(state, status),
+            "error": error,
+        }
+        for number, job_id, params, value, state, error, status, verdict in rows[:trials_limit]
+    ]
+    kind = sweep.config.get("kind", "sweep")
+    return {
+        "id": sweep.id,
+        "name": sweep.name,
+        "kind": kind,
+        "status": sweep.status,
+        "algorithm": spec.algorithm,
+        "objective": spec.objective.model_dump(),
+        "pruner": spec.pruner.type,
+        "max_trials": int(sweep.config["total"]),
+        "max_concurrency": spec.max_concurrency,
+        "progress": progress(session, sweep),
+        "best": _best(session, sweep, spec.objective.mode or "min"),
+        "trials": trials,
+        "next_trials_after": (trials[-1]["number"] if trials else trials_after)
+        if len(rows) > trials_limit
+        else None,
+        "findings": sweep.findings or [],
+        "conclusion": study_conclusion(kind, sweep.findings or []),
+        "config": sweep.config["request"],
+        "created_at": sweep.created_at,
+        "finished_at": sweep.finished_at,
+    }
+
+
+STUDY_CODES = {
+    "study.depth": ("deeper_is_worse", "depth_comparison"),
+    "study.batch_size": ("batch_size_sharpness", "batch_size_comparison"),
+}
+
+
+def study_conclusion(kind: str, findings: list[dict[str, Any]]) -> str | None:
+    for code in STUDY_CODES.get(kind, ()):
+        for finding in findings:
+            if finding.get("code") == code:
+                return finding.get("conclusion")
+    return None
+
+
+def read_sweep(
+    session: Session, project: Project, sweep_id: str, trials_after: int, trials_limit: int
+) -> dict[str, Any]:
+    sweep = get_sweep(session, project, sweep_id)
+    view = sweep_view(session, sweep, trials_after, trials_limit)
+    active = view["progress"]["queued"] + view["progress"]["running"]
+    if sweep.status == "running" and active == 0:
+        # Nothing is queued or running, yet the sweep is not closed: a trial's hook is due or was
+        # lost with its worker. A scheduling step here is harmless (it is idempotent) and skips
+        # the sweep if a worker holds its lock right now.
+        job_ids = engine.schedule(session, sweep.id, skip_locked=True)
+        session.commit()
+        engine.enqueue(job_ids)
+        session.refresh(sweep)
+        view = sweep_view(session, sweep, trials_after, trials_limit)
+    return view
+
+
+def encode_cursor(sweep: Sweep) -> str:
+    return base64.urlsafe_b64encode(f"{sweep.created_at.isoformat()}|{sweep.id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, sweep_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(created), sweep_id
+    except Exception:
+        raise HTTPException(422, "cursor: not a cursor returned by this API") from None
+
+
+def list_sweeps(
+    session: Session, project: Project, status: str | None = None, cursor: str | None = None, limit: int = 50
+) -> tuple[list[dict[str, Any]], str | None]:
+    stmt = select(Sweep).where(Sweep.project_id == project.id)
+    if status:
+        if status not in engine.SWEEP_STATUSES:
+            raise HTTPException(422, f"status: must be one of {', '.join(engine.SWEEP_STATUSES)}")
+        stmt = stmt.where(Sweep.status == status)
+    if cursor:
+        created, sweep_id = decode_cursor(cursor)
+        stmt = stmt.where(
+            or_(Sweep.created_at < created, and_(Sweep.created_at == created, Sweep.id < sweep_id))
+        )
+    rows = list(session.scalars(stmt.order_by(Sweep.created_at.desc(), Sweep.id.desc()).limit(limit + 1)))
+    page = rows[:limit]
+    counted: dict[str, list[tuple[str, int]]] = {s.id: [] for s in page}
+    if page:
+        for sweep_id, state, job_status, n in session.execute(
+            select(SweepTrial.sweep_id, SweepTrial.state, Job.status, func.count())
+            .outerjoin(Job, Job.id == SweepTrial.job_id)
+            .where(SweepTrial.sweep_id.in_(list(counted)))
+            .group_by(SweepTrial.sweep_id, SweepTrial.state, Job.status)
+        ):
+            counted[sweep_id].append((trial_status(state, job_status), n))
+    items = [
+        {
+            "id": s.id,
+            "name": s.name,
+            "kind": s.config.get("kind", "sweep"),
+            "status": s.status,
+            "algorithm": s.config["request"].get("algorithm"),
+            "best_job_id": s.best_job_id,
+            "progress": _progress(s, counted[s.id]),
+            "created_at": s.created_at,
+            "finished_at": s.finished_at,
+        }
+        for s in page
+    ]
+    return items, encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+
+
+def cancel_sweep(session: Session, project: Project, sweep_id: str) -> Sweep:
+    sweep = session.scalars(
+        select(Sweep).where(Sweep.id == sweep_id, Sweep.project_id == project.id).with_for_update()
+    ).one_or_none()
+    if sweep is None:
+        raise HTTPException(404, f"sweep {sweep_id} not found")
+    if sweep.status != "running":
+        raise HTTPException(409, f"sweep {sweep_id} has already finished ({sweep.status})")
+    engine.cancel(session, sweep)
+    session.commit()
+    return sweep
+
+
+# ----- studies: one-call grid sweeps over one field -------------------------------------------------
+class StudyBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("", max_length=200)
+    base: JobSpec
+    max_concurrency: int = Field(4, ge=1, le=1_000)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+
+
+Depth = Annotated[int, Field(ge=0, le=64)]
+Width = Annotated[int, Field(ge=1, le=65_536)]
+
+
+class DepthStudy(StudyBase):
+    """Depths as layer counts (each layer ``width`` wide, default the base's first layer) or as
+    explicit ``model.hidden`` lists."""
+
+    depths: list[Depth | list[Width]] = Field(min_length=2, max_length=16)
+    width: int | None = Field(None, ge=1, le=65_536)
+
+    def hidden_choices(self) -> list[list[int]]:
+        width = self.width or (self.base.model.hidden[0] if self.base.model.hidden else 64)
+        out: list[list[int]] = []
+        for depth in self.depths:
+            hidden = [width] * depth if isinstance(depth, int) else list(depth)
+            if hidden not in out:
+                out.append(hidden)
+        return sorted(out, key=len)
+
+
+class BatchSizeStudy(StudyBase):
+    batch_sizes: list[Annotated[int, Field(ge=1, le=1_000_000)]] = Field(min_length=2, max_length=16)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _distinct_ascending(cls, sizes: list[int]) -> list[int]:
+        return sorted(set(sizes))
+
+
+def _study_spec(body: StudyBase, name: str, path: str, values: list[Any]) -> SweepSpec:
+    return SweepSpec(
+        name=body.name or name,
+        base=body.base,
+        space={path: Dim(type="choice", values=values)},
+        algorithm="grid",
+        max_concurrency=body.max_concurrency,
+        seed=body.seed,
+    )
+
+
+def create_depth_study(
+    session: Session, project: Project, body: DepthStudy, idempotency_key: str | None
+) -> tuple[Sweep, bool]:
+    choices = body.hidden_choices()
+    if len({len(h) for h in choices}) < 2:
+        raise _invalid(("depths",), "needs at least two different depths")
+    if body.base.model.arch != "mlp":
+        raise _invalid(("base", "model", "arch"), "a depth study varies model.hidden of an mlp")
+    spec = _study_spec(body, "depth-study", "model.hidden", choices)
+    return create_sweep(session, project, spec, idempotency_key, kind="study.depth")
+
+
+def create_batch_size_study(
+    session: Session, project: Project, body: BatchSizeStudy, idempotency_key: str | None
+) -> tuple[Sweep, bool]:
+    if len(body.batch_sizes) < 2:
+        raise _invalid(("batch_sizes",), "needs at least two different batch sizes")
+    if not body.base.analysis.hessian.enabled:
+        raise _invalid(
+            ("base", "analysis", "hessian", "enabled"),
+            "the batch-size study compares λ_max, which needs the Hessian spectra",
+        )
+    spec = _study_spec(body, "batch-size-study", "batch_size", list(body.batch_sizes))
+    return create_sweep(session, project, spec, idempotency_key, kind="study.batch_size")
