@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from api.routers import datasets, health, jobs, observability, studies, sweeps
+from api.routers import dashboard, datasets, health, jobs, observability, studies, sweeps
 from api.schemas import ERROR_RESPONSES
 from models.settings import get_settings
 
@@ -88,6 +88,8 @@ def create_app() -> FastAPI:
     app.include_router(datasets.router, responses=ERROR_RESPONSES)
     app.include_router(studies.router, responses=ERROR_RESPONSES)
     app.include_router(observability.router, responses=ERROR_RESPONSES)
+    # The dashboard's page and scripts hold no data (it reads the API with the user's token): public.
+    app.include_router(dashboard.router)
     app.include_router(sweeps.router, responses=ERROR_RESPONSES)
     return app
 
