@@ -13,6 +13,9 @@ from models.settings import Settings, get_settings
 
 RUN_JOB = "saddle.run_job"
 ON_DEMAND_SPECTRUM = "saddle.on_demand_spectrum"
+BATCH_TIMING_TASK = "saddle.batch_size_timing"
+# Which task runs a job row of each kind; anything not listed trains (RUN_JOB).
+TASK_FOR_KIND = {"study": BATCH_TIMING_TASK}
 # Redis re-delivers an unacked message after this long; jobs may run for days (resources.max_minutes
 # is bounded by a week), and the attempt token protects against an early second delivery anyway.
 VISIBILITY_TIMEOUT_SECONDS = 8 * 24 * 3600
@@ -55,8 +58,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
 app = make_celery()
 
 
-def enqueue_job(job_id: str) -> None:
-    app.send_task(RUN_JOB, args=[job_id], queue=get_settings().queue)
+def enqueue_job(job_id: str, kind: str = "train") -> None:
+    app.send_task(TASK_FOR_KIND.get(kind, RUN_JOB), args=[job_id], queue=get_settings().queue)
 
 
 def enqueue_spectrum(job_id: str, checkpoint_id: int, settings: dict) -> None:

@@ -33,29 +33,29 @@ log = logging.getLogger("saddle.reaper")
 def requeue_stale_running() -> list[str]:
     cutoff = utcnow() - timedelta(seconds=get_settings().stale_after_seconds)
     with session_scope() as session:
-        ids = session.scalars(
+        ids = session.execute(
             update(Job)
             .where(Job.status == "running", Job.heartbeat_at < cutoff)
             .values(status="queued", attempt_token=None, heartbeat_at=None)
-            .returning(Job.id)
+            .returning(Job.id, Job.kind)
         ).all()
-    for job_id in ids:
+    for job_id, kind in ids:
         log.warning("job %s: worker lost (heartbeat older than cutoff); re-queued", job_id)
-        _enqueue(job_id)
-    return list(ids)
+        _enqueue(job_id, kind)
+    return [job_id for job_id, _ in ids]
 
 
 def requeue_all_queued() -> int:
     with session_scope() as session:
-        ids = session.scalars(select(Job.id).where(Job.status == "queued")).all()
-    for job_id in ids:
-        _enqueue(job_id)
-    return len(ids)
+        rows = session.execute(select(Job.id, Job.kind).where(Job.status == "queued")).all()
+    for job_id, kind in rows:
+        _enqueue(job_id, kind)
+    return len(rows)
 
 
-def _enqueue(job_id: str) -> None:
+def _enqueue(job_id: str, kind: str) -> None:
     try:
-        enqueue_job(job_id)
+        enqueue_job(job_id, kind)  # a study goes back to its own task, not to training
     except Exception:  # the broker is away: the next round tries again
         log.exception("could not enqueue job %s", job_id)
 

@@ -28,6 +28,7 @@ from models.db import session_scope
 from models.jsonsafe import json_safe
 from models.spec import JobSpec
 from models.tables import Job
+from worker.celery_app import BATCH_TIMING_TASK  # noqa: F401  (the task's one name, shared with the API)
 from worker.data import Prepared
 from worker.lifecycle import Claim, Heartbeat, LeaseLost, claim, fenced_update, finish
 from worker.recorders import MemoryRecorder
@@ -35,9 +36,6 @@ from worker.runner import configure_torch, prepare_data
 from worker.training import StopTraining, Trainer, resolve_device
 
 log = logging.getLogger("saddle.worker")
-
-# The Celery task name; the API sends it by this literal (it must not import this torch module).
-BATCH_TIMING_TASK = "saddle.batch_size_timing"
 
 StopCheck = Callable[[], str | None]
 

@@ -22,14 +22,12 @@ from api.services.jobs import check_datasets_exist, find_by_idempotency_key, req
 from models.settings import get_settings
 from models.spec import JobSpec
 from models.tables import Job, Project
+from worker.celery_app import BATCH_TIMING_TASK
 from worker.celery_app import app as celery_app
 
 log = logging.getLogger("saddle.api")
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
-# Registered by worker/tasks.py as worker.timing.BATCH_TIMING_TASK; that module loads torch, which the
-# API never imports, so the name is repeated here (tests/test_batch_timing.py checks they agree).
-BATCH_TIMING_TASK = "saddle.batch_size_timing"
 MAX_BATCH_SIZES = 16
 MAX_STUDY_BATCH = 65_536
 
