@@ -5,18 +5,25 @@ size), taken in eval mode with respect to the parameters that require grad. It i
 unless the model is small: everything else runs on Hessian-vector products (HVPs).
 
 * HVPs are forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``): one forward pass with
-  tangents plus one backward pass, about 2-3 gradients' worth of work and no retained graph. When a
-  model uses an op without a forward-mode derivative, we fall back to double backward (reverse over
-  reverse) and remember that model so later calls skip the failed attempt.
-* Several vectors at once (exact Hessian columns, trace probes, density runs) go through ``vmap``,
-  which turns k HVPs into one batched pass: far less Python and kernel-launch overhead per product.
+  tangents plus one backward pass, about 2-3 gradients' worth of work and nothing kept between
+  products. The other engine is reverse over reverse (double backward): its gradient graph is built
+  once and, when all data fits in one chunk, kept, so that each later product is one backward pass.
+  Which is faster depends on the device and model (on a 2-core CPU and a small MLP the kept graph
+  is ~4x faster per product; where double backward is expensive, as for convolutions on a GPU,
+  forward mode should win), so ``hvp_mode="auto"`` times both on the first products of a run,
+  keeps the faster, and remembers the choice per model. Where forward mode raises (an op
+  without a forward derivative, e.g. a custom autograd.Function, or torch's own ``nn.MSELoss``),
+  "auto" falls back to double backward and remembers that model.
+* Several vectors at once (exact Hessian columns, trace probes, density runs) go through ``vmap``
+  in forward mode, which turns k HVPs into one batched pass with far less per-product overhead.
 * Small models (``n_params <= exact_threshold``): the full Hessian, column by column, then ``eigh``.
 * Larger ones: one Lanczos run with full reorthogonalization yields both ends of the spectrum (Ritz
   values converge from the outside in at both ends at once), stopped by the residual bound
   ``|beta_m * s_{m,i}|`` of every wanted Ritz pair. The trace reuses that Krylov basis: the part of
   H inside it is known exactly (sum of the alphas) and Hutchinson's estimator only has to sample the
-  deflated rest (the Hutch++ idea, with the Krylov basis as the sketch), which has most of the big
-  eigenvalues removed and so a much smaller variance. The density is stochastic Lanczos quadrature.
+  deflated rest (the Hutch++ idea, with the Krylov basis as the sketch): unbiased for any basis,
+  and of smaller variance when a few large eigenvalues dominate, since those are mostly inside the
+  basis. The density is stochastic Lanczos quadrature.
 """
 
 from __future__ import annotations
@@ -40,6 +47,10 @@ HvpMode = Literal["auto", "forward_over_reverse", "double_backward"]
 # Models on which forward mode (or vmap) raised once: later calls go straight to what works.
 _NO_FORWARD_MODE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 _NO_VMAP: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+# "auto": which engine was faster for a model on data of a given shape; later calls skip the timing.
+_ENGINE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], bool, dict[str, float]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 MAX_CHUNK_ELEMENTS = 1 << 24  # batches are merged into chunks of at most this many input elements
 
@@ -106,6 +117,10 @@ def _size(x: Any) -> int:
     return int(x.shape[0]) if isinstance(x, torch.Tensor) else _size(x[0])
 
 
+def _shape(x: Any) -> Any:
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else [_shape(v) for v in x]
+
+
 def _to(x: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
     if isinstance(x, torch.Tensor):
         x = x.to(device)
@@ -162,8 +177,8 @@ class _HessianOperator:
     product but keeps nothing between products. Reverse over reverse builds the gradient's graph
     once (``create_graph``) and, when all data is one chunk, keeps it: every later product is then
     a single backward pass through that graph, cheaper than a fresh gradient. Which one is faster
-    depends on the device and model (on a small CPU model the kept graph wins by ~4x; on a GPU CNN
-    forward mode can win), so "auto" times both on the first real products and keeps the faster.
+    depends on the device and model, so "auto" times both on the first real products and keeps the
+    faster (see the module docstring).
     """
 
     def __init__(
@@ -193,6 +208,10 @@ class _HessianOperator:
         self.calibrate = mode == "auto" and self.forward_mode and len(chunks) == 1
         self.timings: dict[str, float] = {}  # seconds per product, measured by the calibration
         self._stage = 0
+        self._key = (str(self.flat.device), self.dtype, [_shape(c.inputs) for c in chunks])
+        cached = _ENGINE.get(model)
+        if self.calibrate and cached is not None and cached[0] == self._key:
+            self.calibrate, self.forward_mode, self.timings = False, cached[1], dict(cached[2])
         self.hvps = 0
         self.grad: torch.Tensor | None = None
         self.loss = math.nan
@@ -272,6 +291,8 @@ class _HessianOperator:
 
     def apply(self, vs: torch.Tensor, batched: bool) -> torch.Tensor:
         self.hvps += vs.shape[0]
+        if self._graph is not None and not self.forward_mode and not batched:
+            return self._db(vs, self.chunks[0], False)[2]  # hot path: one backward pass, weight 1
         if self.calibrate:
             return self._calibration_step(vs, batched)
         return self._robust(vs, batched)
@@ -292,8 +313,11 @@ class _HessianOperator:
         return out
 
     def _looped(self, vs: torch.Tensor, batched: bool) -> torch.Tensor:
-        """Batched if the model can be vmapped, else one vector at a time (remembered)."""
-        if not batched or self.model in _NO_VMAP:
+        """Batched if the model can be vmapped, else one vector at a time (remembered). With a kept
+        graph, one at a time is faster: autograd's batched backward (is_grads_batched) is a slow
+        vmap fallback, while each plain backward through the kept graph is cheap."""
+        kept = self._graph is not None and not self.forward_mode
+        if not batched or kept or self.model in _NO_VMAP:
             return torch.cat([self._products(v[None], False) for v in vs])
         try:
             return self._products(vs, True)
@@ -322,28 +346,44 @@ class _HessianOperator:
         return out, time.perf_counter() - start
 
     def _calibration_step(self, vs: torch.Tensor, batched: bool) -> torch.Tensor:
-        """Products 1-2 by forward mode (the first warms up, the second is timed), product 3 by
-        the kept reverse-over-reverse graph (timed; building it is not), then keep the faster."""
-        k = vs.shape[0]
-        if self._stage < 2:
+        """The first products double as timings: forward mode three times (the first warms up),
+        then the kept reverse-over-reverse graph twice (building it is not timed). The faster by
+        best time per product is kept for the rest, and remembered for this model and data shape."""
+        engine = _CALIBRATION[self._stage]
+        self._stage += 1
+        if engine == "forward_over_reverse":
             out, seconds = self._timed(lambda: self._robust(vs, batched))
-            if self._stage == 1:
-                self.timings["forward_over_reverse"] = seconds / k
-            self._stage += 1
+            if not self.forward_mode:  # forward mode failed: the fallback decided already
+                self.calibrate = False
+            elif self._stage > 1:
+                self._record(engine, seconds / vs.shape[0])
             return out
-        self.calibrate = False
         try:
-            self._build_graph(self.chunks[0])
-            out, seconds = self._timed(lambda: self._db(vs, self.chunks[0], batched)[2])
+            if self._graph is None:
+                self._build_graph(self.chunks[0])
+            out, seconds = self._timed(lambda: self._kept_products(vs))
         except Exception:  # no double backward here (or out of memory): stay with forward mode
-            self._graph = None
+            self._graph, self.calibrate = None, False
+            _ENGINE[self.model] = (self._key, True, dict(self.timings))
             return self._robust(vs, batched)
-        self.timings["double_backward"] = seconds / k
-        if self.timings["double_backward"] < self.timings["forward_over_reverse"]:
-            self.forward_mode = False
-        else:
-            self._graph = None
+        self._record(engine, seconds / vs.shape[0])
+        if self._stage == len(_CALIBRATION):
+            self.calibrate = False
+            self.forward_mode = self.timings["forward_over_reverse"] <= self.timings["double_backward"]
+            if self.forward_mode:
+                self._graph = None
+            _ENGINE[self.model] = (self._key, self.forward_mode, dict(self.timings))
         return out
+
+    def _kept_products(self, vs: torch.Tensor) -> torch.Tensor:
+        """One backward pass per vector through the kept graph (what _looped does once chosen)."""
+        return torch.cat([self._db(v[None], self.chunks[0], False)[2] for v in vs])
+
+    def _record(self, engine: str, seconds: float) -> None:
+        self.timings[engine] = min(seconds, self.timings.get(engine, math.inf))
+
+
+_CALIBRATION = ("forward_over_reverse",) * 3 + ("double_backward",) * 2
 
 
 # ---------------------------------------------------------------------------------------- exact
@@ -384,7 +424,7 @@ def _rademacher(n: int, rows: int, gen: torch.Generator, like: torch.Tensor) -> 
 def _tridiagonal_eigh(alpha: list[float], beta: list[float]) -> tuple[np.ndarray, np.ndarray]:
     if len(alpha) == 1:
         return np.array(alpha), np.ones((1, 1))
-    return eigh_tridiagonal(np.array(alpha), np.array(beta))
+    return eigh_tridiagonal(np.array(alpha), np.array(beta), check_finite=False)
 
 
 def _wanted(m: int, top_k: int, bottom_k: int) -> np.ndarray:
@@ -771,6 +811,8 @@ def classify_critical_point(
     a ``local_minimum``, and everything within the floor ``flat``.
     """
     values = [*result.top, *result.bottom]
+    if not values:
+        raise ValueError("classification needs at least one eigenvalue (top_k or bottom_k > 0)")
     lam_max, lam_min = max(values), min(values)
     floor = noise_floor(result)
     g2 = result.grad_norm**2
@@ -788,7 +830,7 @@ def classify_critical_point(
         kind = "local_minimum"
     else:
         kind = "flat"
-    sharpness = lam_max * lr if lr else None
+    sharpness = lam_max * lr if lr is not None else None
     return {
         "class": kind,
         "noise_floor": floor,
