@@ -21,6 +21,7 @@ from models.spec import JobSpec
 from models.tables import Checkpoint, Dataset, utcnow
 from worker.data import Prepared, RawData, load_builtin, load_uploaded, prepare
 from worker.diagnosis import diagnose_job
+from worker.diagnosis.probes import after_diagnosis
 from worker.diagnosis.reference import reference_scores
 from worker.finetune import initialize_from_parent
 from worker.lifecycle import Claim, Heartbeat, LeaseLost, claim, fenced_update, finish
@@ -250,6 +251,8 @@ def diagnose_safely(job_id: str, provisional: bool = False) -> None:
     """The diagnosis reads what was stored; if it fails, training goes on and the job keeps its status."""
     try:
         diagnose_job(job_id, provisional=provisional)
+        if not provisional:
+            after_diagnosis(job_id)
     except Exception:
         log.exception("job %s: diagnosis failed", job_id)
 
