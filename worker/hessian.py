@@ -389,12 +389,26 @@ _CALIBRATION = ("forward_over_reverse",) * 3 + ("double_backward",) * 2
 # ---------------------------------------------------------------------------------------- exact
 
 
+def _robust_eigh(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """eigh in float64 (the divide-and-conquer LAPACK driver can fail to converge in float32 on
+    Hessians with many repeated, near-zero eigenvalues), falling back to SciPy's MRRR driver."""
+    h64 = h.double()
+    try:
+        evals, evecs = torch.linalg.eigh(h64)
+    except torch.linalg.LinAlgError:
+        import scipy.linalg
+
+        w, v = scipy.linalg.eigh(h64.cpu().numpy(), driver="evr")
+        evals, evecs = torch.from_numpy(w).to(h.device), torch.from_numpy(v).to(h.device)
+    return evals.to(h.dtype), evecs.to(h.dtype)
+
+
 def _exact(op: _HessianOperator, top_k: int, bottom_k: int) -> dict[str, Any]:
     eye = torch.eye(op.n, dtype=op.dtype, device=op.flat.device)
     step = max(op.vmap_chunk, 1)  # pieces: bounded memory, and the engines can be timed on them
     h = torch.cat([op.matmat(eye[i : i + step]) for i in range(0, op.n, step)])  # row i: H e_i
     h = 0.5 * (h + h.T)  # rounding makes the columns slightly asymmetric
-    evals, evecs = torch.linalg.eigh(h)
+    evals, evecs = _robust_eigh(h)
     g = op.gradient()
     return {
         "evals": evals,

@@ -61,7 +61,7 @@ def parse(params: list[tuple[str, str]]) -> JobQuery:
     q = JobQuery()
     for key, value in params:
         if key in ("status", "name", "verdict", "sweep", "sort", "kind", "parent"):
-            setattr(q, key, value)
+            setattr(q, key, value or None)  # an empty value filters nothing
         elif key == "finding":
             q.finding.append(value)
         elif key == "tag":
