@@ -497,37 +497,38 @@ def finish_trial(
         trial.state = "failed"
 
 
-def sync_trials(session: Session, sweep: Sweep, spec: SweepSpec, finished_job: str | None) -> None:
-    """Record the end of trials whose job ended. A succeeded job is recorded by its own hook (which
-    runs after the job's diagnosis, so findings never race it), or by anyone once its hook is
-    overdue — the worker died between the job's end and the hook."""
+def sync_trials(session: Session, sweep: Sweep, spec: SweepSpec, finished_job: str | None) -> tuple[int, int]:
+    """Record the end of trials whose job ended; returns (trials launched, trials still active).
+
+    A succeeded job is recorded by its own hook (which runs after the job's diagnosis, so findings
+    never race it), or by anyone once its hook is overdue — the worker died between the job's end
+    and the hook. One statement reads the active trials with their jobs and the launched count: a
+    trial's worker slot waits for this step, so it is kept to a few round trips."""
     overdue = utcnow() - timedelta(seconds=get_settings().stale_after_seconds)
+    launched = (
+        select(func.count()).select_from(SweepTrial).where(SweepTrial.sweep_id == sweep.id).scalar_subquery()
+    )
     rows = session.execute(
-        select(SweepTrial, Job.status, Job.summary, Job.finished_at)
-        .join(Job, Job.id == SweepTrial.job_id)
-        .where(
-            SweepTrial.sweep_id == sweep.id,
-            SweepTrial.state.in_(ACTIVE),
-            Job.status.in_(FINISHED_STATUSES),
-        )
+        select(SweepTrial, Job.status, Job.summary, Job.finished_at, launched)
+        .outerjoin(Job, Job.id == SweepTrial.job_id)
+        .where(SweepTrial.sweep_id == sweep.id, SweepTrial.state.in_(ACTIVE))
     ).all()
-    for trial, status, summary, finished_at in rows:
+    active = 0
+    for trial, status, summary, finished_at, _ in rows:
+        if status is None:  # its job was deleted (SET NULL)
+            trial.state, trial.error, trial.finished_at = "failed", "its job was deleted", utcnow()
+            continue
         if finished_at is not None and finished_at.tzinfo is None:  # SQLite drops the zone
             finished_at = finished_at.replace(tzinfo=UTC)
         recent = finished_at is not None and finished_at > overdue
-        if status == "succeeded" and trial.job_id != finished_job and recent:
+        if status not in FINISHED_STATUSES or (
+            status == "succeeded" and trial.job_id != finished_job and recent
+        ):
+            active += 1
             continue
         finish_trial(session, trial, status, summary, spec)
-    session.flush()
-
-
-def trial_counts(session: Session, sweep_id: str) -> dict[str, int]:
-    rows = session.execute(
-        select(SweepTrial.state, func.count())
-        .where(SweepTrial.sweep_id == sweep_id)
-        .group_by(SweepTrial.state)
-    ).all()
-    return {state: int(n) for state, n in rows}
+    total = rows[0][-1] if rows else session.scalar(select(launched))
+    return int(total or 0), active
 
 
 def schedule(
@@ -553,13 +554,10 @@ def schedule(
     if sweep is None:
         return []
     spec = sweep_spec(sweep)
-    sync_trials(session, sweep, spec, finished_job)
+    launched, active = sync_trials(session, sweep, spec, finished_job)
     if sweep.status != "running":
         return []
     total = int(sweep.config["total"])
-    counts = trial_counts(session, sweep.id)
-    launched = sum(counts.values())
-    active = sum(counts.get(s, 0) for s in ACTIVE)
     job_ids: list[str] = []
     while (room := min(spec.max_concurrency - active, total - launched)) > 0:
         # A point whose spec is invalid becomes a failed trial without a job: sample again.
@@ -643,16 +641,24 @@ _watchers_lock = threading.Lock()
 
 
 class PruneWatcher(threading.Thread):
-    """Reports a running trial's epoch values to the sweep's pruner and stops the trial when told."""
+    """Reports a running trial's epoch values to the sweep's pruner and stops the trial when told.
 
-    def __init__(self, job_id: str, sweep_id: str, trial_id: int, number: int, spec: SweepSpec) -> None:
+    Started for every job at task start; its first act, in its own thread so that no job waits for
+    it, is to find out whether the job is a trial of a running sweep with a pruner, else it ends."""
+
+    def __init__(self, job_id: str) -> None:
         super().__init__(daemon=True, name=f"prune-{job_id[:8]}")
-        self.job_id, self.sweep_id, self.trial_id, self.number = job_id, sweep_id, trial_id, number
-        self.spec = spec
+        self.job_id = job_id
         self.reported = 0
         self._done = threading.Event()
 
     def run(self) -> None:
+        try:
+            if not self.attach():
+                return
+        except Exception:
+            log.exception("job %s: could not start the pruning watcher", self.job_id)
+            return
         interval = max(0.2, get_settings().heartbeat_seconds / 2)
         while not self._done.wait(interval):
             try:
@@ -660,6 +666,19 @@ class PruneWatcher(threading.Thread):
                     return
             except Exception:  # a database blip: the next round tries again
                 log.exception("job %s: pruning check failed", self.job_id)
+
+    def attach(self) -> bool:
+        with session_scope() as session:
+            row = session.execute(
+                select(Sweep, SweepTrial.id, SweepTrial.number, SweepTrial.state)
+                .join(SweepTrial, SweepTrial.sweep_id == Sweep.id)
+                .where(SweepTrial.job_id == self.job_id)
+            ).first()
+            if row is None or row[0].status != "running" or row[3] != "running":
+                return False
+            sweep, self.trial_id, self.number, _ = row
+            self.sweep_id, self.spec = sweep.id, sweep_spec(sweep)
+        return self.spec.pruner.type != "none"
 
     def check(self) -> bool:
         """One look; True once the trial was pruned or left the running state."""
@@ -704,22 +723,8 @@ class PruneWatcher(threading.Thread):
         self._done.set()
 
 
-def start_watcher(job_id: str) -> PruneWatcher | None:
-    with session_scope() as session:
-        row = session.execute(
-            select(Sweep, SweepTrial.id, SweepTrial.number, SweepTrial.state)
-            .join(SweepTrial, SweepTrial.sweep_id == Sweep.id)
-            .where(SweepTrial.job_id == job_id)
-        ).first()
-        if row is None:
-            return None
-        sweep, trial_id, number, state = row
-        if sweep.status != "running" or state != "running":
-            return None
-        spec = sweep_spec(sweep)
-    if spec.pruner.type == "none":
-        return None
-    watcher = PruneWatcher(job_id, sweep.id, trial_id, number, spec)
+def start_watcher(job_id: str) -> PruneWatcher:
+    watcher = PruneWatcher(job_id)
     with _watchers_lock:
         old = _watchers.pop(job_id, None)
         _watchers[job_id] = watcher
