@@ -85,11 +85,16 @@ class SweepPage(BaseModel):
     next_cursor: str | None
 
 
-def _created(session: SessionDep, sweep_and_created: tuple[Any, bool], response: Response) -> SweepOut:
+def _json(view: dict[str, Any], status_code: int = 200) -> Response:
+    """Validated against SweepOut, then serialized by pydantic in one pass: with 1,000 trials this
+    is several times cheaper than FastAPI's re-serialization of the returned model."""
+    body = SweepOut.model_validate(view).model_dump_json()
+    return Response(body, status_code=status_code, media_type="application/json")
+
+
+def _created(session: SessionDep, sweep_and_created: tuple[Any, bool]) -> Response:
     sweep, created = sweep_and_created
-    if not created:
-        response.status_code = 200
-    return SweepOut.model_validate(svc.sweep_view(session, sweep))
+    return _json(svc.sweep_view(session, sweep), 201 if created else 200)
 
 
 @router.post("/sweeps", status_code=201, response_model=SweepOut, responses={200: {"model": SweepOut}})
@@ -97,10 +102,9 @@ def create_sweep(
     body: SweepSpec,
     session: SessionDep,
     project: ProjectDep,
-    response: Response,
     idempotency_key: IdempotencyKey = None,
-) -> SweepOut:
-    return _created(session, svc.create_sweep(session, project, body, idempotency_key), response)
+) -> Response:
+    return _created(session, svc.create_sweep(session, project, body, idempotency_key))
 
 
 @router.get("/sweeps", response_model=SweepPage)
@@ -124,13 +128,13 @@ def get_sweep(
     project: ProjectDep,
     trials_after: Annotated[int, Query(ge=-1, description="list trials numbered above this")] = -1,
     trials_limit: Annotated[int, Query(ge=0, le=svc.MAX_TRIALS_PAGE)] = svc.DEFAULT_TRIALS_PAGE,
-) -> SweepOut:
-    return SweepOut.model_validate(svc.read_sweep(session, project, sweep_id, trials_after, trials_limit))
+) -> Response:
+    return _json(svc.read_sweep(session, project, sweep_id, trials_after, trials_limit))
 
 
 @router.post("/sweeps/{sweep_id}/cancel", response_model=SweepOut)
-def cancel_sweep(sweep_id: str, session: SessionDep, project: ProjectDep) -> SweepOut:
-    return SweepOut.model_validate(svc.sweep_view(session, svc.cancel_sweep(session, project, sweep_id)))
+def cancel_sweep(sweep_id: str, session: SessionDep, project: ProjectDep) -> Response:
+    return _json(svc.sweep_view(session, svc.cancel_sweep(session, project, sweep_id)))
 
 
 @router.post("/studies/depth", status_code=201, response_model=SweepOut, responses={200: {"model": SweepOut}})
@@ -138,11 +142,10 @@ def depth_study(
     body: svc.DepthStudy,
     session: SessionDep,
     project: ProjectDep,
-    response: Response,
     idempotency_key: IdempotencyKey = None,
-) -> SweepOut:
+) -> Response:
     """A grid sweep over model.hidden; GET /v1/sweeps/{id} gives the comparison and conclusion."""
-    return _created(session, svc.create_depth_study(session, project, body, idempotency_key), response)
+    return _created(session, svc.create_depth_study(session, project, body, idempotency_key))
 
 
 @router.post(
@@ -152,8 +155,7 @@ def batch_size_study(
     body: svc.BatchSizeStudy,
     session: SessionDep,
     project: ProjectDep,
-    response: Response,
     idempotency_key: IdempotencyKey = None,
-) -> SweepOut:
+) -> Response:
     """A grid sweep over batch_size: λ_max, test loss and time per epoch against batch size."""
-    return _created(session, svc.create_batch_size_study(session, project, body, idempotency_key), response)
+    return _created(session, svc.create_batch_size_study(session, project, body, idempotency_key))
