@@ -390,15 +390,18 @@ _CALIBRATION = ("forward_over_reverse",) * 3 + ("double_backward",) * 2
 
 
 def _robust_eigh(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """eigh in float64 (the divide-and-conquer LAPACK driver can fail to converge in float32 on
-    Hessians with many repeated, near-zero eigenvalues), falling back to SciPy's MRRR driver."""
-    h64 = h.double()
+    """eigh, retried in float64 and then with SciPy's MRRR driver: LAPACK's divide-and-conquer can
+    fail to converge on Hessians with many repeated, near-zero eigenvalues (seen on a wine MLP)."""
     try:
-        evals, evecs = torch.linalg.eigh(h64)
+        return torch.linalg.eigh(h)
+    except torch.linalg.LinAlgError:
+        pass
+    try:
+        evals, evecs = torch.linalg.eigh(h.double())
     except torch.linalg.LinAlgError:
         import scipy.linalg
 
-        w, v = scipy.linalg.eigh(h64.cpu().numpy(), driver="evr")
+        w, v = scipy.linalg.eigh(h.double().cpu().numpy(), driver="evr")
         evals, evecs = torch.from_numpy(w).to(h.device), torch.from_numpy(v).to(h.device)
     return evals.to(h.dtype), evecs.to(h.dtype)
 

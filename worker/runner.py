@@ -17,7 +17,7 @@ from models.db import session_scope, with_retries
 from models.jsonsafe import json_safe
 from models.metrics import Point, delete_after, write_points
 from models.settings import get_settings
-from models.spec import JobSpec
+from models.spec import BUILTIN_DATASETS, JobSpec
 from models.tables import Checkpoint, Dataset, utcnow
 from worker.data import Prepared, RawData, load_builtin, load_uploaded, prepare
 from worker.diagnosis import diagnose_job
@@ -131,17 +131,7 @@ class DbRecorder:
 
 
 def load_raw(spec: JobSpec, dataset: str, project_id: str) -> RawData:
-    if dataset in {
-        "digits",
-        "iris",
-        "wine",
-        "breast_cancer",
-        "diabetes",
-        "moons",
-        "circles",
-        "blobs",
-        "gaussian_regression",
-    }:
+    if dataset in BUILTIN_DATASETS:
         return load_builtin(dataset, spec.data.params, spec.seed)
     with session_scope() as session:
         row = session.scalars(

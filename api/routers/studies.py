@@ -11,19 +11,15 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Response
+from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import ProjectDep, SessionDep
 from api.schemas import JobOut
-from api.services.jobs import check_datasets_exist, find_by_idempotency_key, request_hash
-from models.settings import get_settings
+from api.services.jobs import create_job
 from models.spec import JobSpec
 from models.tables import Job, Project
-from worker.celery_app import BATCH_TIMING_TASK
-from worker.celery_app import app as celery_app
 
 log = logging.getLogger("saddle.api")
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
@@ -50,50 +46,18 @@ class BatchTimingRequest(BaseModel):
 def create_batch_timing(
     session: Session, project: Project, body: BatchTimingRequest, idempotency_key: str | None
 ) -> tuple[Job, bool]:
-    payload = body.model_dump(mode="json")
-    digest = request_hash(payload)
-    if idempotency_key:
-        existing = find_by_idempotency_key(session, project, idempotency_key)
-        if existing is not None:
-            return _replay(existing, digest), False
-    check_datasets_exist(session, project, body.spec)
-    job = Job(
-        project_id=project.id,
-        name=body.spec.name or "batch-size-timing",
-        spec=payload["spec"],
-        tags=dict(body.spec.tags),
+    # The worker reads the study's parameters from the summary: the database, not the message, holds them.
+    study = {"kind": "batch_size_timing", "batch_sizes": body.batch_sizes, "epochs": body.epochs}
+    spec = body.spec if body.spec.name else body.spec.model_copy(update={"name": "batch-size-timing"})
+    return create_job(
+        session,
+        project,
+        spec,
+        idempotency_key,
+        request=body.model_dump(mode="json"),
         kind="study",
-        # The worker reads the study's parameters from here: the database, not the message, holds them.
-        summary={
-            "study": {"kind": "batch_size_timing", "batch_sizes": body.batch_sizes, "epochs": body.epochs}
-        },
-        idempotency_key=idempotency_key,
-        request_hash=digest,
+        summary={"study": study},
     )
-    session.add(job)
-    try:
-        session.commit()
-    except IntegrityError:  # a concurrent request with the same key won the race
-        session.rollback()
-        existing = find_by_idempotency_key(session, project, idempotency_key or "")
-        if existing is None:
-            raise
-        return _replay(existing, digest), False
-    enqueue_study(job.id)
-    return job, True
-
-
-def _replay(job: Job, digest: str) -> Job:
-    if job.request_hash != digest:
-        raise HTTPException(422, "Idempotency-Key was already used with a different request body")
-    return job
-
-
-def enqueue_study(job_id: str) -> None:
-    try:
-        celery_app.send_task(BATCH_TIMING_TASK, args=[job_id], queue=get_settings().queue)
-    except Exception:  # the row stays queued; it can be sent again from the database
-        log.exception("could not enqueue study %s", job_id)
 
 
 @router.post("/batch-size-timing", status_code=201, response_model=JobOut, responses={200: {"model": JobOut}})

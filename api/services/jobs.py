@@ -56,11 +56,14 @@ def create_job(
     project: Project,
     spec: JobSpec,
     idempotency_key: str | None = None,
-    **links: Any,
+    request: dict[str, Any] | None = None,
+    **fields: Any,
 ) -> tuple[Job, bool]:
-    """Insert the job row and enqueue it. Returns (job, created); an idempotent replay is not created."""
+    """Insert the job row and enqueue it to the task of its kind. Returns (job, created); an
+    idempotent replay is not created. ``request`` is what the key's body hash covers (default: the
+    spec); ``fields`` are extra columns (parent_id, sweep_id, kind, summary...)."""
     payload = spec.model_dump(mode="json")
-    digest = request_hash(payload)
+    digest = request_hash(request if request is not None else payload)
     if idempotency_key:
         existing = find_by_idempotency_key(session, project, idempotency_key)
         if existing is not None:
@@ -68,7 +71,7 @@ def create_job(
     check_budget(spec, check_datasets_exist(session, project, spec))
     check_init_from(session, project, spec)
     if spec.init_from is not None:
-        links.setdefault("parent_id", spec.init_from.job)  # the fine-tuned job records its parent
+        fields.setdefault("parent_id", spec.init_from.job)  # the fine-tuned job records its parent
     job = Job(
         project_id=project.id,
         name=spec.name,
@@ -77,7 +80,7 @@ def create_job(
         status="queued",
         idempotency_key=idempotency_key,
         request_hash=digest,
-        **links,
+        **fields,
     )
     session.add(job)
     try:
@@ -88,7 +91,7 @@ def create_job(
         if existing is None:
             raise
         return _replay(existing, digest), False
-    enqueue(job.id)
+    enqueue(job.id, job.kind)
     return job, True
 
 
@@ -104,10 +107,10 @@ def find_by_idempotency_key(session: Session, project: Project, key: str) -> Job
     ).one_or_none()
 
 
-def enqueue(job_id: str) -> None:
+def enqueue(job_id: str, kind: str = "train") -> None:
     """Postgres holds the job; if the broker is away the reaper re-enqueues it later."""
     try:
-        enqueue_job(job_id)
+        enqueue_job(job_id, kind)
     except Exception:
         log.exception("could not enqueue job %s; it stays queued in the database", job_id)
 
