@@ -9,21 +9,14 @@ from fastapi import Depends, Header, HTTPException
 from sqlalchemy.orm import Session
 
 from api.auth import project_for_token
-from models.db import session_factory
+from models.db import session_scope
 from models.tables import Project
 
 
 def get_session() -> Iterator[Session]:
-    """Commit when the handler returns, roll back when it raises."""
-    session = session_factory()()
-    try:
+    """One session per request: committed when the handler returns, rolled back when it raises."""
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -7,9 +7,11 @@ worker) finds zero rows updated and stops instead of overwriting a newer attempt
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -19,7 +21,10 @@ from sqlalchemy import select, update
 from models.db import session_scope, with_retries
 from models.jsonsafe import json_safe
 from models.settings import get_settings
+from models.spec import JobSpec
 from models.tables import FINISHED_STATUSES, Job, new_id, utcnow
+
+log = logging.getLogger("saddle.worker")
 
 
 class LeaseLost(RuntimeError):
@@ -127,3 +132,22 @@ class Heartbeat(threading.Thread):
 
     def stop(self) -> None:
         self._done.set()
+
+
+def run_claimed(job_id: str, work: Callable[[Claim, JobSpec, Heartbeat], str]) -> str:
+    """Claim the job, keep a heartbeat while ``work`` runs, and report how it ended: the status
+    ``work`` returns, 'skipped' when the job must not run here, or 'lease_lost' when another attempt
+    took it over."""
+    job_claim = claim(job_id)
+    if job_claim is None:
+        return "skipped"
+    spec = JobSpec.model_validate(job_claim.spec)
+    heartbeat = Heartbeat(job_claim, spec.resources.max_minutes)
+    heartbeat.start()
+    try:
+        return work(job_claim, spec, heartbeat)
+    except LeaseLost as exc:
+        log.warning("%s", exc)
+        return "lease_lost"
+    finally:
+        heartbeat.stop()

@@ -24,7 +24,7 @@ from worker.diagnosis import diagnose_job
 from worker.diagnosis.probes import after_diagnosis
 from worker.diagnosis.reference import reference_scores
 from worker.finetune import initialize_from_parent
-from worker.lifecycle import Claim, Heartbeat, LeaseLost, claim, fenced_update, finish
+from worker.lifecycle import Claim, Heartbeat, LeaseLost, fenced_update, finish, run_claimed
 from worker.sweeps import on_job_finished
 from worker.training import StopTraining, Trainer, resolve_device
 
@@ -183,21 +183,10 @@ def configure_torch(spec: JobSpec) -> None:
 
 def run_job(job_id: str) -> str:
     """Run a job to its end; returns the final status (or 'skipped' when it must not run here)."""
-    job_claim = claim(job_id)
-    if job_claim is None:
-        return "skipped"
-    spec = JobSpec.model_validate(job_claim.spec)
-    heartbeat = Heartbeat(job_claim, spec.resources.max_minutes)
-    heartbeat.start()
-    try:
-        status = _train(job_claim, spec, heartbeat)
+    status = run_claimed(job_id, _train)
+    if status not in ("skipped", "lease_lost"):
         on_job_finished(job_id)  # a sweep's trial: record it and launch the next ones; never raises
-        return status
-    except LeaseLost as exc:
-        log.warning("%s", exc)
-        return "lease_lost"
-    finally:
-        heartbeat.stop()
+    return status
 
 
 def _train(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:

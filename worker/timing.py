@@ -30,7 +30,7 @@ from models.spec import JobSpec
 from models.tables import Job
 from worker.celery_app import BATCH_TIMING_TASK  # noqa: F401  (the task's one name, shared with the API)
 from worker.data import Prepared
-from worker.lifecycle import Claim, Heartbeat, LeaseLost, claim, fenced_update, finish
+from worker.lifecycle import Claim, Heartbeat, LeaseLost, fenced_update, finish, run_claimed
 from worker.recorders import MemoryRecorder
 from worker.runner import configure_torch, prepare_data
 from worker.training import StopTraining, Trainer, resolve_device
@@ -131,20 +131,12 @@ def study_parameters(job_id: str) -> dict[str, Any]:
 
 def run_study(job_id: str) -> str:
     """Run a batch-size timing study to its end; returns the final status ('skipped' if not ours)."""
-    job_claim = claim(job_id)
-    if job_claim is None:
-        return "skipped"
-    spec = JobSpec.model_validate(job_claim.spec)
-    heartbeat = Heartbeat(job_claim, spec.resources.max_minutes)
-    heartbeat.start()
-    try:
-        configure_torch(spec)
-        return _measure_and_finish(job_claim, spec, heartbeat)
-    except LeaseLost as exc:
-        log.warning("%s", exc)
-        return "lease_lost"
-    finally:
-        heartbeat.stop()
+    return run_claimed(job_id, _configured_measure)
+
+
+def _configured_measure(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
+    configure_torch(spec)
+    return _measure_and_finish(job_claim, spec, heartbeat)
 
 
 def _measure_and_finish(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:

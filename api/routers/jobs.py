@@ -97,7 +97,7 @@ def get_metrics(
     step_max: Annotated[int | None, Query(ge=0)] = None,
     max_points: Annotated[int, Query(ge=2)] = 2000,
 ) -> ORJSONResponse:
-    svc.get_job(session, project, job_id)
+    svc.require_job(session, project, job_id)
     max_points = min(max_points, get_settings().max_metric_points)
     series = read_series(
         session, job_id, name, f"{split}/" if split else None, step_min, step_max, max_points

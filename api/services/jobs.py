@@ -115,6 +115,13 @@ def enqueue(job_id: str, kind: str = "train") -> None:
         log.exception("could not enqueue job %s; it stays queued in the database", job_id)
 
 
+def require_job(session: Session, project: Project, job_id: str) -> None:
+    """404 unless the job exists in this project; reads the id only (not the JSON columns)."""
+    found = session.scalar(select(Job.id).where(Job.id == job_id, Job.project_id == project.id))
+    if found is None:
+        raise HTTPException(404, f"job {job_id} not found")
+
+
 def get_job(session: Session, project: Project, job_id: str) -> Job:
     job = session.scalars(select(Job).where(Job.id == job_id, Job.project_id == project.id)).one_or_none()
     if job is None:
