@@ -9,10 +9,10 @@ from typing import Any
 
 from fastapi import HTTPException
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.services.finetune import check_init_from
+from api.services.idempotency import check_same_body, commit_or_winner
 from models.budget import budget_problems
 from models.settings import get_settings
 from models.spec import JobSpec
@@ -83,21 +83,17 @@ def create_job(
         **fields,
     )
     session.add(job)
-    try:
-        session.commit()
-    except IntegrityError:  # a concurrent request with the same key won the race
-        session.rollback()
-        existing = find_by_idempotency_key(session, project, idempotency_key or "")
-        if existing is None:
-            raise
-        return _replay(existing, digest), False
+    winner = commit_or_winner(
+        session, lambda: find_by_idempotency_key(session, project, idempotency_key or "")
+    )
+    if winner is not None:
+        return _replay(winner, digest), False
     enqueue(job.id, job.kind)
     return job, True
 
 
 def _replay(job: Job, digest: str) -> Job:
-    if job.request_hash != digest:
-        raise HTTPException(422, "Idempotency-Key was already used with a different request body")
+    check_same_body(job.request_hash, digest)
     return job
 
 

@@ -16,9 +16,9 @@ from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api.services.idempotency import check_same_body, commit_or_winner
 from api.services.jobs import check_datasets_exist, request_hash
 from models.spec import JobSpec
 from models.tables import Job, Project, Sweep, SweepTrial, new_id
@@ -131,8 +131,7 @@ def find_by_idempotency_key(session: Session, project: Project, key: str) -> Swe
 
 
 def _replay(sweep: Sweep, digest: str) -> Sweep:
-    if sweep.config.get("request_hash") != digest:
-        raise HTTPException(422, "Idempotency-Key was already used with a different request body")
+    check_same_body(sweep.config.get("request_hash"), digest)
     return sweep
 
 
@@ -169,14 +168,11 @@ def create_sweep(
         idempotency_key=idempotency_key,
     )
     session.add(sweep)
-    try:
-        session.commit()
-    except IntegrityError:  # a concurrent request with the same key won the race
-        session.rollback()
-        existing = find_by_idempotency_key(session, project, idempotency_key or "")
-        if existing is None:
-            raise
-        return _replay(existing, digest), False
+    winner = commit_or_winner(
+        session, lambda: find_by_idempotency_key(session, project, idempotency_key or "")
+    )
+    if winner is not None:
+        return _replay(winner, digest), False
     job_ids = engine.schedule(session, sweep.id)
     session.commit()
     engine.enqueue(job_ids)
