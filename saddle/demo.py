@@ -72,6 +72,7 @@ def run_demo(port: int, serve: bool, spec_path: str | None, home: Path = Path(".
                 f"{s['bottom'][0] if s['bottom'] else float('nan'):.3g}; {s['critical_point'].get('class')}"
             )
         say(f"\nAPI: {url}   token: {token}   (also saved in {home / 'token'})")
+        say(f"dashboard: {url}/  (paste the token once)")
         say(f"try: curl -H 'Authorization: Bearer {token}' {url}/v1/jobs/{job['id']}/metrics?name=val/loss")
         if serve:
             say("serving; Ctrl-C stops the API and the worker")
