@@ -221,8 +221,13 @@ def _train(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
         log.exception("job %s failed", job_claim.job_id)
         finish(job_claim, "failed", error=f"{type(exc).__name__}: {exc}\n{_short_trace()}")
         return "failed"
-    finish(job_claim, "succeeded", summary=summary)
+    # The verdict is stored before the status turns succeeded, so a client that sees a finished job
+    # also sees its diagnosis; probes are launched (or concluded) once the job counts as finished.
+    with session_scope() as session:
+        fenced_update(session, job_claim, summary=json_safe(summary))
     diagnose_safely(job_claim.job_id)
+    finish(job_claim, "succeeded", summary=summary)
+    follow_up_safely(job_claim.job_id)
     return "succeeded"
 
 
@@ -230,10 +235,15 @@ def diagnose_safely(job_id: str, provisional: bool = False) -> None:
     """The diagnosis reads what was stored; if it fails, training goes on and the job keeps its status."""
     try:
         diagnose_job(job_id, provisional=provisional)
-        if not provisional:
-            after_diagnosis(job_id)
     except Exception:
         log.exception("job %s: diagnosis failed", job_id)
+
+
+def follow_up_safely(job_id: str) -> None:
+    try:
+        after_diagnosis(job_id)
+    except Exception:
+        log.exception("job %s: probe follow-up failed", job_id)
 
 
 def _short_trace() -> str:
