@@ -31,7 +31,6 @@ GENERATOR_DEFAULTS: dict[str, dict[str, int | float]] = {
     "gaussian_regression": {"n_samples": 1000, "n_features": 10, "n_informative": 10, "noise": 0.1},
 }
 
-PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -259,10 +258,3 @@ class JobSpec(Strict):
         if self.schedule.warmup_epochs >= self.epochs and self.schedule.warmup_epochs > 0:
             raise ValueError("schedule.warmup_epochs must be shorter than epochs")
         return self
-
-    def total_epochs(self) -> int:
-        return self.epochs
-
-
-def parse_spec(payload: dict[str, Any]) -> JobSpec:
-    return JobSpec.model_validate(payload)

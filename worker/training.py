@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from models.metrics import Point
 from models.spec import CurriculumStage, JobSpec
-from worker.data import Prepared, Scaler, add_input_noise, corrupt_labels
+from worker.data import Prepared, add_input_noise, corrupt_labels
 from worker.nets import build_model, count_parameters, weight_parameters
 from worker.schedules import PlateauState, learning_rate
 
@@ -556,7 +556,3 @@ def load_checkpoint(payload: bytes) -> dict[str, Any]:
 
 def describe_architecture(model: nn.Module) -> dict[str, list[int]]:
     return {name: list(t.shape) for name, t in model.state_dict().items()}
-
-
-def scaler_of(state: dict[str, Any]) -> Scaler:
-    return Scaler.from_dict(state["scaler"])

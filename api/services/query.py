@@ -15,6 +15,7 @@ import base64
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from fastapi import HTTPException
 from sqlalchemy import Select, and_, exists, or_, select
@@ -194,8 +195,9 @@ def _unb64(cursor: str) -> str:
         raise HTTPException(422, "cursor: not a cursor returned by this API") from None
 
 
-def encode_keyset(job: Job) -> str:
-    return _b64(f"k:{job.created_at.isoformat()}|{job.id}")
+def encode_keyset(row: Any) -> str:
+    """Cursor after ``row`` in newest-first order (any row with created_at and id: jobs, sweeps)."""
+    return _b64(f"k:{row.created_at.isoformat()}|{row.id}")
 
 
 def decode_keyset(cursor: str) -> tuple[datetime, str]:

@@ -6,10 +6,8 @@ is torch-free; this module validates requests, creates sweeps, and shapes what t
 
 from __future__ import annotations
 
-import base64
 import copy
 import math
-from datetime import datetime
 from typing import Annotated, Any, get_args, get_origin
 
 from fastapi import HTTPException
@@ -20,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from api.services.idempotency import check_same_body, commit_or_winner
 from api.services.jobs import check_datasets_exist, request_hash
+from api.services.query import decode_keyset, encode_keyset
 from models.spec import JobSpec
 from models.tables import Job, Project, Sweep, SweepTrial, new_id
 from worker import sweeps as engine
@@ -315,18 +314,6 @@ def read_sweep(
     return view
 
 
-def encode_cursor(sweep: Sweep) -> str:
-    return base64.urlsafe_b64encode(f"{sweep.created_at.isoformat()}|{sweep.id}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        created, sweep_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(created), sweep_id
-    except Exception:
-        raise HTTPException(422, "cursor: not a cursor returned by this API") from None
-
-
 def list_sweeps(
     session: Session, project: Project, status: str | None = None, cursor: str | None = None, limit: int = 50
 ) -> tuple[list[dict[str, Any]], str | None]:
@@ -336,7 +323,7 @@ def list_sweeps(
             raise HTTPException(422, f"status: must be one of {', '.join(engine.SWEEP_STATUSES)}")
         stmt = stmt.where(Sweep.status == status)
     if cursor:
-        created, sweep_id = decode_cursor(cursor)
+        created, sweep_id = decode_keyset(cursor)
         stmt = stmt.where(
             or_(Sweep.created_at < created, and_(Sweep.created_at == created, Sweep.id < sweep_id))
         )
@@ -365,7 +352,7 @@ def list_sweeps(
         }
         for s in page
     ]
-    return items, encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return items, encode_keyset(rows[limit - 1]) if len(rows) > limit else None
 
 
 def cancel_sweep(session: Session, project: Project, sweep_id: str) -> Sweep:
