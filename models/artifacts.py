@@ -1,7 +1,15 @@
 """Artifact storage (checkpoints, eigenvectors, uploaded datasets) behind one small interface.
 
 Keys are built by ``key_for_*`` from database ids and fixed words only, never from request text, and
-every key is checked again before it touches a path, so a traversal attempt cannot leave the root.
+every key is checked again before it touches a path or an object name, so a traversal attempt cannot
+leave the root.
+
+Two backends: a local directory (the embedded default, or a volume shared by the machines) and an
+S3-compatible bucket (AWS S3, MinIO, ...), chosen by ``SADDLE_ARTIFACTS_URL``. With S3, workers on
+different machines share nothing but Postgres, Redis and the bucket: a job whose worker died resumes
+on another machine from the checkpoint in the bucket. Both backends make a write atomic for readers:
+a reader sees the old bytes or the new bytes of a key, never a part (rename on disk; an S3 PUT only
+becomes visible once complete).
 """
 
 from __future__ import annotations
@@ -9,9 +17,12 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-from models.settings import get_settings
+from models.settings import Settings, get_settings
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 
@@ -47,6 +58,18 @@ def key_for_dataset(dataset_id: str, fmt: str) -> str:
     if fmt not in ("csv", "npz"):
         raise ArtifactKeyError(f"unknown dataset format {fmt!r}")
     return f"datasets/{_hex_id(dataset_id)}/data.{fmt}"
+
+
+class ArtifactStore(Protocol):
+    """What every backend offers; ``get_bytes`` of a missing key raises FileNotFoundError."""
+
+    def put_bytes(self, key: str, data: bytes) -> int: ...
+
+    def get_bytes(self, key: str) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None: ...
 
 
 class LocalArtifactStore:
@@ -86,5 +109,113 @@ class LocalArtifactStore:
         self.path(key).unlink(missing_ok=True)
 
 
-def get_store() -> LocalArtifactStore:
-    return LocalArtifactStore(get_settings().artifacts)
+class S3ArtifactStore:
+    """Objects in an S3-compatible bucket, named ``<prefix>/<key>``.
+
+    Credentials come from boto3's usual chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, a
+    profile, an instance role); ``endpoint_url`` points at MinIO or another S3-speaking server. One PUT
+    per object (up to 5 GB, far above the parameter budget's checkpoints): S3 makes it visible whole
+    or not at all, so no temp-and-rename dance is needed.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        client: Any = None,
+    ) -> None:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+            raise ValueError(f"invalid S3 bucket name {bucket!r}")
+        prefix = prefix.strip("/")
+        self.bucket = bucket
+        self.prefix = check_key(prefix) + "/" if prefix else ""
+        self.client = client or _s3_client(endpoint_url, region)
+
+    def object_key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def put_bytes(self, key: str, data: bytes) -> int:
+        self.client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=data)
+        return len(data)
+
+    def get_bytes(self, key: str) -> bytes:
+        name = self.object_key(key)
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=name)
+        except self.client.exceptions.NoSuchKey:
+            raise FileNotFoundError(f"s3://{self.bucket}/{name}") from None
+        with response["Body"] as body:
+            return body.read()
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def delete(self, key: str) -> None:
+        # Deleting a missing object succeeds in S3, like unlink(missing_ok=True).
+        self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+
+
+def _s3_client(endpoint_url: str | None, region: str | None) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=5,
+        read_timeout=120,
+        retries={"max_attempts": 8, "mode": "standard"},  # throttling, 5xx and dropped connections
+        # MinIO and other self-hosted servers are addressed by path (http://minio:9000/bucket/key).
+        s3={"addressing_style": "path" if endpoint_url else "auto"},
+    )
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    # A session of our own: boto3's default session is not safe to share between threads.
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+def store_from_settings(settings: Settings) -> ArtifactStore:
+    """``SADDLE_ARTIFACTS_URL``: empty (the folder ``SADDLE_ARTIFACTS``), ``file:///path`` or
+    ``s3://bucket[/prefix]`` (with ``SADDLE_S3_ENDPOINT_URL`` for MinIO and the like)."""
+    url = settings.artifacts_url.strip()
+    if not url:
+        return LocalArtifactStore(settings.artifacts)
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        return LocalArtifactStore(Path(parts.path))
+    if parts.scheme == "s3":
+        return S3ArtifactStore(
+            parts.netloc, parts.path, endpoint_url=settings.s3_endpoint_url or None, region=settings.s3_region
+        )
+    raise ValueError(f"SADDLE_ARTIFACTS_URL must be empty, file:///path or s3://bucket/prefix, not {url!r}")
+
+
+# One store per process and configuration: a boto3 client holds a connection pool, which a forked
+# Celery child must not share with its parent (the same rule as the database engines).
+_stores: dict[tuple[int, str, str, str | None, str | None], ArtifactStore] = {}
+_stores_lock = threading.Lock()
+
+
+def get_store() -> ArtifactStore:
+    settings = get_settings()
+    key = (
+        os.getpid(),
+        settings.artifacts_url,
+        str(settings.artifacts),
+        settings.s3_endpoint_url,
+        settings.s3_region,
+    )
+    store = _stores.get(key)
+    if store is None:
+        with _stores_lock:
+            store = _stores.get(key)
+            if store is None:
+                store = _stores[key] = store_from_settings(settings)
+    return store

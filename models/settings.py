@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     # Folder that the filesystem broker uses for its message files (embedded mode only).
     broker_folder: Path = HOME / "broker"
     artifacts: Path = HOME / "artifacts"
+    # Where artifacts live: empty for the folder above, or s3://bucket/prefix for an S3-compatible
+    # store shared by machines that share no disk (credentials from the standard AWS_* variables).
+    artifacts_url: str = ""
+    s3_endpoint_url: str | None = None  # MinIO or another S3-speaking server; empty for AWS
+    s3_region: str | None = None  # default: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1
     queue: str = "saddle"
 
     # Bounds that keep one request from eating the machine.
