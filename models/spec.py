@@ -229,6 +229,9 @@ class Analysis(Strict):
 class Resources(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_minutes: float = Field(60, gt=0, le=7 * 24 * 60)
+    # On CUDA, capture each update as one CUDA graph where the result is identical to eager mode
+    # (see worker/graphed.py for when it is); off: eager updates everywhere.
+    cuda_graphs: bool = True
 
 
 class JobSpec(Strict):

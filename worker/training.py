@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from models.metrics import Point
 from models.spec import CurriculumStage, JobSpec
 from worker.data import Prepared, add_input_noise, corrupt_labels
+from worker.graphed import GraphedEpochs, fused_optimizer, graphs_unavailable
 from worker.nets import build_model, count_parameters, weight_parameters
 from worker.schedules import PlateauState, learning_rate
 
@@ -52,16 +53,24 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def make_optimizer(spec: JobSpec, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(
+    spec: JobSpec, params: list[nn.Parameter], device: torch.device | None = None
+) -> torch.optim.Optimizer:
+    """The spec's optimizer. On CUDA, sgd/adam/adamw use the fused kernels with the learning rate as
+    a device tensor: graph-capturable, and the same kernels whether graphs are on or off."""
     o = spec.optimizer
+    fused = fused_optimizer(spec, device)
+    lr: float | torch.Tensor = torch.tensor(o.lr, device=device) if fused else o.lr
+    extra: dict[str, Any] = {"fused": True} if fused else {}
     if o.name == "sgd":
         return torch.optim.SGD(
-            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+            params, lr=lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay, **extra
         )
-    if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-    if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    if o.name in ("adam", "adamw"):
+        kind = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+        if fused:
+            extra["capturable"] = True
+        return kind(params, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, **extra)
     if o.name == "rmsprop":
         return torch.optim.RMSprop(
             params, lr=o.lr, momentum=o.momentum, eps=o.eps, weight_decay=o.weight_decay
@@ -142,6 +151,8 @@ class Trainer:
         self.weight_names: list[str] = []
         self.trainable: list[nn.Parameter] = []
         self.weight_slots: list[int] = []
+        self.graphs: GraphedEpochs | None = None
+        self._lr_set: float | None = None  # the learning rate the optimizer holds now
         self.optimizer = self.reset_optimizer()
         self.state = TrainState()
         # Batch order and gradient noise draw from their own generators so they replay on resume.
@@ -160,6 +171,8 @@ class Trainer:
         }
         self.stages = self._build_stages()
         self.timing = {"epoch_seconds": 0.0, "updates": 0}
+        if graphs_unavailable(spec, device) is None:
+            self.graphs = GraphedEpochs(self)
 
     # ----- setup -------------------------------------------------------------------------------
     def reset_optimizer(self) -> torch.optim.Optimizer:
@@ -169,7 +182,10 @@ class Trainer:
         # Positions of the weight tensors among the gradients, for per-layer gradient norms.
         self.weight_slots = [slot[id(w)] for w in self.weights if id(w) in slot]
         self.weight_names = [n for n, w in weight_parameters(self.model) if id(w) in slot]
-        self.optimizer = make_optimizer(self.spec, self.trainable)
+        self.optimizer = make_optimizer(self.spec, self.trainable, self.device)
+        self._lr_set = None
+        if self.graphs is not None:
+            self.graphs.reset()
         return self.optimizer
 
     def _tensor(self, X: np.ndarray) -> torch.Tensor:
@@ -230,13 +246,31 @@ class Trainer:
                     torch.randn(p.grad.shape, generator=self.noise_gen, device=self.device), alpha=sigma
                 )
 
+    def check_stop(self) -> None:
+        reason = self.recorder.stop_reason()
+        if reason:
+            raise StopTraining(reason)
+
+    def set_lr(self, lr: float) -> float:
+        """Give every parameter group this learning rate (a device tensor is filled only on change)."""
+        if lr != self._lr_set:
+            for group in self.optimizer.param_groups:
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr
+            self._lr_set = lr
+        return lr
+
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         stage = self.stage_at(epoch)
+        if self.graphs is not None:
+            return self.graphs.train_epoch(epoch, stage)
         bs = self.spec.batch_size
         n = len(stage.y)
         n_steps = math.ceil(n / bs)
         order = self.batch_order(n)
-        losses = torch.zeros(n_steps, device=self.device)
+        losses: list[torch.Tensor] = []  # stacked once at the end: cheaper than a write per update
         stride = self.GRAD_STATS_STRIDE
         norms_buf = torch.zeros(math.ceil(n_steps / stride), len(self.trainable), device=self.device)
         lrs: list[float] = []
@@ -247,13 +281,8 @@ class Trainer:
         diagnostics = self.spec.analysis.diagnostics
         self.model.train()
         for i in range(n_steps):
-            reason = self.recorder.stop_reason()
-            if reason:
-                raise StopTraining(reason)
-            lr = self.lr_for(epoch + i / n_steps, stage)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            lrs.append(lr)
+            self.check_stop()
+            lrs.append(self.set_lr(self.lr_for(epoch + i / n_steps, stage)))
             idx = order[i * bs : (i + 1) * bs]
             loss = self.data_loss(self.model(stage.X[idx]), stage.y[idx])
             total = loss + self.l2_penalty() if use_l2 else loss
@@ -266,9 +295,16 @@ class Trainer:
             if clip:
                 torch.nn.utils.clip_grad_norm_(params, clip)
             self.optimizer.step()
-            losses[i] = loss.detach()
+            losses.append(loss.detach())
             self.state.step += 1
-        squares = norms_buf.square()
+        return self.epoch_result(stage, torch.stack(losses), norms_buf, lrs)
+
+    def epoch_result(
+        self, stage: Stage, losses: torch.Tensor, norms: torch.Tensor, lrs: list[float]
+    ) -> dict[str, Any]:
+        """What log_steps/log_epoch need from an epoch: per-update losses, and the gradient norms of
+        every GRAD_STATS_STRIDE-th update (one row per measured update, one column per tensor)."""
+        squares = norms.square()
         return {
             "stage": stage,
             "losses": losses,
@@ -531,7 +567,13 @@ class Trainer:
         """Resume exactly where a checkpoint left off (same device and deterministic mode)."""
         state = load_checkpoint(payload)
         self.model.load_state_dict(state["model"])
+        built = [{k: g[k] for k in ("fused", "capturable") if k in g} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, flags in zip(self.optimizer.param_groups, built, strict=True):
+            group.update(flags)  # this device's kernels, whatever device wrote the checkpoint
+        self._device_learning_rates()
+        if self.graphs is not None:
+            self.graphs.reset()
         self.order_gen.set_state(state["order_rng"])
         self.noise_gen.set_state(state["noise_rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -547,6 +589,14 @@ class Trainer:
             plateau=PlateauState(**t["plateau"]),
             stopped_early=t["stopped_early"],
         )
+
+    def _device_learning_rates(self) -> None:
+        """A loaded optimizer state brings its learning rates as CPU tensors (map_location="cpu") or
+        floats: fused CUDA kernels need a tensor on the device, anything else a float."""
+        for group in self.optimizer.param_groups:
+            lr = float(group["lr"])
+            group["lr"] = torch.tensor(lr, device=self.device) if group.get("fused") else lr
+        self._lr_set = None
 
 
 def load_checkpoint(payload: bytes) -> dict[str, Any]:

@@ -1,0 +1,172 @@
+"""Whole-update CUDA graphs for the training loop.
+
+A small model on a GPU is paced by kernel launches, not arithmetic: an eager update of an MLP
+64-256-256-10 issues a few dozen kernels and costs ~1 ms at every batch size from 1 to 4,096, almost
+all of it host time. Captured once as a CUDA graph, the whole update (batch gather, forward, loss,
+backward, gradient statistics, clipping, optimizer step, loss bookkeeping) is one launch.
+
+What makes the captured update identical to the eager one:
+
+* Every update, eager or replayed, runs the same function (``GraphedEpochs._update``), which reads
+  the step's position from a device counter and gathers its batch with ``index_select`` from a
+  permutation buffer, so nothing in it depends on a host value that changes between updates.
+* The optimizer is the fused CUDA implementation with the learning rate as a device tensor (filled
+  before an update whenever the schedule changes it); eager CUDA runs use the same optimizer, so
+  graphs on and off run the same kernels (``benchmarks/train_overhead.py --check-graphs`` compares).
+* The first ``WARMUP_UPDATES`` updates of a stage run eagerly on a side stream (CUDA's recipe: lazy
+  initialization — optimizer state, library handles — must not happen inside a capture); they are
+  real training updates, not throw-away ones, so nothing has to be undone.
+* The last, smaller batch of an epoch runs eagerly through the same function.
+
+Graphs are used only where a replay is exact: no dropout (its masks would come from a different
+random stream), no gradient noise (its own generator), and an optimizer with a fused, capturable
+CUDA kernel (sgd, adam, adamw). Everything else trains eagerly, as it does on a CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from models.spec import JobSpec
+
+if TYPE_CHECKING:
+    from worker.training import Stage, Trainer
+
+log = logging.getLogger("saddle.worker")
+
+GRAPH_OPTIMIZERS = frozenset({"sgd", "adam", "adamw"})
+WARMUP_UPDATES = 3
+
+
+def fused_optimizer(spec: JobSpec, device: torch.device | None) -> bool:
+    """Fused CUDA optimizer kernels with a device learning rate: what a graph can capture."""
+    return device is not None and device.type == "cuda" and spec.optimizer.name in GRAPH_OPTIMIZERS
+
+
+def graphs_unavailable(spec: JobSpec, device: torch.device) -> str | None:
+    """Why this job's updates cannot be CUDA graphs (None when they can)."""
+    if device.type != "cuda":
+        return "not a CUDA device"
+    if not spec.resources.cuda_graphs:
+        return "resources.cuda_graphs is off"
+    if spec.optimizer.name not in GRAPH_OPTIMIZERS:
+        return f"optimizer {spec.optimizer.name} has no fused CUDA kernel"
+    if spec.model.dropout > 0:
+        return "dropout masks would differ from eager mode"
+    if spec.regularization.gradient_noise.c > 0:
+        return "gradient noise draws from its own generator"
+    return None
+
+
+@dataclass
+class _StageBuffers:
+    """Static tensors one stage's graph reads and writes; they live as long as the graph."""
+
+    stage_index: int
+    order: torch.Tensor  # this epoch's permutation of the stage's rows
+    losses: torch.Tensor  # (updates per epoch,) minibatch data loss
+    norms: torch.Tensor  # (updates per epoch, trainable tensors) gradient norms, every update
+    full: torch.Tensor  # arange(batch size)
+    tail: torch.Tensor  # arange(rows of the epoch's last batch)
+    graph: torch.cuda.CUDAGraph | None = None
+    eager_updates: int = 0
+
+
+class GraphedEpochs:
+    """Runs a Trainer's epochs as graph replays (or, off CUDA, as the same updates run eagerly)."""
+
+    def __init__(self, trainer: Trainer, capture: bool = True) -> None:
+        self.trainer = trainer
+        self.capture = capture
+        self.counter = torch.zeros((), dtype=torch.long, device=trainer.device)
+        self.buffers: _StageBuffers | None = None
+        self.side = torch.cuda.Stream(trainer.device) if capture else None
+
+    def reset(self) -> None:
+        """Forget the captured graph (optimizer state or parameters were replaced)."""
+        self.buffers = None
+
+    def _buffers_for(self, stage: Stage, n_steps: int) -> _StageBuffers:
+        if self.buffers is None or self.buffers.stage_index != stage.index:
+            t, device = self.trainer, self.trainer.device
+            bs, n = t.spec.batch_size, len(stage.y)
+            self.buffers = _StageBuffers(
+                stage_index=stage.index,
+                order=torch.zeros(n, dtype=torch.long, device=device),
+                losses=torch.zeros(n_steps, device=device),
+                norms=torch.zeros(n_steps, len(t.trainable), device=device),
+                full=torch.arange(min(bs, n), device=device),
+                tail=torch.arange(n - (n_steps - 1) * bs, device=device),
+            )
+            if len(self.buffers.tail) == len(self.buffers.full):  # no short last batch
+                self.buffers.tail = self.buffers.full
+        return self.buffers
+
+    def train_epoch(self, epoch: int, stage: Stage) -> dict:
+        t = self.trainer
+        n_steps = math.ceil(len(stage.y) / t.spec.batch_size)
+        buf = self._buffers_for(stage, n_steps)
+        buf.order.copy_(t.batch_order(len(stage.y)))
+        self.counter.zero_()
+        lrs: list[float] = []
+        t.model.train()
+        for i in range(n_steps):
+            t.check_stop()
+            lrs.append(t.set_lr(t.lr_for(epoch + i / n_steps, stage)))
+            rows = buf.tail if i == n_steps - 1 else buf.full
+            if buf.graph is not None and rows is buf.full:
+                buf.graph.replay()
+            elif self.capture and rows is buf.full and buf.eager_updates >= WARMUP_UPDATES:
+                self._capture_and_replay(stage, buf)
+            else:
+                self._eager(stage, buf, rows)
+            t.state.step += 1
+        norms = buf.norms[:: t.GRAD_STATS_STRIDE]
+        return t.epoch_result(stage, buf.losses.clone(), norms, lrs)
+
+    def _eager(self, stage: Stage, buf: _StageBuffers, rows: torch.Tensor) -> None:
+        buf.eager_updates += 1
+        if self.side is None:
+            self._update(stage, buf, rows)
+            return
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
+            self._update(stage, buf, rows)
+        torch.cuda.current_stream().wait_stream(self.side)
+
+    def _capture_and_replay(self, stage: Stage, buf: _StageBuffers) -> None:
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._update(stage, buf, buf.full)
+        except Exception:  # an op that cannot be captured: the rest of the run trains eagerly
+            log.warning("CUDA graph capture failed; training eagerly", exc_info=True)
+            self.capture = False
+            torch.cuda.synchronize(self.trainer.device)
+            self._eager(stage, buf, buf.full)
+            return
+        buf.graph = graph
+        graph.replay()
+
+    def _update(self, stage: Stage, buf: _StageBuffers, rows: torch.Tensor) -> None:
+        """One update, positioned by the device counter; the same kernels eager or captured."""
+        t = self.trainer
+        t.optimizer.zero_grad(set_to_none=True)
+        idx = buf.order.index_select(0, self.counter * t.spec.batch_size + rows)
+        loss = t.data_loss(t.model(stage.X.index_select(0, idx)), stage.y.index_select(0, idx))
+        total = loss + t.l2_penalty() if t.spec.regularization.l2 > 0 else loss
+        total.backward()
+        at = self.counter.view(1)
+        if t.spec.analysis.diagnostics:
+            grads = [p.grad for p in t.trainable if p.grad is not None]
+            buf.norms.index_copy_(0, at, torch.stack(torch._foreach_norm(grads)).unsqueeze(0))
+        if t.spec.regularization.grad_clip:
+            torch.nn.utils.clip_grad_norm_(t.trainable, t.spec.regularization.grad_clip)
+        t.optimizer.step()
+        buf.losses.index_copy_(0, at, loss.detach().view(1))
+        self.counter.add_(1)
