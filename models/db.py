@@ -6,6 +6,7 @@ of the parent it was forked from, so the cache is keyed by pid.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.settings import get_settings
+
+log = logging.getLogger("saddle.db")
 
 _engines: dict[tuple[int, str], Engine] = {}
 
@@ -64,11 +67,12 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
-def with_retries(work, attempts: int = 8, first_delay: float = 0.25):  # noqa: ANN001, ANN201
+def with_retries(work, attempts: int = 16, first_delay: float = 0.25):  # noqa: ANN001, ANN201
     """Run ``work()`` (a whole transaction) again when the database connection drops.
 
     Only connection-level errors are retried: a restarted Postgres or a dropped socket. Errors in the
-    statement itself are raised at once.
+    statement itself are raised at once. The default waits out about a minute of outage (delays
+    0.25, 0.5, 1, 2, 4, then 5 s), long enough for a restart or a managed database's failover.
     """
     import time
 
@@ -86,6 +90,13 @@ def with_retries(work, attempts: int = 8, first_delay: float = 0.25):  # noqa: A
             if not exc.connection_invalidated or attempt == attempts - 1:
                 raise
             last = exc
+        log.warning(
+            "database connection lost (%s); retry %d of %d in %.2f s",
+            type(last.orig or last).__name__,
+            attempt + 1,
+            attempts - 1,
+            delay,
+        )
         time.sleep(delay)
         delay = min(delay * 2, 5.0)
     raise last  # pragma: no cover - the loop always returns or raises

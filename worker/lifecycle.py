@@ -48,7 +48,14 @@ def heartbeat_is_fresh(job: Job) -> bool:
 
 
 def claim(job_id: str) -> Claim | None:
-    """Take the job for this worker, or return None when it must not run here."""
+    """Take the job for this worker, or return None when it must not run here.
+
+    A database outage is waited out: a delivery that gave up here would be acked and lost while
+    its job stays queued."""
+    return with_retries(lambda: _claim(job_id))
+
+
+def _claim(job_id: str) -> Claim | None:
     with session_scope() as session:
         job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
         if job is None or job.status in FINISHED_STATUSES:

@@ -133,13 +133,17 @@ class DbRecorder:
 def load_raw(spec: JobSpec, dataset: str, project_id: str) -> RawData:
     if dataset in BUILTIN_DATASETS:
         return load_builtin(dataset, spec.data.params, spec.seed)
-    with session_scope() as session:
-        row = session.scalars(
-            select(Dataset).where(Dataset.id == dataset, Dataset.project_id == project_id)
-        ).one_or_none()
-        if row is None:
-            raise ValueError(f"dataset {dataset} not found in this project")
-        fmt, artifact, label, task = row.format, row.artifact, row.label, row.task
+
+    def lookup() -> tuple[str, str, str | None, str]:
+        with session_scope() as session:
+            row = session.scalars(
+                select(Dataset).where(Dataset.id == dataset, Dataset.project_id == project_id)
+            ).one_or_none()
+            if row is None:
+                raise ValueError(f"dataset {dataset} not found in this project")
+            return row.format, row.artifact, row.label, row.task
+
+    fmt, artifact, label, task = with_retries(lookup)
     return load_uploaded(fmt, get_store().get_bytes(artifact), label, task)
 
 
@@ -164,13 +168,17 @@ def resume_if_possible(claim: Claim, trainer: Trainer) -> None:
     so the resumed attempt re-logs them exactly once."""
     if claim.attempt == 1:
         return
-    row, payload = latest_checkpoint(claim.job_id)
+    row, payload = with_retries(lambda: latest_checkpoint(claim.job_id))
     if row is None or payload is None:
         return
     trainer.restore(payload)
-    with session_scope() as session:
-        fenced_update(session, claim, heartbeat_at=utcnow())
-        delete_after(session, claim.job_id, row.step)
+
+    def transaction() -> None:
+        with session_scope() as session:
+            fenced_update(session, claim, heartbeat_at=utcnow())
+            delete_after(session, claim.job_id, row.step)
+
+    with_retries(transaction)
     log.info("job %s: attempt %d resumes from epoch %d", claim.job_id, claim.attempt, row.epoch)
 
 
@@ -201,8 +209,7 @@ def _train(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
         # What the diagnosis needs besides metrics (data facts, the reference scores) is stored at
         # the start, so provisional diagnoses at checkpoints can read it while the job runs.
         early = json_safe(trainer.summary() | {"reference": reference, "init_from": parent})
-        with session_scope() as session:
-            fenced_update(session, job_claim, device=str(device), summary=early)
+        update_job(job_claim, device=str(device), summary=early)
         resume_if_possible(job_claim, trainer)
         summary = trainer.fit() | {"reference": reference, "init_from": parent}
         if recorder.analysis_errors:
@@ -223,18 +230,29 @@ def _train(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
         return "failed"
     # The verdict is stored before the status turns succeeded, so a client that sees a finished job
     # also sees its diagnosis; probes are launched (or concluded) once the job counts as finished.
-    with session_scope() as session:
-        fenced_update(session, job_claim, summary=json_safe(summary))
+    update_job(job_claim, summary=json_safe(summary))
     diagnose_safely(job_claim.job_id)
     finish(job_claim, "succeeded", summary=summary)
     follow_up_safely(job_claim.job_id)
     return "succeeded"
 
 
+def update_job(job_claim: Claim, **values: Any) -> None:
+    """A fenced update of the job row that waits out a database outage."""
+
+    def transaction() -> None:
+        with session_scope() as session:
+            fenced_update(session, job_claim, **values)
+
+    with_retries(transaction)
+
+
 def diagnose_safely(job_id: str, provisional: bool = False) -> None:
-    """The diagnosis reads what was stored; if it fails, training goes on and the job keeps its status."""
+    """The diagnosis reads what was stored; if it fails, training goes on and the job keeps its status.
+    A database outage is waited out, so a restart at the end of a job does not cost its verdict."""
     try:
-        diagnose_job(job_id, provisional=provisional)
+        # diagnose_job retries its own write; this covers its reads (about 18 s of outage).
+        with_retries(lambda: diagnose_job(job_id, provisional=provisional), attempts=8)
     except Exception:
         log.exception("job %s: diagnosis failed", job_id)
 
