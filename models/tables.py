@@ -184,6 +184,31 @@ class MetricPoint(Base):
     value: Mapped[float] = mapped_column(Float)
 
 
+class MetricRollup(Base):
+    """Aggregates of one series over aligned step buckets of one width (a power of two): a cache
+    that reads fill and writes invalidate (see ``models.metrics``), so a 1,000,000-point series is
+    downsampled from a few thousand rows. Row (job, name, width, bucket) covers the steps
+    ``[bucket * width, (bucket + 1) * width)``; for each width the rows form a prefix of the series,
+    up to the largest bucket stored (a row with ``n`` 0 marks how far an empty stretch was filled)."""
+
+    __tablename__ = "metric_rollups"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    width: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    last_step: Mapped[int] = mapped_column(BigInteger)  # (bucket + 1) * width - 1, what writes invalidate by
+    n: Mapped[int] = mapped_column(Integer)
+    n_finite: Mapped[int] = mapped_column(Integer)
+    step_sum: Mapped[float] = mapped_column(Float)
+    epoch_sum: Mapped[float] = mapped_column(Float)
+    value_sum: Mapped[float] = mapped_column(Float)  # of the finite values
+    value_min: Mapped[float | None] = mapped_column(Float)  # null when no value is finite
+    value_max: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_metric_rollups_last_step", "job_id", "name", "last_step"),)
+
+
 class Checkpoint(Base):
     __tablename__ = "checkpoints"
 
