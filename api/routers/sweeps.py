@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Query, Response
 from pydantic import BaseModel
 
 from api.deps import ProjectDep, SessionDep
+from api.services import leaderboard as board
 from api.services import sweeps as svc
 from models.settings import get_settings
 from worker.sweeps import SweepSpec
@@ -130,6 +131,20 @@ def get_sweep(
     trials_limit: Annotated[int, Query(ge=0, le=svc.MAX_TRIALS_PAGE)] = svc.DEFAULT_TRIALS_PAGE,
 ) -> Response:
     return _json(svc.read_sweep(session, project, sweep_id, trials_after, trials_limit))
+
+
+@router.get("/sweeps/{sweep_id}/leaderboard", response_model=board.LeaderboardOut)
+def sweep_leaderboard(
+    sweep_id: str,
+    session: SessionDep,
+    project: ProjectDep,
+    limit: Annotated[
+        int, Query(ge=1, le=board.MAX_LIMIT, description="entries to return")
+    ] = board.DEFAULT_LIMIT,
+) -> board.LeaderboardOut:
+    """The sweep's completed trials ranked by its objective, best first: params, objective value,
+    key summary metrics, last validation and test values, verdict and status."""
+    return board.LeaderboardOut.model_validate(board.leaderboard(session, project, sweep_id, limit))
 
 
 @router.post("/sweeps/{sweep_id}/cancel", response_model=SweepOut)

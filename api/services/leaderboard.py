@@ -1,0 +1,136 @@
+"""A sweep's leaderboard: its trials ranked by the sweep's objective, best first.
+
+A trial is ranked once it completed with a finite objective (the value ``worker.sweeps`` recorded
+for it: the objective metric at the best epoch, or at the last one). Each entry carries the sampled
+parameters, the objective, a few summary metrics of its job, the last value of the validation and
+test series, the verdict and the status. One statement reads the page; the last values are index
+probes of the metric table's primary key, so a 500-entry page costs a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api.services.sweeps import get_sweep, progress
+from models.tables import Job, MetricPoint, Project, SweepTrial
+from worker.sweeps import sweep_spec
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+# From the job's summary (see worker.training.Trainer.summary).
+SUMMARY_KEYS = (
+    "best_val_loss",
+    "best_epoch",
+    "epochs_run",
+    "stopped_early",
+    "n_parameters",
+    "seconds_per_epoch",
+)
+# The last logged value of each (absent for a regression task's accuracies).
+FINAL_SERIES = ("val/loss", "val/accuracy", "test/loss", "test/accuracy")
+
+
+class LeaderboardEntry(BaseModel):
+    rank: int = Field(description="1 is the best objective; ties go to the earlier trial")
+    number: int = Field(description="the trial's number in launch order")
+    job_id: str
+    params: dict[str, Any] = Field(description="the sampled point: dotted spec path -> value")
+    objective: float
+    status: str
+    verdict: str | None
+    summary: dict[str, Any] = Field(description=f"from the job's summary: {', '.join(SUMMARY_KEYS)}")
+    final: dict[str, float | None] = Field(description=f"last logged value of {', '.join(FINAL_SERIES)}")
+    finished_at: datetime | None
+
+
+class LeaderboardOut(BaseModel):
+    sweep_id: str
+    name: str
+    status: str
+    objective: dict[str, Any] = Field(description="metric, mode (min or max) and at (best or last)")
+    progress: dict[str, int] = Field(description="trials by status, as GET /v1/sweeps/{id} counts them")
+    ranked: int = Field(description="trials with an objective value; entries holds the first `limit`")
+    entries: list[LeaderboardEntry]
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def leaderboard(
+    session: Session, project: Project, sweep_id: str, limit: int = DEFAULT_LIMIT
+) -> dict[str, Any]:
+    sweep = get_sweep(session, project, sweep_id)  # 404 outside the caller's project
+    spec = sweep_spec(sweep)
+    mode = spec.objective.mode or "min"
+    ranked = (
+        SweepTrial.sweep_id == sweep.id,
+        SweepTrial.state == "complete",
+        SweepTrial.value.is_not(None),
+    )
+    last_values = [
+        select(MetricPoint.value)
+        .where(MetricPoint.job_id == Job.id, MetricPoint.name == name)
+        .order_by(MetricPoint.step.desc())
+        .limit(1)
+        .scalar_subquery()
+        for name in FINAL_SERIES
+    ]
+    order = SweepTrial.value.desc() if mode == "max" else SweepTrial.value.asc()
+    rows = session.execute(
+        select(
+            SweepTrial.number,
+            SweepTrial.job_id,
+            SweepTrial.params,
+            SweepTrial.value,
+            SweepTrial.finished_at,
+            Job.status,
+            Job.verdict,
+            Job.summary,
+            *last_values,
+        )
+        .join(Job, Job.id == SweepTrial.job_id)
+        .where(*ranked)
+        .order_by(order, SweepTrial.number)
+        .limit(limit)
+    ).all()
+    entries = [
+        {
+            "rank": rank,
+            "number": number,
+            "job_id": job_id,
+            "params": params,
+            "objective": value,
+            "status": status,
+            "verdict": verdict,
+            "summary": {k: (summary or {}).get(k) for k in SUMMARY_KEYS},
+            "final": {name: _finite(v) for name, v in zip(FINAL_SERIES, finals, strict=True)},
+            "finished_at": finished_at,
+        }
+        for rank, (
+            number,
+            job_id,
+            params,
+            value,
+            finished_at,
+            status,
+            verdict,
+            summary,
+            *finals,
+        ) in enumerate(rows, start=1)
+    ]
+    return {
+        "sweep_id": sweep.id,
+        "name": sweep.name,
+        "status": sweep.status,
+        "objective": spec.objective.model_dump(),
+        "progress": progress(session, sweep),
+        "ranked": session.scalar(select(func.count()).select_from(SweepTrial).where(*ranked)) or 0,
+        "entries": entries,
+    }
