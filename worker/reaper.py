@@ -8,7 +8,10 @@ from the database:
   checkpoint, and after ``max_attempts`` such losses the job is failed with the reason;
 - when the Redis server restarted (its run_id changed; it keeps nothing on disk), every *queued*
   job is enqueued again. A duplicate message is harmless: a delivery that finds its job running
-  elsewhere or finished does nothing.
+  elsewhere or finished does nothing;
+- a message that a worker took but never claimed (it died between receiving the message and
+  claiming the job) sits in Redis's unacked set until the visibility timeout, days away, while its
+  job stays *queued*: once it is older than ``stale_after_seconds`` it goes back on its queue.
 
 It runs as a thread in each API process (conditional UPDATEs make several reapers safe) and as the
 ``saddle reaper`` command. The module imports no torch.
@@ -16,8 +19,11 @@ It runs as a thread in each API process (conditional UPDATEs make several reaper
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import threading
+import time
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -25,7 +31,7 @@ from sqlalchemy import select, update
 from models.db import session_scope
 from models.settings import get_settings
 from models.tables import Job, utcnow
-from worker.celery_app import enqueue_job
+from worker.celery_app import RUN_JOB, TASK_FOR_KIND, enqueue_job
 
 log = logging.getLogger("saddle.reaper")
 
@@ -60,6 +66,53 @@ def _enqueue(job_id: str, kind: str) -> None:
         log.exception("could not enqueue job %s", job_id)
 
 
+def _job_of(raw: bytes | None) -> str | None:
+    """The job id of a Celery job message as kombu keeps it in the unacked hash, else None."""
+    try:
+        message = json.loads(raw)[0]
+        if message["headers"].get("task") not in (RUN_JOB, *TASK_FOR_KIND.values()):
+            return None
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        return str(json.loads(body)[0][0])
+    except Exception:
+        return None
+
+
+def requeue_unclaimed_deliveries() -> int:
+    """Put back on their queue the job messages that a worker reserved more than
+    ``stale_after_seconds`` ago without ever claiming their job (still *queued*): that worker died
+    with the message in hand (kill -9 between receiving and claiming, or a message prefetched behind
+    a running job). Left alone, kombu would restore them only after the visibility timeout."""
+    settings = get_settings()
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        return 0
+    from worker.celery_app import app
+
+    cutoff = time.time() - settings.stale_after_seconds
+    restored = 0
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        client = channel.client
+        tags = client.zrange(channel.unacked_index_key, 0, cutoff, byscore=True)
+        held: dict[str, list[bytes]] = {}
+        for tag in tags:
+            job_id = _job_of(client.hget(channel.unacked_key, tag))
+            if job_id:
+                held.setdefault(job_id, []).append(tag)
+        if not held:
+            return 0
+        with session_scope() as session:
+            queued = session.scalars(select(Job.id).where(Job.id.in_(held), Job.status == "queued")).all()
+        for job_id in queued:
+            for tag in held[job_id]:
+                channel.qos.restore_by_tag(tag, client=client)  # atomic: a second reaper finds nothing
+                restored += 1
+            log.warning("job %s: its message was held by a lost worker; back on the queue", job_id)
+    return restored
+
+
 def broker_identity() -> str | None:
     """Redis's run_id changes on every restart; other brokers keep their messages on disk."""
     url = get_settings().broker_url
@@ -89,6 +142,10 @@ class Reaper(threading.Thread):
 
     def once(self) -> None:
         requeue_stale_running()
+        try:
+            requeue_unclaimed_deliveries()
+        except Exception as exc:  # the broker is away: the next round looks again
+            log.warning("could not look at unacked messages: %s: %s", type(exc).__name__, exc)
         current = broker_identity()
         if current and self._broker_id and current != self._broker_id:
             log.warning("broker restarted (run_id changed); re-enqueued %d queued jobs", requeue_all_queued())
