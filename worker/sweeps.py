@@ -4,8 +4,8 @@ Torch-free: the API imports this module to validate sweeps and launch their firs
 
 State
     A sweep is a ``sweeps`` row (its validated request in ``config``) and one ``sweep_trials`` row per
-    trial: the sampled parameters, Optuna's state (running, pruning, complete, pruned, failed,
-    cancelled), the objective, the intermediate values reported at epoch boundaries and the
+    trial: the sampled parameters, its state (queued, deferred, running, pruning, complete, pruned,
+    failed, cancelled), the objective, the intermediate values reported at epoch boundaries and the
     sampler's per-trial memory (``system_attrs``: GridSampler's grid id, successive halving's
     rungs). The trial's job is an ordinary ``jobs`` row (``kind = "trial"``, ``sweep_id`` set).
     No Optuna storage is kept: each scheduling step rebuilds an in-memory study from the trial rows
@@ -15,20 +15,35 @@ State
 
 Scheduling
     ``schedule(session, sweep_id)`` is the one step. It locks the sweep row (SELECT ... FOR UPDATE,
-    so two workers finishing trials at once cannot both fill the same free slot), brings each
-    finished trial's row up to date from its job (the job's status is the truth; the objective is
-    read from the job's metrics), launches trials until ``max_concurrency`` are active or
-    ``max_trials`` have been launched, and once nothing is active and nothing is left to launch it
-    closes the sweep: best trial, then the cross-run findings. The step is idempotent and runs when
-    the sweep is created (API), at the end of every trial's ``run_job`` (``on_job_finished``, the
-    worker's hook), and from ``GET /v1/sweeps/{id}`` when a running sweep has no queued or running
-    job left, which heals a hook lost to a worker killed between a job's end and its hook.
+    so two steps cannot both fill the same free slot), records each trial whose job has ended (the
+    job's status is the truth; the objective is read from the job's metrics), launches trials until
+    ``max_concurrency + lookahead(max_concurrency)`` are pending or ``max_trials`` have been
+    launched, and once nothing is pending and nothing is left to launch it closes the sweep: best
+    trial, then the cross-run findings. The step is idempotent and runs when the sweep is created
+    (API), after every trial's ``run_job`` (``on_job_finished``, the worker's hook), and from
+    ``GET /v1/sweeps/{id}`` when a running sweep has no running job, which heals a hook lost to a
+    worker killed between a job's end and its step.
+
+    Trials are launched *ahead*: ``lookahead(max_concurrency)`` more are queued than may run, so a
+    worker that ends a trial finds the next one waiting in the broker and never waits for the
+    scheduler. The worker's hook therefore only hands the step to a per-process thread
+    (``_Stepper``) and returns. There the common step (``record``) writes the trial's outcome
+    without the sweep's lock, in three statements; only when the queue is half empty, a deferred
+    trial can run, or nothing is left does it take the lock for ``schedule``, which launches a batch.
+
+Admission (max_concurrency)
+    A launched trial is ``queued``; it becomes ``running`` only through ``admit(job_id)``, which the
+    worker calls before it claims the job. Under a per-sweep lock (Postgres advisory lock; SQLite's
+    single writer) it counts the admitted trials whose job has not ended; below ``max_concurrency``
+    the trial is admitted, else it is ``deferred`` and its message dropped, and a later step (a slot
+    freed) sends it again. So queued trials never count as running, and no more than
+    ``max_concurrency`` trials of a sweep ever run at once, however many workers there are.
 
 Pruning
     Optuna's pruners judge intermediate values reported at epoch boundaries. The trial's objective
     metric is written once per epoch by the training worker, so the worker process that trains a
-    trial also runs a ``PruneWatcher`` thread (started by Celery's ``task_prerun`` signal, stopped by
-    the hook or ``task_postrun``). When new epochs appear in the series it rebuilds the study, gives
+    trial also runs a ``PruneWatcher`` thread (started by ``admit`` once the trial is admitted,
+    stopped by the hook or ``task_postrun``). When new epochs appear in the series it rebuilds the study, gives
     the pruner this trial with all its epoch values, stores what the pruner remembers, and when told
     to prune marks the trial ``pruning`` and sets the job's ``cancel_requested`` — exactly what
     ``POST /v1/jobs/{id}/cancel`` does; the job's heartbeat stops training at its next beat and the
@@ -42,16 +57,18 @@ import copy
 import json
 import logging
 import math
+import os
+import queue
 import threading
+import time
 from dataclasses import dataclass, field
-from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Connection, bindparam, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from models.db import session_scope, with_retries
+from models.db import get_engine, session_scope, with_retries
 from models.jsonsafe import json_safe
 from models.settings import get_settings
 from models.spec import JobSpec
@@ -75,14 +92,19 @@ log = logging.getLogger("saddle.sweeps")
 
 MAX_TRIALS = 10_000
 MAX_GRID_POINTS = 10_000
-ACTIVE = ("running", "pruning")  # "pruning": told to stop, its job has not ended yet
-TRIAL_STATES = ("running", "pruning", "complete", "pruned", "failed", "cancelled")
+# queued: launched, its message is in the broker; deferred: a worker took it while the sweep had
+# max_concurrency trials running, so it waits for a step to send it again; running: admitted (its job
+# may be running); pruning: told to stop, its job has not ended yet.
+ADMITTED = ("running", "pruning")
+ACTIVE = ("queued", "deferred", *ADMITTED)  # not finished yet
+TRIAL_STATES = (*ACTIVE, "complete", "pruned", "failed", "cancelled")
 SWEEP_STATUSES = ("running", "succeeded", "failed", "cancelled")
 # A trial is better than its sibling only by a margin that noise between seeds does not reach.
 WORSE_RELATIVE = 0.10
 WORSE_ABSOLUTE = 0.01
 MAX_TABLE_ROWS = 100
 MAX_GROUPS = 20
+ADMISSION_LOCK = 0x5357  # the namespace of the sweeps' advisory locks (pg_advisory_xact_lock(ns, key))
 
 
 # ----- the request ----------------------------------------------------------------------------
@@ -257,25 +279,49 @@ def get_path(spec: dict[str, Any], path: str) -> Any:
 
 
 # ----- stored config, cached per process (a sweep's config never changes) -----------------------
-_spec_cache: dict[str, SweepSpec] = {}
+_spec_cache: dict[str, tuple[SweepSpec, int]] = {}  # sweep id -> (request, trials in all)
+
+
+def _cache_spec(sweep_id: str, config: dict[str, Any]) -> tuple[SweepSpec, int]:
+    cached = _spec_cache.get(sweep_id)
+    if cached is None:
+        cached = SweepSpec.model_validate(config["request"]), int(config["total"])
+        if len(_spec_cache) > 1_000:
+            _spec_cache.clear()
+        _spec_cache[sweep_id] = cached
+    return cached
 
 
 def sweep_spec(sweep: Sweep) -> SweepSpec:
-    spec = _spec_cache.get(sweep.id)
-    if spec is None:
-        spec = SweepSpec.model_validate(sweep.config["request"])
-        if len(_spec_cache) > 1_000:
-            _spec_cache.clear()
-        _spec_cache[sweep.id] = spec
-    return spec
+    return _cache_spec(sweep.id, sweep.config)[0]
+
+
+def _spec_of(conn: Connection, sweep_id: str) -> tuple[SweepSpec, int]:
+    """The sweep's request and size by id, read from the database once per process."""
+    cached = _spec_cache.get(sweep_id)
+    if cached is None:
+        config = conn.execute(
+            select(Sweep.__table__.c.config).where(Sweep.__table__.c.id == sweep_id)
+        ).scalar()
+        if config is None:
+            raise LookupError(f"sweep {sweep_id} not found")
+        cached = _cache_spec(sweep_id, config)
+    return cached
 
 
 # ----- the Optuna bridge ----------------------------------------------------------------------
-def _optuna() -> Any:
-    import optuna
+_optuna_module: Any = None
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna
+
+def _optuna() -> Any:
+    global _optuna_module
+    if _optuna_module is None:
+        import optuna
+
+        # Once per process: setLevel clears every logger's cache, a millisecond each time.
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        _optuna_module = optuna
+    return _optuna_module
 
 
 @dataclass
@@ -356,6 +402,8 @@ def build_study(spec: SweepSpec, views: list[TrialView], sampler: Any, pruner: A
         "cancelled": optuna.trial.TrialState.FAIL,
         "running": optuna.trial.TrialState.RUNNING,
         "pruning": optuna.trial.TrialState.RUNNING,
+        "queued": optuna.trial.TrialState.RUNNING,  # pending points: samplers avoid repeating them
+        "deferred": optuna.trial.TrialState.RUNNING,
     }
     direction = "maximize" if spec.objective.mode == "max" else "minimize"
     study = optuna.create_study(direction=direction, sampler=sampler, pruner=pruner)
@@ -449,7 +497,12 @@ def launch(session: Session, sweep: Sweep, spec: SweepSpec, first: int, k: int) 
         session.add(job)
         trials.append(
             SweepTrial(
-                sweep_id=sweep.id, number=number, job_id=job.id, params=json_safe(params), system_attrs=attrs
+                sweep_id=sweep.id,
+                number=number,
+                job_id=job.id,
+                params=json_safe(params),
+                system_attrs=attrs,
+                state="queued",
             )
         )
         job_ids.append(job.id)
@@ -458,7 +511,7 @@ def launch(session: Session, sweep: Sweep, spec: SweepSpec, first: int, k: int) 
     return job_ids
 
 
-def objective_series(session: Session, job_id: str, metric: str) -> dict[int, float]:
+def objective_series(session: Session | Connection, job_id: str, metric: str) -> dict[int, float]:
     rows = session.execute(
         select(MetricPoint.epoch, MetricPoint.value)
         .where(MetricPoint.job_id == job_id, MetricPoint.name == metric)
@@ -478,57 +531,83 @@ def objective_value(objective: Objective, series: dict[int, float], summary: dic
     return value if math.isfinite(value) else None
 
 
+def trial_outcome(
+    state: str, status: str, summary: dict[str, Any] | None, series: dict[int, float], spec: SweepSpec
+) -> dict[str, Any]:
+    """The trial row's values once its job ended with ``status``."""
+    out: dict[str, Any] = {
+        "intermediate": json_safe({str(e): v for e, v in series.items() if e >= 1}),
+        "finished_at": utcnow(),
+    }
+    if status == "succeeded":
+        out["value"] = objective_value(spec.objective, series, summary or {})
+        if out["value"] is None:
+            out["state"] = "failed"
+            out["error"] = f"objective {spec.objective.metric} was not recorded or is not finite"
+        else:
+            out["state"] = "complete"
+    elif status == "cancelled":
+        out["state"] = "pruned" if state == "pruning" else "cancelled"
+    else:
+        out["state"] = "failed"
+    return out
+
+
 def finish_trial(
     session: Session, trial: SweepTrial, status: str, summary: dict[str, Any], spec: SweepSpec
 ) -> None:
     series = objective_series(session, trial.job_id or "", spec.objective.metric)
-    trial.intermediate = json_safe({str(e): v for e, v in series.items() if e >= 1})
-    trial.finished_at = utcnow()
-    if status == "succeeded":
-        trial.value = objective_value(spec.objective, series, summary or {})
-        if trial.value is None:
-            trial.state = "failed"
-            trial.error = f"objective {spec.objective.metric} was not recorded or is not finite"
-        else:
-            trial.state = "complete"
-    elif status == "cancelled":
-        trial.state = "pruned" if trial.state == "pruning" else "cancelled"
-    else:
-        trial.state = "failed"
+    for key, value in trial_outcome(trial.state, status, summary, series, spec).items():
+        setattr(trial, key, value)
 
 
-def sync_trials(session: Session, sweep: Sweep, spec: SweepSpec, finished_job: str | None) -> tuple[int, int]:
-    """Record the end of trials whose job ended; returns (trials launched, trials still active).
+def lookahead(max_concurrency: int) -> int:
+    """How many trials are queued beyond those that may run: enough that every worker of the sweep
+    finds its next trial waiting when it ends one, and that launches come in batches (a step tops
+    the queue up once half of it was taken), few enough that TPE still learns between asks."""
+    return min(2 * max_concurrency, 8)
 
-    A succeeded job is recorded by its own hook (which runs after the job's diagnosis, so findings
-    never race it), or by anyone once its hook is overdue — the worker died between the job's end
-    and the hook. One statement reads the active trials with their jobs and the launched count: a
-    trial's worker slot waits for this step, so it is kept to a few round trips."""
-    overdue = utcnow() - timedelta(seconds=get_settings().stale_after_seconds)
+
+@dataclass
+class Pending:
+    """What one step finds of the trials that have not finished."""
+
+    launched: int = 0  # trial rows, finished or not
+    pending: int = 0  # not finished: queued, deferred or admitted
+    busy: int = 0  # admitted and their job has not ended: what max_concurrency bounds
+    deferred: list[SweepTrial] = field(default_factory=list)
+
+
+def sync_trials(session: Session, sweep: Sweep, spec: SweepSpec, finished_job: str | None = None) -> Pending:
+    """Record the end of every trial whose job ended, and count the ones that have not.
+
+    The job's diagnosis is stored before it turns succeeded (worker.runner), so any step may record
+    any ended trial. One statement reads the unfinished trials with their jobs and the launched count.
+    ``finished_job`` is kept for callers that name the job whose end triggered the step."""
     launched = (
         select(func.count()).select_from(SweepTrial).where(SweepTrial.sweep_id == sweep.id).scalar_subquery()
     )
     rows = session.execute(
-        select(SweepTrial, Job.status, Job.summary, Job.finished_at, launched)
+        select(SweepTrial, Job.status, Job.summary, launched)
         .outerjoin(Job, Job.id == SweepTrial.job_id)
         .where(SweepTrial.sweep_id == sweep.id, SweepTrial.state.in_(ACTIVE))
+        .order_by(SweepTrial.number)
     ).all()
-    active = 0
-    for trial, status, summary, finished_at, _ in rows:
+    out = Pending()
+    for trial, status, summary, _ in rows:
         if status is None:  # its job was deleted (SET NULL)
             trial.state, trial.error, trial.finished_at = "failed", "its job was deleted", utcnow()
             continue
-        if finished_at is not None and finished_at.tzinfo is None:  # SQLite drops the zone
-            finished_at = finished_at.replace(tzinfo=UTC)
-        recent = finished_at is not None and finished_at > overdue
-        if status not in FINISHED_STATUSES or (
-            status == "succeeded" and trial.job_id != finished_job and recent
-        ):
-            active += 1
+        if status in FINISHED_STATUSES:
+            finish_trial(session, trial, status, summary, spec)
             continue
-        finish_trial(session, trial, status, summary, spec)
-    total = rows[0][-1] if rows else session.scalar(select(launched))
-    return int(total or 0), active
+        out.pending += 1
+        if trial.state in ADMITTED:
+            out.busy += 1
+        elif trial.state == "deferred":
+            out.deferred.append(trial)
+    out.launched = int((rows[0][-1] if rows else session.scalar(select(launched))) or 0)
+    return out
 
 
 def schedule(
@@ -536,7 +615,7 @@ def schedule(
 ) -> list[str]:
     """One scheduling step (see the module docstring). Returns the job ids to enqueue once the caller
     has committed: a message must never name a job that a rollback removed. ``sweep_id`` None: the
-    sweep of ``finished_job`` if it is a trial (the hook's case, found in the same statement)."""
+    sweep of ``finished_job`` if it is a trial (found in the same statement)."""
     which = (
         Sweep.id == sweep_id
         if sweep_id is not None
@@ -554,18 +633,24 @@ def schedule(
     if sweep is None:
         return []
     spec = sweep_spec(sweep)
-    launched, active = sync_trials(session, sweep, spec, finished_job)
+    state = sync_trials(session, sweep, spec, finished_job)
     if sweep.status != "running":
         return []
-    total = int(sweep.config["total"])
     job_ids: list[str] = []
-    while (room := min(spec.max_concurrency - active, total - launched)) > 0:
+    # Deferred trials go back to the broker while there is room for them to run.
+    for trial in state.deferred[: max(0, spec.max_concurrency - state.busy)]:
+        trial.state = "queued"
+        job_ids.append(trial.job_id or "")
+    total = int(sweep.config["total"])
+    launched, pending = state.launched, state.pending
+    target = spec.max_concurrency + lookahead(spec.max_concurrency)
+    while (room := min(target - pending, total - launched)) > 0:
         # A point whose spec is invalid becomes a failed trial without a job: sample again.
         new = launch(session, sweep, spec, launched, room)
         job_ids += new
         launched += room
-        active += len(new)
-    if active == 0 and launched >= total:
+        pending += len(new)
+    if pending == 0 and launched >= total:
         close(session, sweep, spec, "succeeded")
     return job_ids
 
@@ -602,21 +687,231 @@ def enqueue(job_ids: list[str]) -> None:
             log.exception("could not enqueue trial job %s; it stays queued in the database", job_id)
 
 
-def on_job_finished(job_id: str) -> None:
-    """The worker's hook at the end of ``run_job``, whatever the job's outcome. Never raises: a
-    failure here must not turn a finished job into a failed task (GET heals a missed step)."""
+def step(job_id: str | None, sweep_id: str | None = None) -> None:
+    """After a trial's job ended: record it, and when the sweep needs more (a top-up of the queue,
+    a deferred trial to send again, the end) run the locked scheduling step. Never raises."""
     try:
-        stop_watcher(job_id)
+        if job_id is not None and sweep_id is not None and with_retries(lambda: record(job_id, sweep_id)):
+            return
 
         def transaction() -> list[str]:
-            # Every job ends here, so a job that is no trial costs one indexed SELECT; a trial's
-            # worker slot stays busy until the step is done, so it is kept to a few statements.
             with session_scope() as session:
-                return schedule(session, None, finished_job=job_id)
+                return schedule(session, sweep_id, finished_job=job_id)
 
         enqueue(with_retries(transaction))
     except Exception:
+        log.exception("sweep %s: scheduling step after job %s failed", sweep_id, job_id)
+
+
+_T, _J, _S = SweepTrial.__table__, Job.__table__, Sweep.__table__
+
+
+def record(job_id: str, sweep_id: str) -> bool:
+    """The common step, without the sweep's lock and in Core statements: write the ended trial's
+    outcome, then look whether the sweep needs the full step. True when it does not."""
+    with get_engine().begin() as conn:  # a plain connection: a Session costs more than the statements
+        spec, total = _spec_of(conn, sweep_id)
+        row = conn.execute(
+            select(_T.c.id, _T.c.state, _J.c.status, _J.c.summary, _S.c.status)
+            .select_from(_T.join(_J, _J.c.id == _T.c.job_id).join(_S, _S.c.id == _T.c.sweep_id))
+            .where(_T.c.job_id == job_id)
+        ).first()
+        if row is None:
+            return False
+        trial_id, state, status, summary, sweep_status = row
+        if state in ACTIVE and status in FINISHED_STATUSES:
+            series = objective_series(conn, job_id, spec.objective.metric)
+            conn.execute(
+                update(_T)
+                .where(_T.c.id == trial_id, _T.c.state.in_(ACTIVE))
+                .values(**trial_outcome(state, status, summary, series, spec))
+            )
+        if sweep_status != "running":
+            return True  # cancelled: the cancel closed it; nothing more to launch
+        last = select(func.max(_T.c.number)).where(_T.c.sweep_id == sweep_id).scalar_subquery()
+        rows = conn.execute(
+            select(_T.c.state, _J.c.status, last)
+            .select_from(_T.outerjoin(_J, _J.c.id == _T.c.job_id))
+            .where(_T.c.sweep_id == sweep_id, _T.c.state.in_(ACTIVE))
+        ).all()
+        top = rows[0][2] if rows else conn.scalar(select(last))
+        launched = -1 if top is None else int(top)
+        launched += 1
+        pending = [
+            st for st, job_status, _ in rows if job_status is not None and job_status not in FINISHED_STATUSES
+        ]
+        busy = sum(st in ADMITTED for st in pending)
+        if "deferred" in pending and busy < spec.max_concurrency:
+            return False  # a deferred trial can run now
+        if launched < total and len(pending) <= spec.max_concurrency + lookahead(spec.max_concurrency) // 2:
+            return False  # top the queue up
+        return bool(pending)  # nothing pending and all launched: the full step closes the sweep
+
+
+class _Stepper(threading.Thread):
+    """The worker process's scheduling thread: steps for the trials this process ended, run while the
+    process already trains its next trial. Steps queued together for one sweep run once (a step
+    records every ended trial of its sweep)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True, name="sweep-stepper")
+        self.inbox: queue.Queue[tuple[str, str | None]] = queue.Queue()
+
+    def submit(self, job_id: str, sweep_id: str | None) -> None:
+        self.inbox.put((job_id, sweep_id))
+
+    def run(self) -> None:
+        while True:
+            batch = [self.inbox.get()]
+            while True:
+                try:
+                    batch.append(self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            stepped: set[str] = set()
+            for job_id, sweep_id in batch:
+                if sweep_id is None or sweep_id not in stepped:
+                    step(job_id, sweep_id)
+                    if sweep_id is not None:
+                        stepped.add(sweep_id)
+            for _ in batch:
+                self.inbox.task_done()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every submitted step ran; False if some are still due after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self.inbox.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self.inbox.unfinished_tasks
+
+
+_stepper: _Stepper | None = None
+_stepper_pid = 0
+_stepper_lock = threading.Lock()
+
+
+def stepper() -> _Stepper:
+    """This process's stepper, started on first use (a forked child starts its own)."""
+    global _stepper, _stepper_pid
+    with _stepper_lock:
+        if _stepper is None or _stepper_pid != os.getpid() or not _stepper.is_alive():
+            _stepper, _stepper_pid = _Stepper(), os.getpid()
+            _stepper.start()
+        return _stepper
+
+
+# What ``admit`` learnt about the jobs this process runs: job id -> its sweep, or None for no trial.
+_NOT_SEEN = object()
+_trial_sweeps: dict[str, str | None] = {}
+
+
+def on_job_finished(job_id: str) -> None:
+    """The worker's hook at the end of ``run_job``, whatever the job's outcome. Never raises: a
+    failure here must not turn a finished job into a failed task (GET heals a missed step).
+
+    The step is handed to this process's stepper and the task returns at once: the next trial is
+    already queued (lookahead), so the worker starts it while the step records this one."""
+    try:
+        stop_watcher(job_id)
+        sweep_id = _trial_sweeps.pop(job_id, _NOT_SEEN)
+        if sweep_id is None:
+            return  # admit found no trial row: nothing to schedule
+        stepper().submit(job_id, sweep_id if isinstance(sweep_id, str) else None)
+    except Exception:
         log.exception("job %s: sweep scheduling after the trial failed", job_id)
+
+
+def flush_steps(timeout: float = 10.0) -> bool:
+    """Run the steps still due in this process (worker shutdown, tests)."""
+    return _stepper is None or _stepper_pid != os.getpid() or _stepper.drain(timeout)
+
+
+@dataclass(frozen=True)
+class Admission:
+    admitted: bool
+    sweep_id: str | None = None  # None: the job is no trial
+    trial_id: int = 0
+    number: int = 0
+    spec: SweepSpec | None = None
+
+
+def _admission_statements() -> tuple[Any, Any, Any]:
+    """Built once: the trial row (on Postgres also taking the sweep's admission lock) and the
+    conditional admission."""
+    columns = [_T.c.id, _T.c.number, _T.c.state, _T.c.sweep_id, _S.c.status]
+    trial = select(*columns).select_from(_T.join(_S, _S.c.id == _T.c.sweep_id))
+    trial = trial.where(_T.c.job_id == bindparam("b_job"))
+    locked = trial.add_columns(func.pg_advisory_xact_lock(ADMISSION_LOCK, func.hashtext(_T.c.sweep_id)))
+    busy = (
+        select(func.count())
+        .select_from(_T.join(_J, _J.c.id == _T.c.job_id))
+        .where(
+            _T.c.sweep_id == bindparam("b_sweep"),
+            _T.c.state.in_(ADMITTED),
+            _T.c.id != bindparam("b_trial"),
+            _J.c.status.not_in(FINISHED_STATUSES),
+        )
+        .scalar_subquery()
+    )
+    admit_or_defer = (
+        update(_T)
+        .where(_T.c.id == bindparam("b_trial"), _T.c.state.in_(("queued", "deferred")))
+        .values(state=case((busy < bindparam("b_cap"), "running"), else_="deferred"))
+        .returning(_T.c.state)
+    )
+    return trial, locked, admit_or_defer
+
+
+_ADMISSION = _admission_statements()
+
+
+def _admit(job_id: str) -> Admission:
+    """Two statements: the trial (taking, on Postgres, the sweep's admission lock — an advisory lock,
+    not the sweep row's, which a step may hold a while), then its admission, conditional on the
+    number of admitted trials whose job has not ended. The second statement's snapshot is taken
+    after the lock, so two admissions of one sweep never both see the last free slot. SQLite needs
+    no lock: the UPDATE takes its single write lock."""
+    trial, locked, admit_or_defer = _ADMISSION
+    with get_engine().begin() as conn:
+        row = conn.execute(locked if conn.dialect.name == "postgresql" else trial, {"b_job": job_id}).first()
+        if row is None:
+            return Admission(True)
+        trial_id, number, state, sweep_id, sweep_status = row[:5]
+        spec = _spec_of(conn, sweep_id)[0]
+        if state not in ("queued", "deferred") or sweep_status != "running":
+            # Admitted before (a second delivery, a re-queued attempt), ended, or its sweep ended:
+            # the claim decides whether it runs.
+            return Admission(True, sweep_id, trial_id, number, spec)
+        new_state = conn.execute(
+            admit_or_defer, {"b_trial": trial_id, "b_sweep": sweep_id, "b_cap": spec.max_concurrency}
+        ).scalar()
+        return Admission(new_state != "deferred", sweep_id, trial_id, number, spec)
+
+
+def admit(job_id: str) -> bool:
+    """The worker asks before it claims a job. A trial of a sweep that already runs
+    ``max_concurrency`` trials is deferred (False: its message is dropped, a later step sends it
+    again); anything else may start. An admitted trial of a sweep with a pruner gets its watcher."""
+    try:
+        result = with_retries(lambda: _admit(job_id))
+    except Exception:
+        # The claim that follows reads the same database; if it works, the job runs unadmitted
+        # rather than stay queued with no message.
+        log.exception("job %s: sweep admission failed", job_id)
+        return True
+    _trial_sweeps[job_id] = result.sweep_id
+    if len(_trial_sweeps) > 10_000:  # jobs that ended without the hook (lease lost, skipped)
+        _trial_sweeps.clear()
+    if not result.admitted:
+        _trial_sweeps.pop(job_id, None)
+        log.info("job %s: sweep %s runs max_concurrency trials; deferred", job_id, result.sweep_id)
+        return False
+    if result.sweep_id is not None and result.spec is not None and result.spec.pruner.type != "none":
+        try:
+            start_watcher(job_id, result.sweep_id, result.trial_id, result.number, result.spec)
+        except Exception:
+            log.exception("job %s: could not start the pruning watcher", job_id)
+    return True
 
 
 def cancel(session: Session, sweep: Sweep) -> None:
@@ -642,23 +937,16 @@ _watchers_lock = threading.Lock()
 
 class PruneWatcher(threading.Thread):
     """Reports a running trial's epoch values to the sweep's pruner and stops the trial when told.
+    Started by ``admit`` for an admitted trial of a sweep with a pruner."""
 
-    Started for every job at task start; its first act, in its own thread so that no job waits for
-    it, is to find out whether the job is a trial of a running sweep with a pruner, else it ends."""
-
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, sweep_id: str, trial_id: int, number: int, spec: SweepSpec) -> None:
         super().__init__(daemon=True, name=f"prune-{job_id[:8]}")
         self.job_id = job_id
+        self.sweep_id, self.trial_id, self.number, self.spec = sweep_id, trial_id, number, spec
         self.reported = 0
         self._done = threading.Event()
 
     def run(self) -> None:
-        try:
-            if not self.attach():
-                return
-        except Exception:
-            log.exception("job %s: could not start the pruning watcher", self.job_id)
-            return
         interval = max(0.2, get_settings().heartbeat_seconds / 2)
         while not self._done.wait(interval):
             try:
@@ -666,19 +954,6 @@ class PruneWatcher(threading.Thread):
                     return
             except Exception:  # a database blip: the next round tries again
                 log.exception("job %s: pruning check failed", self.job_id)
-
-    def attach(self) -> bool:
-        with session_scope() as session:
-            row = session.execute(
-                select(Sweep, SweepTrial.id, SweepTrial.number, SweepTrial.state)
-                .join(SweepTrial, SweepTrial.sweep_id == Sweep.id)
-                .where(SweepTrial.job_id == self.job_id)
-            ).first()
-            if row is None or row[0].status != "running" or row[3] != "running":
-                return False
-            sweep, self.trial_id, self.number, _ = row
-            self.sweep_id, self.spec = sweep.id, sweep_spec(sweep)
-        return self.spec.pruner.type != "none"
 
     def check(self) -> bool:
         """One look; True once the trial was pruned or left the running state."""
@@ -723,8 +998,8 @@ class PruneWatcher(threading.Thread):
         self._done.set()
 
 
-def start_watcher(job_id: str) -> PruneWatcher:
-    watcher = PruneWatcher(job_id)
+def start_watcher(job_id: str, sweep_id: str, trial_id: int, number: int, spec: SweepSpec) -> PruneWatcher:
+    watcher = PruneWatcher(job_id, sweep_id, trial_id, number, spec)
     with _watchers_lock:
         old = _watchers.pop(job_id, None)
         _watchers[job_id] = watcher
@@ -741,26 +1016,22 @@ def stop_watcher(job_id: str) -> None:
         watcher.stop()
 
 
-def on_task_prerun(task: Any = None, args: Any = None, **_: Any) -> None:
-    """Celery ``task_prerun`` handler: a trial of a sweep with a pruner gets a watcher."""
-    if task is None or task.name != RUN_JOB or not args:
-        return
-    try:
-        start_watcher(str(args[0]))
-    except Exception:
-        log.exception("job %s: could not start the pruning watcher", args[0])
-
-
 def on_task_postrun(task: Any = None, args: Any = None, **_: Any) -> None:
     if task is not None and task.name == RUN_JOB and args:
         stop_watcher(str(args[0]))
 
 
-def connect_signals() -> None:
-    from celery.signals import task_postrun, task_prerun
+def on_process_shutdown(**_: Any) -> None:
+    """A worker process that stops runs the steps it still owes before it exits."""
+    if not flush_steps(timeout=10.0):
+        log.warning("sweep steps still due at shutdown; the next step or GET /v1/sweeps/{id} runs them")
 
-    task_prerun.connect(on_task_prerun, weak=False)
+
+def connect_signals() -> None:
+    from celery.signals import task_postrun, worker_process_shutdown
+
     task_postrun.connect(on_task_postrun, weak=False)
+    worker_process_shutdown.connect(on_process_shutdown, weak=False)
 
 
 # ----- cross-run findings ---------------------------------------------------------------------

@@ -301,11 +301,11 @@ def read_sweep(
 ) -> dict[str, Any]:
     sweep = get_sweep(session, project, sweep_id)
     view = sweep_view(session, sweep, trials_after, trials_limit)
-    active = view["progress"]["queued"] + view["progress"]["running"]
-    if sweep.status == "running" and active == 0:
-        # Nothing is queued or running, yet the sweep is not closed: a trial's hook is due or was
-        # lost with its worker. A scheduling step here is harmless (it is idempotent) and skips
-        # the sweep if a worker holds its lock right now.
+    if sweep.status == "running" and view["progress"]["running"] == 0:
+        # Nothing runs, yet the sweep is not closed: a trial's step is due or was lost with its
+        # worker, or its queued trials wait for one (deferred trials have no message until a step
+        # sends them again). A scheduling step here is harmless (it is idempotent) and skips the
+        # sweep if a worker holds its lock right now.
         job_ids = engine.schedule(session, sweep.id, skip_locked=True)
         session.commit()
         engine.enqueue(job_ids)
