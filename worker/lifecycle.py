@@ -47,18 +47,25 @@ def heartbeat_is_fresh(job: Job) -> bool:
     return utcnow() - beat < timedelta(seconds=get_settings().stale_after_seconds)
 
 
-def claim(job_id: str) -> Claim | None:
+# Asked inside the claim's transaction, the job row locked, before the job counts as started: False
+# leaves it queued and skips this delivery (a sweep's trial while its sweep runs max_concurrency).
+Admit = Callable[[Any, Job], bool]
+
+
+def claim(job_id: str, admit: Admit | None = None) -> Claim | None:
     """Take the job for this worker, or return None when it must not run here.
 
     A database outage is waited out: a delivery that gave up here would be acked and lost while
     its job stays queued."""
-    return with_retries(lambda: _claim(job_id))
+    return with_retries(lambda: _claim(job_id, admit))
 
 
-def _claim(job_id: str) -> Claim | None:
+def _claim(job_id: str, admit: Admit | None = None) -> Claim | None:
     with session_scope() as session:
         job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
         if job is None or job.status in FINISHED_STATUSES:
+            return None
+        if admit is not None and not admit(session, job):
             return None
         now = utcnow()
         if job.cancel_requested:  # cancelled while queued: it never starts
@@ -141,11 +148,13 @@ class Heartbeat(threading.Thread):
         self._done.set()
 
 
-def run_claimed(job_id: str, work: Callable[[Claim, JobSpec, Heartbeat], str]) -> str:
+def run_claimed(
+    job_id: str, work: Callable[[Claim, JobSpec, Heartbeat], str], admit: Admit | None = None
+) -> str:
     """Claim the job, keep a heartbeat while ``work`` runs, and report how it ended: the status
     ``work`` returns, 'skipped' when the job must not run here, or 'lease_lost' when another attempt
     took it over."""
-    job_claim = claim(job_id)
+    job_claim = claim(job_id, admit)
     if job_claim is None:
         return "skipped"
     spec = JobSpec.model_validate(job_claim.spec)

@@ -25,7 +25,7 @@ from worker.diagnosis.probes import after_diagnosis
 from worker.diagnosis.reference import reference_scores
 from worker.finetune import initialize_from_parent
 from worker.lifecycle import Claim, Heartbeat, LeaseLost, fenced_update, finish, run_claimed
-from worker.sweeps import admit, on_job_finished
+from worker.sweeps import admit_trial, on_job_finished
 from worker.training import StopTraining, Trainer, resolve_device
 
 log = logging.getLogger("saddle.worker")
@@ -191,10 +191,8 @@ def configure_torch(spec: JobSpec) -> None:
 
 def run_job(job_id: str) -> str:
     """Run a job to its end; returns the final status (or 'skipped' when it must not run here,
-    'deferred' when it is a sweep's trial and its sweep already runs max_concurrency trials)."""
-    if not admit(job_id):
-        return "deferred"
-    status = run_claimed(job_id, _train)
+    e.g. a sweep's trial while its sweep already runs max_concurrency trials)."""
+    status = run_claimed(job_id, _train, admit=admit_trial)
     if status not in ("skipped", "lease_lost"):
         on_job_finished(job_id)  # a sweep's trial: record it and launch the next ones; never raises
     return status

@@ -32,12 +32,13 @@ Scheduling
     trial can run, or nothing is left does it take the lock for ``schedule``, which launches a batch.
 
 Admission (max_concurrency)
-    A launched trial is ``queued``; it becomes ``running`` only through ``admit(job_id)``, which the
-    worker calls before it claims the job. Under a per-sweep lock (Postgres advisory lock; SQLite's
-    single writer) it counts the admitted trials whose job has not ended; below ``max_concurrency``
-    the trial is admitted, else it is ``deferred`` and its message dropped, and a later step (a slot
-    freed) sends it again. So queued trials never count as running, and no more than
-    ``max_concurrency`` trials of a sweep ever run at once, however many workers there are.
+    A launched trial is ``queued``; it becomes ``running`` only through ``admit_trial``, which the
+    worker's claim calls in its own transaction before the job counts as started. Under a per-sweep
+    lock (Postgres advisory lock; SQLite's single writer) it counts the admitted trials whose job has
+    not ended; below ``max_concurrency`` the trial is admitted, else it is ``deferred``, the delivery
+    is skipped, and a later step (a slot freed) sends it again. So queued trials never count as
+    running, and no more than ``max_concurrency`` trials of a sweep ever run at once, however many
+    workers there are.
 
 Pruning
     Optuna's pruners judge intermediate values reported at epoch boundaries. The trial's objective
@@ -826,19 +827,10 @@ def flush_steps(timeout: float = 10.0) -> bool:
     return _stepper is None or _stepper_pid != os.getpid() or _stepper.drain(timeout)
 
 
-@dataclass(frozen=True)
-class Admission:
-    admitted: bool
-    sweep_id: str | None = None  # None: the job is no trial
-    trial_id: int = 0
-    number: int = 0
-    spec: SweepSpec | None = None
-
-
 def _admission_statements() -> tuple[Any, Any, Any]:
     """Built once: the trial row (on Postgres also taking the sweep's admission lock) and the
     conditional admission."""
-    columns = [_T.c.id, _T.c.number, _T.c.state, _T.c.sweep_id, _S.c.status]
+    columns = [_T.c.id, _T.c.number, _T.c.state, _S.c.status]
     trial = select(*columns).select_from(_T.join(_S, _S.c.id == _T.c.sweep_id))
     trial = trial.where(_T.c.job_id == bindparam("b_job"))
     locked = trial.add_columns(func.pg_advisory_xact_lock(ADMISSION_LOCK, func.hashtext(_T.c.sweep_id)))
@@ -865,52 +857,45 @@ def _admission_statements() -> tuple[Any, Any, Any]:
 _ADMISSION = _admission_statements()
 
 
-def _admit(job_id: str) -> Admission:
-    """Two statements: the trial (taking, on Postgres, the sweep's admission lock — an advisory lock,
+def admit_trial(session: Session, job: Job) -> bool:
+    """The worker's claim asks this in its transaction, with the job row locked, before the job
+    counts as started (``worker.lifecycle``): False when the job is a trial of a sweep that already
+    runs ``max_concurrency`` trials. The trial is then ``deferred``, the delivery skipped, and a later
+    step sends it again. A job that is no trial costs nothing.
+
+    Two statements: the trial (taking, on Postgres, the sweep's admission lock — an advisory lock,
     not the sweep row's, which a step may hold a while), then its admission, conditional on the
     number of admitted trials whose job has not ended. The second statement's snapshot is taken
     after the lock, so two admissions of one sweep never both see the last free slot. SQLite needs
-    no lock: the UPDATE takes its single write lock."""
-    trial, locked, admit_or_defer = _ADMISSION
-    with get_engine().begin() as conn:
-        row = conn.execute(locked if conn.dialect.name == "postgresql" else trial, {"b_job": job_id}).first()
-        if row is None:
-            return Admission(True)
-        trial_id, number, state, sweep_id, sweep_status = row[:5]
-        spec = _spec_of(conn, sweep_id)[0]
-        if state not in ("queued", "deferred") or sweep_status != "running":
-            # Admitted before (a second delivery, a re-queued attempt), ended, or its sweep ended:
-            # the claim decides whether it runs.
-            return Admission(True, sweep_id, trial_id, number, spec)
-        new_state = conn.execute(
-            admit_or_defer, {"b_trial": trial_id, "b_sweep": sweep_id, "b_cap": spec.max_concurrency}
-        ).scalar()
-        return Admission(new_state != "deferred", sweep_id, trial_id, number, spec)
-
-
-def admit(job_id: str) -> bool:
-    """The worker asks before it claims a job. A trial of a sweep that already runs
-    ``max_concurrency`` trials is deferred (False: its message is dropped, a later step sends it
-    again); anything else may start. An admitted trial of a sweep with a pruner gets its watcher."""
-    try:
-        result = with_retries(lambda: _admit(job_id))
-    except Exception:
-        # The claim that follows reads the same database; if it works, the job runs unadmitted
-        # rather than stay queued with no message.
-        log.exception("job %s: sweep admission failed", job_id)
+    no lock: the UPDATE takes its single write lock. An admitted trial of a sweep with a pruner gets
+    its watcher."""
+    if job.kind != "trial" or job.sweep_id is None:
+        _trial_sweeps[job.id] = None
         return True
-    _trial_sweeps[job_id] = result.sweep_id
-    if len(_trial_sweeps) > 10_000:  # jobs that ended without the hook (lease lost, skipped)
+    trial, locked, admit_or_defer = _ADMISSION
+    conn = session.connection()
+    row = conn.execute(locked if conn.dialect.name == "postgresql" else trial, {"b_job": job.id}).first()
+    if row is None:  # a trial job whose row is gone: let it run
+        return True
+    trial_id, number, state, sweep_status = row[:4]
+    spec = _spec_of(conn, job.sweep_id)[0]
+    if state in ("queued", "deferred") and sweep_status == "running":
+        new_state = conn.execute(
+            admit_or_defer, {"b_trial": trial_id, "b_sweep": job.sweep_id, "b_cap": spec.max_concurrency}
+        ).scalar()
+        if new_state == "deferred":
+            log.info("job %s: sweep %s runs max_concurrency trials; deferred", job.id, job.sweep_id)
+            return False
+    # Else admitted before (a second delivery, a re-queued attempt), ended, or its sweep ended: the
+    # claim decides whether it runs.
+    if len(_trial_sweeps) > 10_000:  # jobs that ended without the hook (skipped, lease lost)
         _trial_sweeps.clear()
-    if not result.admitted:
-        _trial_sweeps.pop(job_id, None)
-        log.info("job %s: sweep %s runs max_concurrency trials; deferred", job_id, result.sweep_id)
-        return False
-    if result.sweep_id is not None and result.spec is not None and result.spec.pruner.type != "none":
+    _trial_sweeps[job.id] = job.sweep_id
+    if spec.pruner.type != "none":
         try:
-            start_watcher(job_id, result.sweep_id, result.trial_id, result.number, result.spec)
+            start_watcher(job.id, job.sweep_id, trial_id, number, spec)
         except Exception:
-            log.exception("job %s: could not start the pruning watcher", job_id)
+            log.exception("job %s: could not start the pruning watcher", job.id)
     return True
 
 
