@@ -92,11 +92,13 @@ class PyHessianCounter:
 
         self.module.hessian_vector_product = counted
 
-    def run(self, model: nn.Module, X: torch.Tensor, y: torch.Tensor, what: str, tol: float) -> Any:
+    def run(
+        self, model: nn.Module, X: torch.Tensor, y: torch.Tensor, what: str, tol: float, cuda: bool = False
+    ) -> Any:
         """One PyHessian computation from scratch (its constructor builds the gradient graph)."""
         torch.manual_seed(0)
         self.calls = 0
-        h = self.module.hessian(model, nn.CrossEntropyLoss(), data=(X, y), cuda=False)
+        h = self.module.hessian(model, nn.CrossEntropyLoss(), data=(X, y), cuda=cuda)
         if what == "top":
             out = h.eigenvalues(maxIter=100, tol=tol, top_n=TOP)[0]
         else:

@@ -18,7 +18,12 @@ figure; on a GPU only wall time means anything. ``--profile`` adds a cProfile of
 (what ``Trainer.fit`` and ``Trainer.train_epoch`` call).
 
     .venv/bin/python benchmarks/train_overhead.py [--repeats 9] [--threads 1] [--device cpu] [--profile]
-        [--curve [--curve-epochs 2]]   # also the batch-size timing curve (worker.timing), 1 to 4,096
+        [--curve [--curve-epochs 3]]   # also the batch-size timing curve (worker.timing), 1 to 4,096
+        [--check-graphs]               # CUDA: graphs on vs off, every logged number compared
+
+On CUDA the service captures each update as a CUDA graph (worker/graphed.py); ``--curve`` then
+times the curve with graphs and, on digits, without them (``resources.cuda_graphs: false``), and
+``--check-graphs`` trains the same specs both ways and compares every logged value.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import math
 import pstats
 import sys
 import time
@@ -196,16 +202,26 @@ CURVE_DATA = {
 
 
 def curve(device: torch.device, epochs: int) -> None:
-    """The batch-size timing study (worker.timing) for the same MLP, batch 1 to 4,096."""
+    """The batch-size timing study (worker.timing) for the same MLP, batch 1 to 4,096: with CUDA
+    graphs (the service's default on a GPU) and, on digits, eager for comparison."""
     from worker.timing import measure_batch_sizes
 
-    for label, data_spec in CURVE_DATA.items():
+    runs = [(label, data_spec, True) for label, data_spec in CURVE_DATA.items()]
+    if device.type == "cuda":
+        runs.insert(1, ("digits", CURVE_DATA["digits"], False))
+    for label, data_spec, graphs in runs:
         spec = JobSpec.model_validate(
-            {"data": data_spec, "model": {"hidden": [256, 256]}, "resources": {"device": device.type}}
+            {
+                "data": data_spec,
+                "model": {"hidden": [256, 256]},
+                "resources": {"device": device.type, "cuda_graphs": graphs},
+            }
         )
         data = prepare(spec.data, load_builtin(spec.data.dataset, spec.data.params, spec.seed), spec.seed)
+        mode = ("CUDA graphs" if graphs else "eager") if device.type == "cuda" else "CPU"
         print(
-            f"--- batch-size timing, MLP 64-256-256-10 on {label} ({len(data.y_train):,} training rows) ---"
+            f"--- batch-size timing, MLP 64-256-256-10 on {label} ({len(data.y_train):,} training rows), "
+            f"{mode} ---"
         )
         for row in measure_batch_sizes(spec, data, CURVE_SIZES, epochs, device):
             print(
@@ -213,6 +229,58 @@ def curve(device: torch.device, epochs: int) -> None:
                 f"{row['seconds_per_epoch']:8.3f} s/epoch, {row['samples_per_second']:12,.0f} samples/s",
                 flush=True,
             )
+
+
+GRAPH_CHECKS = {
+    "sgd momentum, cosine warm-up, L2, clip, batch norm": {
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True},
+        "schedule": {"name": "cosine", "warmup_epochs": 1},
+        "regularization": {"l2": 1e-4, "grad_clip": 5.0},
+        "model": {"arch": "mlp", "hidden": [256, 256], "norm": "batch"},
+    },
+    "adam, step schedule": {
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        "schedule": {"name": "step", "step_epochs": 2, "gamma": 0.5},
+        "model": {"arch": "mlp", "hidden": [256, 256]},
+    },
+}
+
+
+def check_graphs(device: torch.device, epochs: int = 5, batch_size: int = 64) -> bool:
+    """Train each spec with CUDA graphs and eagerly (same fused optimizer): every logged value of
+    the two runs must be identical (time/* excepted). Prints the time per update of both."""
+    ok = True
+    for label, extra in GRAPH_CHECKS.items():
+        runs = {}
+        for graphs in (True, False):
+            spec = JobSpec.model_validate(
+                {
+                    "data": {"dataset": "digits", "scaling": "standardize"},
+                    "batch_size": batch_size,
+                    "epochs": epochs,
+                    "checkpoints": {"every_epochs": 10_000, "keep_best": False},
+                    "analysis": {"hessian": {"enabled": False}},
+                    "resources": {"device": device.type, "cuda_graphs": graphs},
+                    **extra,
+                }
+            )
+            data = prepare(spec.data, load_builtin("digits", {}, spec.seed), spec.seed)
+            recorder = MemoryRecorder()
+            trainer = Trainer(spec, data, recorder, device)
+            summary = trainer.fit()
+            values = {(p.name, p.step): p.value for p in recorder.points if not p.name.startswith("time/")}
+            runs[graphs] = (values, summary["ms_per_update"], trainer.graphs is not None)
+        (with_g, ms_g, used), (eager, ms_e, _) = runs[True], runs[False]
+        diff = max(abs(with_g[k] - eager[k]) for k in eager) if with_g.keys() == eager.keys() else math.inf
+        same = with_g == eager and used
+        ok &= same
+        print(
+            f"graphs vs eager, {label}: {len(eager):,} logged values, max |difference| {diff:.3g} "
+            f"({'identical' if same else 'DIFFERENT'}; graphs used: {used}); "
+            f"ms/update incl. evaluation: graphs {ms_g:.3f}, eager {ms_e:.3f}",
+            flush=True,
+        )
+    return ok
 
 
 def main() -> None:
@@ -224,7 +292,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--curve", action="store_true", help="also the batch-size timing curve, 1 to 4,096")
-    parser.add_argument("--curve-epochs", type=int, default=2)
+    parser.add_argument("--curve-epochs", type=int, default=3)
+    parser.add_argument("--check-graphs", action="store_true", help="CUDA: graphs on vs off, compared")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -233,6 +302,8 @@ def main() -> None:
         f"device {device} ({name}), torch {torch.__version__}, {args.threads} thread(s), "
         f"{args.repeats} alternating repeats, best of each"
     )
+    if args.check_graphs:
+        print(f"{'PASS' if check_graphs(device) else 'FAIL'} CUDA graphs give the eager results", flush=True)
     ratios = [bench(case, device, args.repeats) for case in CASES]
     if args.curve:
         curve(device, args.curve_epochs)

@@ -56,7 +56,8 @@ def graphs_unavailable(spec: JobSpec, device: torch.device) -> str | None:
         return "resources.cuda_graphs is off"
     if spec.optimizer.name not in GRAPH_OPTIMIZERS:
         return f"optimizer {spec.optimizer.name} has no fused CUDA kernel"
-    if spec.model.dropout > 0:
+    dropout = spec.model.dropout if isinstance(spec.model.dropout, list) else [spec.model.dropout]
+    if any(rate > 0 for rate in dropout):
         return "dropout masks would differ from eager mode"
     if spec.regularization.gradient_noise.c > 0:
         return "gradient noise draws from its own generator"
@@ -69,6 +70,7 @@ class _StageBuffers:
 
     stage_index: int
     order: torch.Tensor  # this epoch's permutation of the stage's rows
+    steps: torch.Tensor  # arange(updates per epoch)
     losses: torch.Tensor  # (updates per epoch,) minibatch data loss
     norms: torch.Tensor  # (updates per epoch, trainable tensors) gradient norms, every update
     full: torch.Tensor  # arange(batch size)
@@ -98,6 +100,7 @@ class GraphedEpochs:
             self.buffers = _StageBuffers(
                 stage_index=stage.index,
                 order=torch.zeros(n, dtype=torch.long, device=device),
+                steps=torch.arange(n_steps, device=device),
                 losses=torch.zeros(n_steps, device=device),
                 norms=torch.zeros(n_steps, len(t.trainable), device=device),
                 full=torch.arange(min(bs, n), device=device),
@@ -161,12 +164,15 @@ class GraphedEpochs:
         loss = t.data_loss(t.model(stage.X.index_select(0, idx)), stage.y.index_select(0, idx))
         total = loss + t.l2_penalty() if t.spec.regularization.l2 > 0 else loss
         total.backward()
-        at = self.counter.view(1)
+        # Row k of the buffers is written through a mask rather than index_copy_: elementwise kernels
+        # are capturable under torch.use_deterministic_algorithms too, and cost a few microseconds.
+        here = buf.steps == self.counter
         if t.spec.analysis.diagnostics:
             grads = [p.grad for p in t.trainable if p.grad is not None]
-            buf.norms.index_copy_(0, at, torch.stack(torch._foreach_norm(grads)).unsqueeze(0))
+            row = torch.stack(torch._foreach_norm(grads))
+            buf.norms.copy_(torch.where(here[:, None], row, buf.norms))
         if t.spec.regularization.grad_clip:
             torch.nn.utils.clip_grad_norm_(t.trainable, t.spec.regularization.grad_clip)
         t.optimizer.step()
-        buf.losses.index_copy_(0, at, loss.detach().view(1))
+        buf.losses.copy_(torch.where(here, loss.detach(), buf.losses))
         self.counter.add_(1)

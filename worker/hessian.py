@@ -79,6 +79,9 @@ class SpectrumResult:
     hvp_seconds: dict[str, float] = field(default_factory=dict)  # "auto": measured per engine
     top_residuals: list[float] = field(default_factory=list)
     bottom_residuals: list[float] = field(default_factory=list)
+    # Distance from each reported value to an eigenvalue: min(residual, residual^2 / gap).
+    top_error_bounds: list[float] = field(default_factory=list)
+    bottom_error_bounds: list[float] = field(default_factory=list)
     density: dict[str, Any] | None = None
     escape_direction: torch.Tensor | None = field(default=None, repr=False)
 
@@ -449,6 +452,22 @@ def _wanted(m: int, top_k: int, bottom_k: int) -> np.ndarray:
     return np.unique(np.r_[np.arange(max(m - top_k, 0), m), np.arange(min(bottom_k, m))])
 
 
+def _error_bounds(theta: np.ndarray, res: np.ndarray) -> np.ndarray:
+    """Bounds on each Ritz value's distance to an eigenvalue: the residual norm r, and, where the
+    Ritz value is separated from the others by a gap d, the sharper r^2/d (the gap theorem; Parlett,
+    The Symmetric Eigenvalue Problem, ch. 11). A Ritz value typically reaches a given accuracy in
+    half the steps its vector needs, and the eigenvalues are what is reported."""
+    if len(theta) < 2:
+        return res
+    order = np.argsort(theta)
+    between = np.diff(theta[order])
+    gaps = np.empty(len(theta))
+    gaps[order] = np.minimum(np.r_[np.inf, between], np.r_[between, np.inf])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sharp = np.where(gaps > 0, res**2 / gaps, np.inf)
+    return np.minimum(res, sharp)
+
+
 @dataclass
 class _Lanczos:
     basis: torch.Tensor  # (m, n), orthonormal rows
@@ -541,7 +560,7 @@ class _LanczosRun:
         """Wanted Ritz pairs converged, in the whole space and in the newest block on its own."""
         idx = _wanted(m, self.top_k, self.bottom_k)
         limit = self.tol * scale
-        if m < self.min_iter or np.any(res[idx] > limit):
+        if m < self.min_iter or np.any(_error_bounds(theta, res)[idx] > limit):
             return False
         if self.block_wanted is None:
             return True
@@ -675,8 +694,9 @@ def spectrum(
     """Extreme eigenvalues (and trace, density, escape direction) of the Hessian of the mean loss.
 
     ``loss_fn(outputs, targets)`` must return the batch mean; batches are weighted by their size.
-    ``tol`` is relative to the largest |eigenvalue|: Lanczos stops when every wanted Ritz pair's
-    residual bound is below it. ``dtype`` (e.g. ``torch.float64``) computes on promoted copies.
+    ``tol`` is relative to the largest |eigenvalue|: Lanczos stops when every wanted Ritz value's
+    error bound (its residual r, or r^2/gap where separated) is below it, and, after a restart at an
+    invariant subspace, every wanted Ritz pair's residual in the new block too. ``dtype`` (e.g. ``torch.float64``) computes on promoted copies.
     ``hvp_mode`` "auto" is forward-over-reverse, falling back to double backward where forward
     mode is unsupported.
     """
@@ -744,6 +764,8 @@ def _exact_result(
         hg_norm=ex["hg_norm"],
         top_residuals=[0.0] * top_k,
         bottom_residuals=[0.0] * bottom_k,
+        top_error_bounds=[0.0] * top_k,
+        bottom_error_bounds=[0.0] * bottom_k,
         density=dens,
         escape_direction=escape,
     )
@@ -768,6 +790,7 @@ def _lanczos_result(
         hg = op.matmat(extra)
     order = np.argsort(lz.theta)
     top_idx, bottom_idx = order[::-1][:top_k], order[:bottom_k]
+    bounds = _error_bounds(lz.theta, lz.residuals)
     escape = _ritz_vector(lz, int(order[0])).float().cpu() if lz.theta[order[0]] < 0 else None
     density = None
     if dens is not None:
@@ -786,6 +809,8 @@ def _lanczos_result(
         converged=lz.converged,
         top_residuals=lz.residuals[top_idx].tolist(),
         bottom_residuals=lz.residuals[bottom_idx].tolist(),
+        top_error_bounds=bounds[top_idx].tolist(),
+        bottom_error_bounds=bounds[bottom_idx].tolist(),
         density=density,
         escape_direction=escape,
     )
@@ -803,14 +828,19 @@ def noise_floor(result: SpectrumResult) -> float:
     An HVP sums n products, each rounded with relative error ~eps; the errors add up like a random
     walk, so Hv carries an error of about eps * sqrt(n) * ||H|| and every eigenvalue computed from
     HVPs is uncertain by that much (times a safety factor). Lanczos adds its own error: each Ritz
-    value lies within its residual bound |beta_m s_{m,i}| of a true eigenvalue. An eigenvalue
+    value lies within its error bound (residual r = |beta_m s_{m,i}|, or r^2/gap) of a true
+    eigenvalue. An eigenvalue
     smaller in magnitude than the larger of the two could have either sign, so it counts as zero.
     """
     eps = torch.finfo(getattr(torch, result.dtype)).eps
     values = [abs(v) for v in [*result.top, *result.bottom] if math.isfinite(v)]
     scale = max(values, default=0.0)
     rounding = FLOOR_FACTOR * eps * math.sqrt(result.n_params) * scale
-    residual = max([*result.top_residuals, *result.bottom_residuals], default=0.0)
+    bounds = [*result.top_error_bounds, *result.bottom_error_bounds] or [
+        *result.top_residuals,
+        *result.bottom_residuals,
+    ]
+    residual = max(bounds, default=0.0)
     return max(rounding, residual)
 
 
