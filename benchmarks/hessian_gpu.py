@@ -221,19 +221,21 @@ def main() -> int:
 
     loss = nn.functional.cross_entropy
     batches = [(X, y)]
-    t_ours, ours = timed(lambda: spectrum(model, loss, batches, exact_threshold=0, trace=False, tol=1e-3))
-    print(
-        f"ours tol 1e-3: {t_ours:.2f} s, {ours.hvps} HVPs, top-5 {ours.top}, lambda_min {ours.bottom}",
-        flush=True,
-    )
-    t_ref, ref = timed(lambda: spectrum(model, loss, batches, exact_threshold=0, trace=False, tol=1e-6))
-    print(
-        f"ours tol 1e-6 (reference): {t_ref:.2f} s, {ref.hvps} HVPs, top-5 {ref.top}, lambda_min {ref.bottom}",
-        flush=True,
-    )
+    runs = {}
+    for tol in (1e-2, 1e-3, 1e-6):  # the last is the reference
+        seconds, result = timed(
+            lambda tol=tol: spectrum(model, loss, batches, exact_threshold=0, trace=False, tol=tol)
+        )
+        runs[tol] = (seconds, result)
+        print(
+            f"ours tol {tol:.0e}: {seconds:.2f} s, {result.hvps} HVPs, top-5 {result.top}, "
+            f"lambda_min {result.bottom}",
+            flush=True,
+        )
+    ref = runs[1e-6][1]
     rows = [
-        ("ours top-5 + lambda_min, tol 1e-3", ours.hvps, t_ours, rel_err(ours.top, ref.top)),
-        ("ours top-5 + lambda_min, tol 1e-6 (reference)", ref.hvps, t_ref, 0.0),
+        (f"ours top-5 + lambda_min, tol {tol:.0e}", r.hvps, t, rel_err(r.top, ref.top), r)
+        for tol, (t, r) in runs.items()
     ]
     ph_time = None
     if not args.skip_pyhessian:
@@ -242,18 +244,22 @@ def main() -> int:
         ph = PyHessianCounter()
         ph_time, values = timed(lambda: ph.run(model, X, y, "top", 1e-3, cuda=device.type == "cuda"))
         print(f"PyHessian defaults: {ph_time:.2f} s, {ph.calls} HVPs, top-5 {values}", flush=True)
-        rows.append(("PyHessian top-5, defaults (tol 1e-3)", ph.calls, ph_time, rel_err(values, ref.top)))
+        ph_err = rel_err(values, ref.top)
+        rows.append(("PyHessian top-5, defaults (tol 1e-3)", ph.calls, ph_time, ph_err, None))
         model.eval()
     print(f"{'method':<48} {'HVPs':>5} {'wall s':>8} {'max rel err top-5':>18}")
-    for name, hvps, seconds, err in rows:
+    for name, hvps, seconds, err, _ in rows:
         print(f"{name:<48} {hvps:>5} {seconds:>8.2f} {err:>18.2e}")
-    print(f"our HVP engine: {ours.hvp_mode}; lambda_min {ours.bottom[0]:.6g} (reference {ref.bottom[0]:.6g})")
+    print(f"our HVP engine: {ref.hvp_mode}; lambda_min (reference) {ref.bottom[0]:.6g}")
     ok = True
     if ph_time is not None:
-        ok = t_ours <= ph_time / 8
+        # Our fastest run whose top-5 is at least as accurate as PyHessian's (the reference excluded).
+        fair = [r for r in rows[:-2] if r[3] <= ph_err]
+        best = min(fair, key=lambda r: r[2], default=rows[1])
+        ok = best[2] <= ph_time / 8
         print(
-            f"{'PASS' if ok else 'FAIL'} top-5 + lambda_min in 1/{ph_time / t_ours:.1f} of PyHessian's "
-            "time (target <= 1/8)",
+            f"{'PASS' if ok else 'FAIL'} top-5 + lambda_min ({best[0]}, error {best[3]:.1e} vs PyHessian's "
+            f"{ph_err:.1e}) in 1/{ph_time / best[2]:.1f} of PyHessian's time (target <= 1/8)",
             flush=True,
         )
     if args.compile:  # last: compiling can take minutes, and everything above stands without it

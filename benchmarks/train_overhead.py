@@ -250,6 +250,7 @@ def check_graphs(device: torch.device, epochs: int = 5, batch_size: int = 64) ->
     """Train each spec with CUDA graphs and eagerly (same fused optimizer): every logged value of
     the two runs must be identical (time/* excepted). Prints the time per update of both."""
     ok = True
+    torch.use_deterministic_algorithms(True, warn_only=True)  # as the worker runs (configure_torch)
     for label, extra in GRAPH_CHECKS.items():
         runs = {}
         for graphs in (True, False):
@@ -280,6 +281,7 @@ def check_graphs(device: torch.device, epochs: int = 5, batch_size: int = 64) ->
             f"ms/update incl. evaluation: graphs {ms_g:.3f}, eager {ms_e:.3f}",
             flush=True,
         )
+    torch.use_deterministic_algorithms(False)
     return ok
 
 
