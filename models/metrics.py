@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, select, text
@@ -328,11 +327,12 @@ def _read_pg(
     step_max: int | None,
     max_points: int,
 ) -> list[Series]:
-    if max_points >= RAW_ONLY_POINTS:
-        return _read_grouped(session, job_id, names, prefix, step_min, step_max, max_points)
     lo = step_min if step_min is not None else -NO_STEP
     hi = step_max if step_max is not None else NO_STEP
     with _cursor(session) as cursor:
+        # A job with millions of points inflates the planner's estimates past jit_above_cost; the
+        # statements here take milliseconds, and compiling them would take tens.
+        cursor.execute("SET LOCAL jit = off")
         if not names:
             cursor.execute(NAMES_SQL, {"job": job_id})
             names = [row[0] for row in cursor.fetchall()]
@@ -340,17 +340,10 @@ def _read_pg(
             names = [n for n in names if n.startswith(prefix)]
         if not names:
             return []
-        cursor.execute(
-            PROBE_SQL,
-            {
-                "job": job_id,
-                "names": names,
-                "lo": lo,
-                "hi": hi,
-                "max_points": max_points,
-                "cap": max_points + 1,
-            },
-        )
+        if max_points >= RAW_ONLY_POINTS:
+            return _read_raw(session, job_id, names, lo, hi, max_points)
+        params = {"job": job_id, "names": names, "lo": lo, "hi": hi, "max_points": max_points}
+        cursor.execute(PROBE_SQL, params | {"cap": max_points + 1})
         probes = cursor.fetchall()
     raw: list[str] = []
     rolled: list[tuple[str, int, int, int, int]] = []
@@ -360,45 +353,36 @@ def _read_pg(
             raw.append(name)
         else:
             rolled.append((name, first, last, width, series_last))
-    out = {s.name: s for s in _read_grouped(session, job_id, raw, None, lo, hi, max_points)} if raw else {}
+    out = {s.name: s for s in _read_raw(session, job_id, raw, lo, hi, max_points)} if raw else {}
     for name, first, last, width, series_last in rolled:
         out[name] = _read_rolled(session, job_id, name, first, last, width, series_last, max_points)
     return [out[name] for name in sorted(out)]
 
 
-def _read_grouped(
-    session: Session,
-    job_id: str,
-    names: list[str],
-    prefix: str | None,
-    step_min: int | None,
-    step_max: int | None,
-    max_points: int,
+# Each series packed into arrays server-side and sent in binary: one row per series instead of one
+# per point, so a 10,000-point read costs a few milliseconds of Python. One index range scan per
+# name (a lateral join): a job with millions of points never tempts the planner into a table scan.
+RAW_SQL = """
+SELECT s.name, r.steps, r.epochs, r.values
+FROM unnest(%(names)s::text[]) AS s(name)
+CROSS JOIN LATERAL (
+    SELECT array_agg(step) AS steps, array_agg(epoch) AS epochs, array_agg(value) AS values
+    FROM (
+        SELECT step, epoch, value FROM metric_points
+        WHERE job_id = %(job)s AND name = s.name AND step >= %(lo)s AND step <= %(hi)s
+        ORDER BY step
+    ) p
+) r
+WHERE r.steps IS NOT NULL
+ORDER BY s.name
+"""
+
+
+def _read_raw(
+    session: Session, job_id: str, names: list[str], lo: int, hi: int, max_points: int
 ) -> list[Series]:
-    """Postgres packs each series into arrays server-side and sends them in binary: one row per
-    series instead of one per point, so a 10,000-point read costs a few milliseconds of Python.
-    The inner ORDER BY (an index scan of the primary key) fixes the order array_agg sees."""
-    where = ["job_id = %(job)s"]
-    params: dict[str, Any] = {"job": job_id}
-    if names:
-        where.append("name = ANY(%(names)s)")
-        params["names"] = names
-    if prefix:
-        where.append("starts_with(name, %(prefix)s)")
-        params["prefix"] = prefix
-    if step_min is not None:
-        where.append("step >= %(step_min)s")
-        params["step_min"] = step_min
-    if step_max is not None:
-        where.append("step <= %(step_max)s")
-        params["step_max"] = step_max
-    sql = (
-        "SELECT name, array_agg(step), array_agg(epoch), array_agg(value) FROM "
-        f"(SELECT name, step, epoch, value FROM metric_points WHERE {' AND '.join(where)} ORDER BY name, step) p "
-        "GROUP BY name ORDER BY name"
-    )
     with _cursor(session) as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(RAW_SQL, {"job": job_id, "names": names, "lo": lo, "hi": hi})
         rows = cursor.fetchall()
     return [
         _to_series(

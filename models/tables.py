@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -135,12 +136,34 @@ class Job(Base):
 
     __table_args__ = (
         UniqueConstraint("project_id", "idempotency_key", name="uq_jobs_idempotency"),
-        # The list endpoint pages newest first within a project, often filtered by status.
+        # The list endpoint pages newest first within a project, often filtered by status or verdict.
         Index("ix_jobs_project_created", "project_id", "created_at", "id"),
         Index("ix_jobs_project_status_created", "project_id", "status", "created_at"),
+        Index("ix_jobs_project_verdict_created", "project_id", "verdict", "created_at"),
         Index("ix_jobs_sweep", "sweep_id"),
         Index("ix_jobs_parent", "parent_id"),
+        # Tag filters and text equality on spec paths add a containment test these answer (see
+        # api.services.query). Postgres only: on SQLite they are declared empty (WHERE 0).
+        Index("ix_jobs_tags", "tags", postgresql_using="gin", sqlite_where=text("0")),
+        Index(
+            "ix_jobs_spec",
+            "spec",
+            postgresql_using="gin",
+            postgresql_ops={"spec": "jsonb_path_ops"},
+            sqlite_where=text("0"),
+        ),
     )
+
+
+# Sorting by the summary's headline metric (sort=summary.best_val_loss, either direction) walks this
+# index in order and stops at the page's end instead of sorting every matching job: the expression
+# is the one api.services.query sorts by. Other summary keys sort the filtered rows.
+Index(
+    "ix_jobs_project_best_val_loss",
+    Job.project_id,
+    Job.summary[("best_val_loss",)].as_float(),
+    Job.id,
+)
 
 
 class SweepTrial(Base):
