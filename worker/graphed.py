@@ -15,8 +15,8 @@ What makes the captured update identical to the eager one:
   graphs on and off run the same kernels (``benchmarks/train_overhead.py --check-graphs`` compares).
 * The first ``WARMUP_UPDATES`` updates of a stage run eagerly on a side stream (CUDA's recipe: lazy
   initialization — optimizer state, library handles — must not happen inside a capture); they are
-  real training updates, not throw-away ones, so nothing has to be undone.
-* The last, smaller batch of an epoch runs eagerly through the same function.
+  real training updates, not throw-away ones, so nothing has to be undone. Then full batches and
+  the epoch's smaller last batch are captured, each shape once, as they come.
 
 Graphs are used only where a replay is exact: no dropout (its masks would come from a different
 random stream), no gradient noise (its own generator), and an optimizer with a fused, capturable
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("saddle.worker")
 
 GRAPH_OPTIMIZERS = frozenset({"sgd", "adam", "adamw"})
-WARMUP_UPDATES = 3
+WARMUP_UPDATES = 1
 
 
 def fused_optimizer(spec: JobSpec, device: torch.device | None) -> bool:
@@ -75,7 +75,7 @@ class _StageBuffers:
     norms: torch.Tensor  # (updates per epoch, trainable tensors) gradient norms, every update
     full: torch.Tensor  # arange(batch size)
     tail: torch.Tensor  # arange(rows of the epoch's last batch)
-    graph: torch.cuda.CUDAGraph | None = None
+    graphs: dict[int, torch.cuda.CUDAGraph] = field(default_factory=dict)  # by batch rows
     eager_updates: int = 0
 
 
@@ -122,10 +122,11 @@ class GraphedEpochs:
             t.check_stop()
             lrs.append(t.set_lr(t.lr_for(epoch + i / n_steps, stage)))
             rows = buf.tail if i == n_steps - 1 else buf.full
-            if buf.graph is not None and rows is buf.full:
-                buf.graph.replay()
-            elif self.capture and rows is buf.full and buf.eager_updates >= WARMUP_UPDATES:
-                self._capture_and_replay(stage, buf)
+            graph = buf.graphs.get(len(rows))
+            if graph is not None:
+                graph.replay()
+            elif self.capture and buf.eager_updates >= WARMUP_UPDATES:
+                self._capture_and_replay(stage, buf, rows)
             else:
                 self._eager(stage, buf, rows)
             t.state.step += 1
@@ -142,18 +143,18 @@ class GraphedEpochs:
             self._update(stage, buf, rows)
         torch.cuda.current_stream().wait_stream(self.side)
 
-    def _capture_and_replay(self, stage: Stage, buf: _StageBuffers) -> None:
+    def _capture_and_replay(self, stage: Stage, buf: _StageBuffers, rows: torch.Tensor) -> None:
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
-                self._update(stage, buf, buf.full)
+                self._update(stage, buf, rows)
         except Exception:  # an op that cannot be captured: the rest of the run trains eagerly
             log.warning("CUDA graph capture failed; training eagerly", exc_info=True)
             self.capture = False
             torch.cuda.synchronize(self.trainer.device)
-            self._eager(stage, buf, buf.full)
+            self._eager(stage, buf, rows)
             return
-        buf.graph = graph
+        buf.graphs[len(rows)] = graph
         graph.replay()
 
     def _update(self, stage: Stage, buf: _StageBuffers, rows: torch.Tensor) -> None:

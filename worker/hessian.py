@@ -251,7 +251,10 @@ class _HessianOperator:
         if not batched:
             g, loss, hv = one(vs[0])
             return g, loss, hv[None]
-        g, loss, hv = vmap(one, chunk_size=self.vmap_chunk)(vs)
+        # Vectors at once multiply the pass's memory: no more of them than keep the vectors times the
+        # chunk's input elements within the chunk bound (a 5,000-image CIFAR chunk: one at a time).
+        at_once = max(1, min(self.vmap_chunk, MAX_CHUNK_ELEMENTS // max(1, _size(chunk.inputs))))
+        g, loss, hv = vmap(one, chunk_size=at_once)(vs)
         return g[0], loss[0], hv
 
     def _build_graph(self, chunk: _Chunk) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

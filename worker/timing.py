@@ -9,7 +9,8 @@ What is timed: the training pass of each epoch only (``Trainer.train_epoch``: ev
 engine's per-step bookkeeping), ended by a device synchronization. Evaluation is constant per epoch
 and would blur the curve, so it runs once afterwards, untimed, to report the losses reached. Before
 anything is timed, one epoch at the largest batch size (the fewest updates) pays the one-off costs
-(kernel selection, allocator growth, CUDA context), so the first measured size does not carry them.
+(kernel selection, allocator growth, CUDA context), so the first measured size does not carry them;
+where updates run as CUDA graphs, each size also trains one untimed epoch first, which captures them.
 Each size reports the median over its epochs; the raw epoch times come along.
 """
 
@@ -83,6 +84,8 @@ def measure_one(
     trainer = Trainer(timing_spec(base, batch_size, epochs), data, StudyRecorder(stop), device)
     n = len(trainer.train_y)
     updates = -(-n // batch_size)
+    if trainer.graphs is not None:  # capturing the update's CUDA graphs is a one-off: not timed
+        time_epochs(trainer, 1)
     epoch_seconds = time_epochs(trainer, epochs)
     median = statistics.median(epoch_seconds)
     metrics = trainer.evaluate()
