@@ -67,17 +67,19 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
-def with_retries(work, attempts: int = 16, first_delay: float = 0.25):  # noqa: ANN001, ANN201
+def with_retries(work, attempts: int | None = None, first_delay: float = 0.25):  # noqa: ANN001, ANN201
     """Run ``work()`` (a whole transaction) again when the database connection drops.
 
     Only connection-level errors are retried: a restarted Postgres or a dropped socket. Errors in the
-    statement itself are raised at once. The default waits out about a minute of outage (delays
-    0.25, 0.5, 1, 2, 4, then 5 s), long enough for a restart or a managed database's failover.
+    statement itself are raised at once. The default (``SADDLE_DB_RETRY_ATTEMPTS``, 16) waits out
+    about a minute of outage (delays 0.25, 0.5, 1, 2, 4, then 5 s), long enough for a restart or a
+    managed database's failover.
     """
     import time
 
     from sqlalchemy.exc import DBAPIError, OperationalError
 
+    attempts = attempts or get_settings().db_retry_attempts
     delay = first_delay
     for attempt in range(attempts):
         try:

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     stale_after_seconds: float = 30.0
     reaper_seconds: float = 10.0  # how often the API's reaper looks (0 disables it)
     max_attempts: int = 3  # deliveries that ended with the worker lost before a job is failed
+    # Tries of a transaction whose database connection dropped (delays 0.25 s doubling to 5 s: the
+    # default 16 wait out about a minute, a restart or a managed database's failover).
+    db_retry_attempts: int = 16
     metric_flush_points: int = 5_000
     torch_threads: int = 0  # 0: share the cores between the worker's processes
 

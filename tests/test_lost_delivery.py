@@ -90,3 +90,31 @@ def test_a_message_held_by_a_worker_that_died_before_claiming_goes_back_on_the_q
             for tag in tags:
                 client.zrem(channel.unacked_index_key, tag)
                 client.hdel(channel.unacked_key, tag)
+
+
+TASK_WITH_DATABASE_AWAY = """
+from celery.exceptions import Reject
+from worker.tasks import run_job_task
+try:
+    run_job_task.run("00000000-0000-0000-0000-000000000000")
+except Reject as exc:
+    print("requeue" if exc.requeue else "drop", exc.reason)
+else:
+    print("returned")
+"""
+
+
+def test_a_task_that_cannot_reach_the_database_goes_back_on_its_queue() -> None:
+    """A delivery whose claim outlasts the database retries is rejected with requeue, not acked:
+    its job stays queued, so an acked message would leave nothing to run it."""
+    env = {
+        **SERVICE_ENV,
+        "SADDLE_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:9/nowhere",
+        "SADDLE_DB_RETRY_ATTEMPTS": "2",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", TASK_WITH_DATABASE_AWAY], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("requeue database unreachable"), out.stdout + out.stderr[-2000:]
+    assert "retry 1 of 1" in out.stderr

@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from models.db import session_scope, with_retries
 from models.jsonsafe import json_safe
@@ -52,12 +53,21 @@ def heartbeat_is_fresh(job: Job) -> bool:
 Admit = Callable[[Any, Job], bool]
 
 
+class DatabaseAway(Exception):
+    """The database stayed unreachable for longer than the retries wait: the delivery must go back
+    on its queue (worker.tasks rejects it with requeue), not be acked while its job stays queued."""
+
+
 def claim(job_id: str, admit: Admit | None = None) -> Claim | None:
     """Take the job for this worker, or return None when it must not run here.
 
-    A database outage is waited out: a delivery that gave up here would be acked and lost while
-    its job stays queued."""
-    return with_retries(lambda: _claim(job_id, admit))
+    A database outage is waited out; one that outlasts the retries raises DatabaseAway."""
+    try:
+        return with_retries(lambda: _claim(job_id, admit))
+    except DBAPIError as exc:
+        if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
+            raise
+        raise DatabaseAway(str(exc).splitlines()[0]) from exc
 
 
 def _claim(job_id: str, admit: Admit | None = None) -> Claim | None:
