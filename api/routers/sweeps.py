@@ -141,10 +141,13 @@ def sweep_leaderboard(
     limit: Annotated[
         int, Query(ge=1, le=board.MAX_LIMIT, description="entries to return")
     ] = board.DEFAULT_LIMIT,
-) -> board.LeaderboardOut:
+) -> Response:
     """The sweep's completed trials ranked by its objective, best first: params, objective value,
     key summary metrics, last validation and test values, verdict and status."""
-    return board.LeaderboardOut.model_validate(board.leaderboard(session, project, sweep_id, limit))
+    view = board.leaderboard(session, project, sweep_id, limit)
+    return Response(
+        board.LeaderboardOut.model_validate(view).model_dump_json(), media_type="application/json"
+    )
 
 
 @router.post("/sweeps/{sweep_id}/cancel", response_model=SweepOut)

@@ -73,32 +73,42 @@ def leaderboard(
         SweepTrial.sweep_id == sweep.id,
         SweepTrial.state == "complete",
         SweepTrial.value.is_not(None),
+        SweepTrial.job_id.is_not(None),
+    )
+    order = SweepTrial.value.desc() if mode == "max" else SweepTrial.value.asc()
+    # The page of trials first, then their jobs: the join and the per-series probes run `limit` times.
+    top = (
+        select(
+            SweepTrial.number, SweepTrial.job_id, SweepTrial.params, SweepTrial.value, SweepTrial.finished_at
+        )
+        .where(*ranked)
+        .order_by(order, SweepTrial.number)
+        .limit(limit)
+        .subquery()
     )
     last_values = [
         select(MetricPoint.value)
-        .where(MetricPoint.job_id == Job.id, MetricPoint.name == name)
+        .where(MetricPoint.job_id == top.c.job_id, MetricPoint.name == name)
         .order_by(MetricPoint.step.desc())
         .limit(1)
         .scalar_subquery()
         for name in FINAL_SERIES
     ]
-    order = SweepTrial.value.desc() if mode == "max" else SweepTrial.value.asc()
+    top_order = top.c.value.desc() if mode == "max" else top.c.value.asc()
     rows = session.execute(
         select(
-            SweepTrial.number,
-            SweepTrial.job_id,
-            SweepTrial.params,
-            SweepTrial.value,
-            SweepTrial.finished_at,
+            top.c.number,
+            top.c.job_id,
+            top.c.params,
+            top.c.value,
+            top.c.finished_at,
             Job.status,
             Job.verdict,
             Job.summary,
             *last_values,
         )
-        .join(Job, Job.id == SweepTrial.job_id)
-        .where(*ranked)
-        .order_by(order, SweepTrial.number)
-        .limit(limit)
+        .join(Job, Job.id == top.c.job_id)
+        .order_by(top_order, top.c.number)
     ).all()
     entries = [
         {
