@@ -134,7 +134,17 @@ JOB_COLUMNS = (
     "cancel_requested", "attempts", "attempt_token", "worker", "device", "sweep_id", "parent_id", "kind",
     "created_at", "started_at", "finished_at", "heartbeat_at",
 )  # fmt: skip
-SWEEP_COLUMNS = ("id", "project_id", "name", "status", "config", "best_job_id", "findings", "created_at", "finished_at")
+SWEEP_COLUMNS = (
+    "id",
+    "project_id",
+    "name",
+    "status",
+    "config",
+    "best_job_id",
+    "findings",
+    "created_at",
+    "finished_at",
+)
 TRIAL_COLUMNS = (
     "sweep_id", "number", "job_id", "params", "system_attrs", "state", "value", "intermediate",
     "error", "created_at", "finished_at",
@@ -167,7 +177,9 @@ class Generator:
         data["label_noise"] = r.choices((0.0, 0.1, 0.3), (8, 1, 1))[0]
         model = spec["model"]
         model["arch"] = r.choices(("mlp", "linear", "cnn"), (70, 15, 15))[0] if dataset == "digits" else "mlp"
-        model["hidden"] = [r.choice((32, 64, 128, 256)) for _ in range(r.choices((1, 2, 3, 4, 8), (30, 35, 20, 10, 5))[0])]
+        model["hidden"] = [
+            r.choice((32, 64, 128, 256)) for _ in range(r.choices((1, 2, 3, 4, 8), (30, 35, 20, 10, 5))[0])
+        ]
         model["activation"] = r.choices(("relu", "tanh", "sigmoid", "gelu"), (60, 15, 10, 15))[0]
         model["norm"] = r.choices(("none", "batch", "layer"), (6, 3, 1))[0]
         model["dropout"] = r.choices((0.0, 0.1, 0.3), (6, 2, 2))[0]
@@ -227,7 +239,11 @@ class Generator:
         else:
             epochs_run = r.randint(0, max(0, epochs - 1))
         ran = status != "queued" and not (status == "failed" and epochs_run == 0 and r.random() < 0.5)
-        verdict = r.choices([v for v, _ in VERDICTS], [w for _, w in VERDICTS])[0] if status == "succeeded" else None
+        verdict = (
+            r.choices([v for v, _ in VERDICTS], [w for _, w in VERDICTS])[0]
+            if status == "succeeded"
+            else None
+        )
         loss0 = r.uniform(0.7, 2.5)
         floor = {
             "good_fit": r.uniform(0.02, 0.25),
@@ -241,13 +257,22 @@ class Generator:
         tau = max(1.0, epochs_run / r.uniform(2, 8))
         acc = 1 - floor / 3 if classes else 0.0
         best_epoch = max(0, epochs_run - r.randint(0, max(0, epochs_run // 4))) if epochs_run else -1
-        best_val = floor * 1.1 + (loss0 - floor) * math.exp(-best_epoch / tau) + gap * best_epoch / max(1, epochs_run)
+        best_val = (
+            floor * 1.1
+            + (loss0 - floor) * math.exp(-best_epoch / tau)
+            + gap * best_epoch / max(1, epochs_run)
+        )
         seconds_per_epoch = round(upe * r.uniform(0.002, 0.02), 4)
         started = created + timedelta(seconds=r.uniform(1, 600)) if status != "queued" else None
         finished = None
         if status in ("succeeded", "failed", "cancelled") and started is not None:
             finished = started + timedelta(seconds=5 + seconds_per_epoch * epochs_run)
-        n_params = sum(a * b for a, b in zip([64, *spec["model"]["hidden"]], [*spec["model"]["hidden"], classes or 1], strict=True))
+        n_params = sum(
+            a * b
+            for a, b in zip(
+                [64, *spec["model"]["hidden"]], [*spec["model"]["hidden"], classes or 1], strict=True
+            )
+        )
         summary: dict[str, Any] = {}
         if epochs_run > 0 or status == "succeeded":
             summary = {
@@ -261,7 +286,13 @@ class Generator:
                 "device": "cpu",
                 "seconds_per_epoch": seconds_per_epoch,
                 "ms_per_update": round(1000 * seconds_per_epoch / upe, 4),
-                "data": {"n_train": n_train, "n_val": n_train // 3, "n_test": n_train // 3, "task": "classification" if classes else "regression", "n_classes": classes},
+                "data": {
+                    "n_train": n_train,
+                    "n_val": n_train // 3,
+                    "n_test": n_train // 3,
+                    "task": "classification" if classes else "regression",
+                    "n_classes": classes,
+                },
                 "layer_sizes": {f"net.{i}.weight": n for i, n in enumerate(spec["model"]["hidden"])},
                 "reference": None,
                 "init_from": None,
@@ -289,9 +320,9 @@ class Generator:
             "finished": finished,
             "plan": plan,
             "value": None if verdict == "diverged" or status != "succeeded" else round(best_val, 5),
-            "error": "RuntimeError: CUDA out of memory" if status == "failed" and r.random() < 0.3 else (
-                "ValueError: loss is NaN at step 12" if status == "failed" else None
-            ),
+            "error": "RuntimeError: CUDA out of memory"
+            if status == "failed" and r.random() < 0.3
+            else ("ValueError: loss is NaN at step 12" if status == "failed" else None),
         }
 
     def job_row(
@@ -384,13 +415,17 @@ def generate(n_jobs: int, series_points: int, seed: int) -> Data:
             spec["name"] = f"sweep-{s}-trial-{number}"
             created = start + timedelta(minutes=2 * (number // 4))
             job_id, out = add(project, spec, created, kind="trial", sweep_id=sweep_id)
-            state = {"succeeded": "complete", "cancelled": "pruned", "failed": "failed"}.get(out["status"], "running")
+            state = {"succeeded": "complete", "cancelled": "pruned", "failed": "failed"}.get(
+                out["status"], "running"
+            )
             value = out["value"] if state == "complete" else None
             if state == "complete" and value is None:
                 state = "failed"
             if value is not None and (best is None or value < best[0]):
                 best = (value, job_id)
-            intermediate = {str(e): round(out["plan"].floor + 0.5 / e, 5) for e in range(1, 4)} if out["plan"] else {}
+            intermediate = (
+                {str(e): round(out["plan"].floor + 0.5 / e, 5) for e in range(1, 4)} if out["plan"] else {}
+            )
             data.trials.append(
                 (
                     sweep_id, number, job_id, dumps(params), "{}", state, value, dumps(intermediate),
@@ -399,7 +434,13 @@ def generate(n_jobs: int, series_points: int, seed: int) -> Data:
                 )
             )  # fmt: skip
             finished = max(finished, out["finished"] or finished)
-        config = {"request": request, "kind": "sweep", "total": size, "seed": s, "request_hash": g.hex_id() * 2}
+        config = {
+            "request": request,
+            "kind": "sweep",
+            "total": size,
+            "seed": s,
+            "request_hash": g.hex_id() * 2,
+        }
         data.sweeps.append(
             (
                 sweep_id, data.projects[project], f"sweep-{s}", "succeeded", json.dumps(config),
@@ -566,8 +607,15 @@ def load(url: str, data: Data, workers: int) -> dict[str, float]:
         for p in order:
             part = loads.index(min(loads))
             loads[part] += len(EPOCH_SERIES) * (p.epochs_run + 1) + p.updates
-            rows.append((p.job_id, part, p.epochs_run, p.upe, p.loss0, p.floor, p.tau, p.gap, p.acc, p.lr, p.updates))
-        copy_rows(cur, "bench_plan", ("job_id", "part", "epochs_run", "upe", "loss0", "floor", "tau", "gap", "acc", "lr", "updates"), rows)
+            rows.append(
+                (p.job_id, part, p.epochs_run, p.upe, p.loss0, p.floor, p.tau, p.gap, p.acc, p.lr, p.updates)
+            )
+        copy_rows(
+            cur,
+            "bench_plan",
+            ("job_id", "part", "epochs_run", "upe", "loss0", "floor", "tau", "gap", "acc", "lr", "updates"),
+            rows,
+        )
         # The primary key is rebuilt once at the end: a sorted build is far cheaper than 50M insertions.
         cur.execute("ALTER TABLE metric_points DROP CONSTRAINT metric_points_pkey")
     timings["jobs, sweeps, trials, diagnoses"] = time.perf_counter() - t
@@ -597,7 +645,9 @@ def load(url: str, data: Data, workers: int) -> dict[str, float]:
     t = time.perf_counter()
     with connect(url) as conn, conn.cursor() as cur:
         cur.execute("SET maintenance_work_mem = '1GB'")
-        cur.execute("ALTER TABLE metric_points ADD CONSTRAINT metric_points_pkey PRIMARY KEY (job_id, name, step)")
+        cur.execute(
+            "ALTER TABLE metric_points ADD CONSTRAINT metric_points_pkey PRIMARY KEY (job_id, name, step)"
+        )
         cur.execute("DROP TABLE bench_plan")
     timings["metric_points primary key"] = time.perf_counter() - t
 
@@ -631,7 +681,8 @@ def database_comment(name: str) -> dict[str, Any] | None:
     try:
         with engine.connect() as conn:
             comment = conn.execute(
-                text("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :n"), {"n": name}
+                text("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :n"),
+                {"n": name},
             ).scalar()
             exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar()
     finally:
@@ -656,19 +707,24 @@ class Figure:
     target: bool = True  # counts toward PASS/FAIL
 
 
-def timed(http: Any, url: str, params: dict[str, Any] | list[tuple[str, Any]], repeats: int) -> tuple[list[float], Any]:
-    body = None
-    for _ in range(WARMUPS):
-        response = http.get(url, params=params)
-        response.raise_for_status()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        response = http.get(url, params=params)
-        response.raise_for_status()
-        body = response.json()
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples, body
+@dataclass
+class Probe:
+    """One request of the measured set, with its samples."""
+
+    label: str
+    url: str
+    params: list[tuple[str, Any]]
+    target: bool = True
+    samples: list[float] = field(default_factory=list)
+    rows: str = ""
+
+
+def get(http: Any, probe: Probe) -> tuple[float, Any]:
+    started = time.perf_counter()
+    response = http.get(probe.url, params=probe.params)
+    response.raise_for_status()
+    body = response.json()
+    return (time.perf_counter() - started) * 1000, body
 
 
 def list_queries(meta: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -706,45 +762,74 @@ def list_queries(meta: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]
 
 
 def measure(http: Any, meta: dict[str, Any], repeats: int, series_points: int) -> list[Figure]:
-    figures: list[Figure] = []
-    for label, params in list_queries(meta):
-        samples, body = timed(http, "/v1/jobs", [*params, ("limit", "50")], repeats)
-        p50, p95 = summary(samples)
-        figures.append(Figure(f"GET /v1/jobs: {label}", p50, p95, f"{len(body['items'])}"))
-        if body["next_cursor"]:
-            samples, page2 = timed(http, "/v1/jobs", [*params, ("limit", "50"), ("cursor", body["next_cursor"])], repeats)
-            p50, p95 = summary(samples)
-            figures.append(Figure("  … its next page (cursor)", p50, p95, f"{len(page2['items'])}"))
-
-    samples, body = timed(http, f"/v1/sweeps/{meta['big_sweep']}/leaderboard", {"limit": 100}, repeats)
-    p50, p95 = summary(samples)
-    figures.append(Figure("GET /v1/sweeps/{id}/leaderboard, limit 100", p50, p95, f"{len(body['entries'])}"))
-
+    """Warm every request up, then time them round-robin (a burst of load on the machine spreads
+    over all of them instead of landing on one); the long series' first read is timed alone."""
     url = f"/v1/jobs/{meta['big_job']}/metrics"
-    params = {"name": BIG_SERIES, "max_points": 2000}
     started = time.perf_counter()
-    first = http.get(url, params=params)
+    first = http.get(url, params={"name": BIG_SERIES, "max_points": 2000})
     first.raise_for_status()
     cold = (time.perf_counter() - started) * 1000
-    figures.append(Figure(f"metrics: {series_points:,} → 2,000 points, first read", cold, cold, "", target=False))
-    samples, body = timed(http, url, params, repeats)
-    series = body["series"][0]
-    if not series["downsampled"] or series["total_points"] != series_points or not 0 < len(series["values"]) <= 2000:
-        raise RuntimeError(f"unexpected series: total {series['total_points']}, {len(series['values'])} points")
-    p50, p95 = summary(samples)
-    figures.append(Figure(f"metrics: {series_points:,} → 2,000 points (min/max envelope)", p50, p95, f"{len(series['values'])}"))
 
-    samples, body = timed(http, url, {"max_points": 2000}, repeats)
-    p50, p95 = summary(samples)
-    figures.append(
-        Figure("metrics: all 10 series of that job, 2,000 points each", p50, p95, f"{len(body['series'])} series", target=False)
+    probes: list[Probe] = []
+    for label, params in list_queries(meta):
+        probe = Probe(f"GET /v1/jobs: {label}", "/v1/jobs", [*params, ("limit", "50")])
+        _, body = get(http, probe)
+        probes.append(probe)
+        if body["next_cursor"]:
+            cursor = ("cursor", body["next_cursor"])
+            probes.append(Probe("  … its next page (cursor)", "/v1/jobs", [*probe.params, cursor]))
+    probes.append(
+        Probe(
+            "GET /v1/sweeps/{id}/leaderboard, limit 100",
+            f"/v1/sweeps/{meta['big_sweep']}/leaderboard",
+            [("limit", 100)],
+        )
+    )
+    series = Probe(
+        f"metrics: {series_points:,} → 2,000 points (min/max envelope)",
+        url,
+        [("name", BIG_SERIES), ("max_points", 2000)],
+    )
+    probes.append(series)
+    probes.append(
+        Probe(
+            "metrics: all 10 series of that job, 2,000 points each", url, [("max_points", 2000)], target=False
+        )
+    )
+
+    for probe in probes:
+        for _ in range(WARMUPS):
+            _, body = get(http, probe)
+        if "items" in body:
+            probe.rows = f"{len(body['items'])}"
+        elif "entries" in body:
+            probe.rows = f"{len(body['entries'])}"
+        else:
+            probe.rows = f"{sum(len(s['values']) for s in body['series']):,}"
+    check = get(http, series)[1]["series"][0]
+    if (
+        not check["downsampled"]
+        or check["total_points"] != series_points
+        or not 0 < len(check["values"]) <= 2000
+    ):
+        raise RuntimeError(f"unexpected series: total {check['total_points']}, {len(check['values'])} points")
+    for _ in range(repeats):
+        for probe in probes:
+            probe.samples.append(get(http, probe)[0])
+
+    figures = [Figure(p.label, *summary(p.samples), p.rows, p.target) for p in probes]
+    figures.insert(
+        -2,
+        Figure(
+            f"metrics: {series_points:,} → 2,000 points, first read (fills rollups)", cold, cold, "", False
+        ),
     )
     return figures
 
 
 def explain(meta: dict[str, Any], project_id: str) -> None:
     """EXPLAIN ANALYZE of the SQL each list query runs, captured from the service's own code."""
-    from sqlalchemy import event, text
+    from sqlalchemy import event
 
     from api.services import query
     from models.db import get_engine, session_scope
@@ -763,10 +848,11 @@ def explain(meta: dict[str, Any], project_id: str) -> None:
                 query.list_jobs(session, project_id, params, None, 50)
         finally:
             event.remove(engine, "before_cursor_execute", capture)
-        statement, parameters = captured[-1]
+        statement, parameters = next(c for c in captured if "FROM jobs" in c[0])  # the page's query
         with engine.connect() as conn:
+            conn.execute(query.PLANNER_SETTINGS)  # as list_jobs runs it
             plan = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, BUFFERS) {statement}", parameters).scalars().all()
-            conn.execute(text("ROLLBACK"))
+            conn.rollback()
         print(f"\n--- {label}\n" + "\n".join(plan))
 
 
@@ -781,8 +867,12 @@ def report(figures: list[Figure]) -> bool:
     worst_series = max(f.p95 for f in series)
     ok_list, ok_series = worst_list < TARGET_MS, worst_series < TARGET_MS
     print()
-    print(f"{'PASS' if ok_list else 'FAIL'} filtered job lists and the leaderboard: worst p95 {worst_list:.1f} ms < {TARGET_MS:.0f} ms")
-    print(f"{'PASS' if ok_series else 'FAIL'} downsampled series: p95 {worst_series:.1f} ms < {TARGET_MS:.0f} ms")
+    print(
+        f"{'PASS' if ok_list else 'FAIL'} filtered job lists and the leaderboard: worst p95 {worst_list:.1f} ms < {TARGET_MS:.0f} ms"
+    )
+    print(
+        f"{'PASS' if ok_series else 'FAIL'} downsampled series: p95 {worst_series:.1f} ms < {TARGET_MS:.0f} ms"
+    )
     return ok_list and ok_series
 
 
@@ -792,18 +882,26 @@ def report(figures: list[Figure]) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=100_000, help="jobs to build (default 100,000)")
-    parser.add_argument("--points", type=int, default=50_000_000, help="metric points in all (default 50,000,000)")
+    parser.add_argument(
+        "--points", type=int, default=50_000_000, help="metric points in all (default 50,000,000)"
+    )
     parser.add_argument(
         "--series-points",
         type=int,
         default=None,
         help="points of the long series (default 1,000,000, or --points / 10 when that is smaller)",
     )
-    parser.add_argument("--repeats", type=int, default=30, help="timed requests per query (default 30)")
+    parser.add_argument("--repeats", type=int, default=50, help="timed requests per query (default 50)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2, help="connections that generate the points (default 2)")
-    parser.add_argument("--keep", action="store_true", help=f"keep {DB}; a later --keep run of the same scale reuses it")
-    parser.add_argument("--rebuild", action="store_true", help="build afresh even when a kept database matches")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="connections that generate the points (default 2)"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help=f"keep {DB}; a later --keep run of the same scale reuses it"
+    )
+    parser.add_argument(
+        "--rebuild", action="store_true", help="build afresh even when a kept database matches"
+    )
     parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of each list query")
     args = parser.parse_args()
     if args.series_points is None:
@@ -840,7 +938,9 @@ def main() -> int:
             drop_database(DB)
             admin_execute(f'CREATE DATABASE "{DB}"')
             run_upgrade(url)
-            print(f"building {DB}: {args.jobs:,} jobs, {args.points:,} metric points (one series of {args.series_points:,})")
+            print(
+                f"building {DB}: {args.jobs:,} jobs, {args.points:,} metric points (one series of {args.series_points:,})"
+            )
             t = time.perf_counter()
             data = generate(args.jobs, args.series_points, args.seed)
             epoch_points = distribute_updates(data, args.points, args.series_points)

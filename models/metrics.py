@@ -484,8 +484,8 @@ def fill_rollups(session: Session, job_id: str, name: str, width: int, series_la
     if target < 0:
         return False
     finer = [width >> k for k in range(1, width.bit_length()) if width >> k >= ROLLUP_MIN_WIDTH]
-    engine = session.get_bind()
-    with engine.connect() as conn:
+    bind = session.get_bind()
+    with getattr(bind, "engine", bind).connect() as conn:
         raw_conn = conn.connection.driver_connection
         while True:
             with raw_conn.transaction(), raw_conn.cursor() as cursor:
