@@ -64,7 +64,7 @@ def test_random_sweep_runs_every_trial_and_reports_the_best(sdk: Client) -> None
     assert sweep["status"] == "running" and sweep["progress"]["total"] == 6
     # max_concurrency (2) may run, and as many more wait queued so that no worker waits for the
     # scheduler between trials; none of them counts as running before a worker admits it.
-    assert len(sweep["trials"]) == min(6, 2 + lookahead(2))
+    assert len(sweep["trials"]) == min(6, 2 + lookahead(2, "random"))
     assert {t["status"] for t in sweep["trials"]} <= {"queued", "running"}
 
     final = wait_sweep(http, sweep["id"])
@@ -206,7 +206,7 @@ def test_cancel_stops_running_and_queued_trials(sdk: Client) -> None:
     cancelled = http.post(f"/v1/sweeps/{sweep['id']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     launched = len(cancelled.json()["trials"])
-    assert 2 <= launched <= min(5, 2 + lookahead(2))  # the two that may run and those queued ahead
+    assert 2 <= launched <= min(5, 2 + lookahead(2, "random"))  # the two that may run and those queued ahead
     assert http.post(f"/v1/sweeps/{sweep['id']}/cancel").status_code == 409
     deadline = time.monotonic() + 60
     while True:

@@ -25,7 +25,7 @@ from worker.diagnosis.probes import after_diagnosis
 from worker.diagnosis.reference import reference_scores
 from worker.finetune import initialize_from_parent
 from worker.lifecycle import Claim, Heartbeat, LeaseLost, fenced_update, finish, run_claimed
-from worker.sweeps import admit_trial, on_job_finished
+from worker.sweeps import admit_trial, is_trial, on_job_finished
 from worker.training import StopTraining, Trainer, resolve_device
 
 log = logging.getLogger("saddle.worker")
@@ -234,7 +234,8 @@ def _train(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
     update_job(job_claim, summary=json_safe(summary))
     diagnose_safely(job_claim.job_id)
     finish(job_claim, "succeeded", summary=summary)
-    follow_up_safely(job_claim.job_id)
+    if spec.analysis.probes or not is_trial(job_claim.job_id):  # a trial has no other follow-up
+        follow_up_safely(job_claim.job_id)
     return "succeeded"
 
 

@@ -17,7 +17,7 @@ Scheduling
     ``schedule(session, sweep_id)`` is the one step. It locks the sweep row (SELECT ... FOR UPDATE,
     so two steps cannot both fill the same free slot), records each trial whose job has ended (the
     job's status is the truth; the objective is read from the job's metrics), launches trials until
-    ``max_concurrency + lookahead(max_concurrency)`` are pending or ``max_trials`` have been
+    ``max_concurrency + lookahead(...)`` are pending or ``max_trials`` have been
     launched, and once nothing is pending and nothing is left to launch it closes the sweep: best
     trial, then the cross-run findings. The step is idempotent and runs when the sweep is created
     (API), after every trial's ``run_job`` (``on_job_finished``, the worker's hook), and from
@@ -562,11 +562,19 @@ def finish_trial(
         setattr(trial, key, value)
 
 
-def lookahead(max_concurrency: int) -> int:
+def lookahead(max_concurrency: int, algorithm: str = "tpe") -> int:
     """How many trials are queued beyond those that may run: enough that every worker of the sweep
     finds its next trial waiting when it ends one, and that launches come in batches (a step tops
-    the queue up once half of it was taken), few enough that TPE still learns between asks."""
-    return min(2 * max_concurrency, 8)
+    the queue up once half of it was taken). TPE learns from finished trials, so its queue stays
+    short; random and grid points do not depend on results, so their batches can be larger."""
+    if algorithm == "tpe":
+        return min(2 * max_concurrency, 8)
+    return min(4 * max_concurrency, 32)
+
+
+def is_trial(job_id: str) -> bool:
+    """Whether this process admitted ``job_id`` as a sweep's trial (until its hook ran)."""
+    return isinstance(_trial_sweeps.get(job_id), str)
 
 
 @dataclass
@@ -644,7 +652,7 @@ def schedule(
         job_ids.append(trial.job_id or "")
     total = int(sweep.config["total"])
     launched, pending = state.launched, state.pending
-    target = spec.max_concurrency + lookahead(spec.max_concurrency)
+    target = spec.max_concurrency + lookahead(spec.max_concurrency, spec.algorithm)
     while (room := min(target - pending, total - launched)) > 0:
         # A point whose spec is invalid becomes a failed trial without a job: sample again.
         new = launch(session, sweep, spec, launched, room)
@@ -744,7 +752,10 @@ def record(job_id: str, sweep_id: str) -> bool:
         busy = sum(st in ADMITTED for st in pending)
         if "deferred" in pending and busy < spec.max_concurrency:
             return False  # a deferred trial can run now
-        if launched < total and len(pending) <= spec.max_concurrency + lookahead(spec.max_concurrency) // 2:
+        if (
+            launched < total
+            and len(pending) <= spec.max_concurrency + lookahead(spec.max_concurrency, spec.algorithm) // 2
+        ):
             return False  # top the queue up
         return bool(pending)  # nothing pending and all launched: the full step closes the sweep
 
