@@ -134,6 +134,7 @@ def _keep_output(store: dict[str, torch.Tensor], name: str, rows: int):  # noqa:
 
 class Trainer:
     UNIT_SAMPLE = 512  # training rows on which unit statistics are measured each epoch
+    EVAL_CHUNK = 8192  # rows per forward pass in evaluation
     # Gradient norms are measured on every 8th update (always the first of an epoch): the epoch means
     # the rules read are as good from an eighth of the updates, and the cost drops below 2% of training.
     GRAD_STATS_STRIDE = 8
@@ -330,24 +331,25 @@ class Trainer:
         self.model.eval()
         names, values = [], []
         activations: dict[str, torch.Tensor] = {}
+        classification = self.data.task == "classification"
         for split, (X, y) in self.eval_sets.items():
-            loss_sum = torch.zeros((), device=self.device)
-            correct = torch.zeros((), device=self.device)
-            for start in range(0, len(y), 8192):
+            sums = []  # per chunk: (loss sum, correct count); most splits are one chunk
+            for start in range(0, len(y), self.EVAL_CHUNK):
                 watch = split == "train" and start == 0 and self.spec.analysis.diagnostics
                 with self.capture_activations(activations) if watch else contextlib.nullcontext():
-                    out = self.model(X[start : start + 8192])
-                target = y[start : start + 8192]
-                if self.data.task == "classification":
-                    loss_sum += F.cross_entropy(out, target, reduction="sum")
-                    correct += (out.argmax(1) == target).sum()
+                    out = self.model(X[start : start + self.EVAL_CHUNK])
+                target = y[start : start + self.EVAL_CHUNK]
+                if classification:
+                    sums.append(
+                        (F.cross_entropy(out, target, reduction="sum"), (out.argmax(1) == target).sum())
+                    )
                 else:
-                    loss_sum += F.mse_loss(out, target, reduction="sum")
+                    sums.append((F.mse_loss(out, target, reduction="sum"), None))
             names.append(f"{split}/loss")
-            values.append(loss_sum / len(y))
-            if self.data.task == "classification":
+            values.append(sum(loss for loss, _ in sums) / len(y))
+            if classification:
                 names.append(f"{split}/accuracy")
-                values.append(correct / len(y))
+                values.append(sum(hits for _, hits in sums) / len(y))
         if self.spec.regularization.l2 > 0:
             names.append("train/l2_penalty")
             values.append(self.l2_penalty())
@@ -376,12 +378,12 @@ class Trainer:
         stats = {}
         kind = self.spec.model.activation
         for name, out in outputs.items():
-            if kind in ("relu", "leaky_relu", "gelu"):
-                stats[f"units/{name}/dead_fraction"] = (out <= 0).all(dim=0).float().mean()
-            if kind in ("sigmoid", "tanh"):
-                lo, hi = (0.02, 0.98) if kind == "sigmoid" else (-0.98, 0.98)
-                pinned = ((out < lo) | (out > hi)).float().mean(dim=0)
-                stats[f"units/{name}/saturated_fraction"] = (pinned >= 0.9).float().mean()
+            if kind in ("relu", "leaky_relu", "gelu"):  # never above 0: amax is 7x cheaper than all()
+                stats[f"units/{name}/dead_fraction"] = (out.amax(dim=0) <= 0).float().mean()
+            if kind in ("sigmoid", "tanh"):  # outside (0.02, 0.98), resp. (-0.98, 0.98)
+                center, half = (0.5, 0.48) if kind == "sigmoid" else (0.0, 0.98)
+                pinned_rows = ((out - center).abs() > half).sum(dim=0)
+                stats[f"units/{name}/saturated_fraction"] = (pinned_rows >= 0.9 * len(out)).float().mean()
         return stats
 
     # ----- the run -----------------------------------------------------------------------------
