@@ -485,25 +485,28 @@ def fill_rollups(session: Session, job_id: str, name: str, width: int, series_la
         return False
     finer = [width >> k for k in range(1, width.bit_length()) if width >> k >= ROLLUP_MIN_WIDTH]
     bind = session.get_bind()
+    # SQLAlchemy's own transactions: a pooled connection can come back from its pre-ping inside an
+    # implicit transaction, where a driver-level transaction block would only be a savepoint.
     with getattr(bind, "engine", bind).connect() as conn:
-        raw_conn = conn.connection.driver_connection
         while True:
-            with raw_conn.transaction(), raw_conn.cursor() as cursor:
-                cursor.execute(
+            with conn.begin():
+                sql = conn.exec_driver_sql
+                locked = sql(
                     "SELECT pg_try_advisory_xact_lock(%(cls)s, hashtext(%(job)s))",
                     {"cls": ROLLUP_LOCK_CLASS, "job": job_id},
-                )
-                if not cursor.fetchone()[0]:
+                ).scalar()
+                if not locked:
                     return False
-                cursor.execute(EXTENTS_SQL, {"job": job_id, "name": name, "widths": [width, *finer]})
-                extents = dict(cursor.fetchall())
+                extents = dict(
+                    sql(EXTENTS_SQL, {"job": job_id, "name": name, "widths": [width, *finer]}).all()
+                )
                 top = extents.pop(width)
                 if top is None:
-                    cursor.execute(
-                        "SELECT min(step) FROM metric_points WHERE job_id = %(job)s AND name = %(name)s",
+                    first = sql(
+                        "SELECT step FROM metric_points WHERE job_id = %(job)s AND name = %(name)s"
+                        " ORDER BY step LIMIT 1",
                         {"job": job_id, "name": name},
-                    )
-                    first = cursor.fetchone()[0]
+                    ).scalar()
                     if first is None or first < 0:
                         return False
                     b0 = first // width
@@ -519,9 +522,9 @@ def fill_rollups(session: Session, job_id: str, name: str, width: int, series_la
                     None,
                 )
                 if source is None:
-                    cursor.execute(FILL_RAW_SQL, params)
+                    sql(FILL_RAW_SQL, params)
                 else:
-                    cursor.execute(FILL_FINER_SQL, params | {"fw": source, "f": width // source})
+                    sql(FILL_FINER_SQL, params | {"fw": source, "f": width // source})
             if b1 >= target:
                 return True
 
