@@ -127,3 +127,17 @@ def test_writes_and_delete_after_never_leave_a_stale_rollup(database: str) -> No
     assert resumed.total_points == 160_000
     assert all(v == 7.0 for s, v in zip(resumed.steps, resumed.values, strict=True) if s > 100_200)
     assert all(v != 7.0 for s, v in zip(resumed.steps, resumed.values, strict=True) if s < 99_800)
+
+
+def test_no_fill_while_history_is_being_rewritten(database: str) -> None:
+    """delete_after holds the job's rollup lock until it commits: a read meanwhile fills nothing
+    (it answers from the points it can see), and the next read fills from the shortened series."""
+    job_id = _job_with_series("locked")
+    with session_scope() as rewriting:
+        delete_after(rewriting, job_id, 150_000)
+        during = _read(job_id)
+        assert during.total_points == N  # the rewrite is not committed yet
+        assert _rollup_rows(job_id) == 0
+    after = _read(job_id)
+    assert after.total_points == 150_001 and _rollup_rows(job_id) > 0
+    assert after.steps[-1] <= 150_000
