@@ -713,6 +713,36 @@ def step(job_id: str | None, sweep_id: str | None = None) -> None:
 
 
 _T, _J, _S = SweepTrial.__table__, Job.__table__, Sweep.__table__
+_M = MetricPoint.__table__
+
+
+def _record_statements() -> dict[str, Any]:
+    """Built once (a statement built per call costs more Python than its round trip)."""
+    last = select(func.max(_T.c.number)).where(_T.c.sweep_id == bindparam("b_sweep"))
+    return {
+        "trial": select(_T.c.id, _T.c.state, _J.c.status, _J.c.summary, _S.c.status)
+        .select_from(_T.join(_J, _J.c.id == _T.c.job_id).join(_S, _S.c.id == _T.c.sweep_id))
+        .where(_T.c.job_id == bindparam("b_job")),
+        "series": select(_M.c.epoch, _M.c.value)
+        .where(_M.c.job_id == bindparam("b_job"), _M.c.name == bindparam("b_metric"))
+        .order_by(_M.c.step),
+        "outcome": update(_T)
+        .where(_T.c.id == bindparam("b_trial"), _T.c.state.in_(ACTIVE))
+        .values(
+            state=bindparam("b_state"),
+            value=bindparam("b_value", type_=_T.c.value.type),
+            error=bindparam("b_error", type_=_T.c.error.type),
+            intermediate=bindparam("b_intermediate", type_=_T.c.intermediate.type),
+            finished_at=bindparam("b_finished", type_=_T.c.finished_at.type),
+        ),
+        "pending": select(_T.c.state, _J.c.status, last.scalar_subquery())
+        .select_from(_T.outerjoin(_J, _J.c.id == _T.c.job_id))
+        .where(_T.c.sweep_id == bindparam("b_sweep"), _T.c.state.in_(ACTIVE)),
+        "last": last,
+    }
+
+
+_RECORD = _record_statements()
 
 
 def record(job_id: str, sweep_id: str) -> bool:
@@ -720,32 +750,29 @@ def record(job_id: str, sweep_id: str) -> bool:
     outcome, then look whether the sweep needs the full step. True when it does not."""
     with get_engine().begin() as conn:  # a plain connection: a Session costs more than the statements
         spec, total = _spec_of(conn, sweep_id)
-        row = conn.execute(
-            select(_T.c.id, _T.c.state, _J.c.status, _J.c.summary, _S.c.status)
-            .select_from(_T.join(_J, _J.c.id == _T.c.job_id).join(_S, _S.c.id == _T.c.sweep_id))
-            .where(_T.c.job_id == job_id)
-        ).first()
+        row = conn.execute(_RECORD["trial"], {"b_job": job_id}).first()
         if row is None:
             return False
         trial_id, state, status, summary, sweep_status = row
         if state in ACTIVE and status in FINISHED_STATUSES:
-            series = objective_series(conn, job_id, spec.objective.metric)
+            series = {
+                int(epoch): float(value)
+                for epoch, value in conn.execute(
+                    _RECORD["series"], {"b_job": job_id, "b_metric": spec.objective.metric}
+                )
+            }
+            outcome = trial_outcome(state, status, summary, series, spec)
             conn.execute(
-                update(_T)
-                .where(_T.c.id == trial_id, _T.c.state.in_(ACTIVE))
-                .values(**trial_outcome(state, status, summary, series, spec))
+                _RECORD["outcome"],
+                {"b_trial": trial_id, "b_value": None, "b_error": None}
+                | {f"b_{key}": value for key, value in outcome.items() if key != "finished_at"}
+                | {"b_finished": outcome["finished_at"]},
             )
         if sweep_status != "running":
             return True  # cancelled: the cancel closed it; nothing more to launch
-        last = select(func.max(_T.c.number)).where(_T.c.sweep_id == sweep_id).scalar_subquery()
-        rows = conn.execute(
-            select(_T.c.state, _J.c.status, last)
-            .select_from(_T.outerjoin(_J, _J.c.id == _T.c.job_id))
-            .where(_T.c.sweep_id == sweep_id, _T.c.state.in_(ACTIVE))
-        ).all()
-        top = rows[0][2] if rows else conn.scalar(select(last))
-        launched = -1 if top is None else int(top)
-        launched += 1
+        rows = conn.execute(_RECORD["pending"], {"b_sweep": sweep_id}).all()
+        top = rows[0][2] if rows else conn.scalar(_RECORD["last"], {"b_sweep": sweep_id})
+        launched = 0 if top is None else int(top) + 1
         pending = [
             st for st, job_status, _ in rows if job_status is not None and job_status not in FINISHED_STATUSES
         ]
