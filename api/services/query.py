@@ -8,10 +8,10 @@
 Dotted paths read the JSON columns with the database's own JSON operators (JSONB on Postgres),
 numbers compare as numbers and anything else as text.
 
-On Postgres, a tag filter and a text equality on a spec path also add a JSON containment test
+On Postgres, a tag filter and a text equality on a path become a JSON containment test
 (``tags @> {"team": "vision"}``, ``spec @> {"optimizer": {"name": "adam"}}``) that the GIN indexes
-of the jobs table answer; the test holds for every row the filter itself keeps, so it only narrows
-what the filter has to look at. Every sort pages with a keyset cursor (sort value, id).
+of the jobs table answer and the planner can estimate (see ``containment``). Every sort pages with
+a keyset cursor (sort value, id).
 """
 
 from __future__ import annotations
@@ -148,14 +148,24 @@ def path_condition(path: str, op: str, raw: str):  # noqa: ANN201
 def _json_candidates(raw: str) -> list[Any]:
     """JSON values whose text form (``->>``/``#>>``) can equal ``raw``: the string itself, and the
     value ``raw`` spells when it is JSON (``5`` for "5", ``true`` for "true")."""
-    out: list[Any] = [raw]
+    parsed = _json(raw)
+    return [raw] if parsed is None or isinstance(parsed, str) else [raw, parsed]
+
+
+def _json(raw: str) -> Any:
     try:
-        parsed = json.loads(raw)
+        return json.loads(raw)
     except ValueError:
-        return out
-    if not isinstance(parsed, str):
-        out.append(parsed)
-    return out
+        return None
+
+
+def _plain(raw: str) -> bool:
+    """Text that is not JSON itself: only a JSON string has it as its text form."""
+    try:
+        json.loads(raw)
+    except ValueError:
+        return True
+    return False
 
 
 def _contains(column: Any, keys: list[str], values: list[Any]) -> ColumnElement[bool]:
@@ -169,20 +179,27 @@ def _contains(column: Any, keys: list[str], values: list[Any]) -> ColumnElement[
     return or_(*tests) if len(tests) > 1 else tests[0]
 
 
-def containment_prefilter(path: str, op: str, raw: str) -> ColumnElement[bool] | None:
-    """A containment test implied by a text comparison of a spec/summary/progress path, or None.
+def containment(path: str, op: str, raw: str) -> tuple[ColumnElement[bool] | None, bool]:
+    """A containment test for a text comparison of a dotted path: (test, whether it is the same
+    condition) or (None, False).
 
-    Numbers and booleans compare after a cast (``"32"`` and ``32`` both equal 32), so they get none;
-    nor does a path with an array index in it (``spec.model.hidden.0``)."""
+    Along a path of object keys, ``#>> path = 'adam'`` holds exactly when the value there is the
+    JSON string "adam" (``@>`` does not look into arrays below the top level), so for text that is
+    not JSON itself the test replaces the comparison, and the planner estimates it from the
+    column's statistics instead of a fixed guess. Text that is JSON (``5``, ``true``, ``[64]``) can
+    also be the text form of that value: the test then only narrows, next to the comparison.
+    Numbers and booleans compare after a cast (``"32"`` and ``32`` both equal 32) and get none; nor
+    does a path with an array index in it (``spec.model.hidden.0``)."""
     column, *keys = path.split(".")
     if op not in ("eq", "in") or any(k.isdigit() for k in keys):
-        return None
+        return None, False
     raws = raw.split(",") if op == "in" else [raw]
     if op == "in" and all(_number(v) is not None for v in raws):
-        return None
+        return None, False
     if op == "eq" and (_number(raw) is not None or raw in ("true", "false")):
-        return None
-    return _contains(getattr(Job, column), keys, [c for r in raws for c in _json_candidates(r)])
+        return None, False
+    test = _contains(getattr(Job, column), keys, [c for r in raws for c in _json_candidates(r)])
+    return test, all(_plain(r) for r in raws)
 
 
 def apply(stmt: Select, q: JobQuery, dialect: str = "postgresql") -> Select:
@@ -207,22 +224,24 @@ def apply(stmt: Select, q: JobQuery, dialect: str = "postgresql") -> Select:
     for tag in q.tags:
         key, sep, value = tag.partition(":")
         element = Job.tags[key].as_string()
-        stmt = stmt.where(element == value if sep else element.is_not(None))
-        if postgres:  # the same rows, found through ix_jobs_tags
-            stmt = stmt.where(
-                _contains(Job.tags, [key], _json_candidates(value))
-                if sep
-                else Job.tags.op("?")(literal(key, String))
-            )
+        if not postgres:
+            stmt = stmt.where(element == value if sep else element.is_not(None))
+        elif not sep:  # the key with a value that is not null; ix_jobs_tags finds the key
+            stmt = stmt.where(element.is_not(None), Job.tags.op("?")(literal(key, String)))
+        elif _plain(value):  # exactly the tag's condition, through ix_jobs_tags
+            stmt = stmt.where(_contains(Job.tags, [key], [value]))
+        else:
+            stmt = stmt.where(element == value, _contains(Job.tags, [key], _json_candidates(value)))
     if q.created_after:
         stmt = stmt.where(Job.created_at >= q.created_after)
     if q.created_before:
         stmt = stmt.where(Job.created_at < q.created_before)
     for path, op, raw in q.paths:
-        stmt = stmt.where(path_condition(path, op, raw))
-        prefilter = containment_prefilter(path, op, raw) if postgres and path.startswith("spec.") else None
-        if prefilter is not None:  # through ix_jobs_spec
-            stmt = stmt.where(prefilter)
+        test, same = containment(path, op, raw) if postgres else (None, False)
+        if not same:
+            stmt = stmt.where(path_condition(path, op, raw))
+        if test is not None:  # spec paths through ix_jobs_spec
+            stmt = stmt.where(test)
     return stmt
 
 
