@@ -27,6 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from models.settings import get_settings
+
 # JSONB on Postgres (indexable, compact), plain JSON text on SQLite.
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # SQLite only auto-increments INTEGER PRIMARY KEY; Postgres gets a 64-bit key.
@@ -123,6 +125,9 @@ class Job(Base):
     # Fencing token: the worker that holds the current attempt writes; a stale one is refused.
     attempt_token: Mapped[str | None] = mapped_column(String(32))
     worker: Mapped[str | None] = mapped_column(String(200))
+    # The Celery queue of the pool that runs it (the inserting process's SADDLE_QUEUE), so that a
+    # reaper serving another pool puts it back where it belongs. None on rows from before 0004.
+    queue: Mapped[str | None] = mapped_column(String(200), default=lambda: get_settings().queue)
     device: Mapped[str | None] = mapped_column(String(64))
     sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id", ondelete="SET NULL"))
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 
 import redis
 from sqlalchemy import select, update
@@ -21,7 +22,7 @@ from models.settings import get_settings
 from models.tables import Job, Project
 from tests.conftest import REDIS_URL, RUN_ID, SERVICE_ENV
 from worker.celery_app import RUN_JOB, app
-from worker.reaper import _job_of, requeue_unclaimed_deliveries
+from worker.reaper import _job_of, requeue_stale_running, requeue_unclaimed_deliveries
 
 RESERVE_AND_DIE = """
 import os, sys
@@ -118,3 +119,28 @@ def test_a_task_that_cannot_reach_the_database_goes_back_on_its_queue() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("requeue database unreachable"), out.stdout + out.stderr[-2000:]
     assert "retry 1 of 1" in out.stderr
+
+
+def test_the_reaper_puts_a_lost_job_back_on_its_own_pools_queue() -> None:
+    """Several worker pools (one SADDLE_QUEUE each) share the database: a job whose worker died
+    goes back on the queue of the pool that ran it, not on the queue of whichever reaper saw it."""
+    queue = f"saddle-other-pool-{RUN_ID}"
+    client = redis.Redis.from_url(REDIS_URL)
+    job_id = _insert_job()
+    assert queue != get_settings().queue
+    stale = datetime.now(UTC) - timedelta(seconds=get_settings().stale_after_seconds + 60)
+    with session_scope() as session:
+        session.execute(
+            update(Job).where(Job.id == job_id).values(status="running", heartbeat_at=stale, queue=queue)
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while job_id not in _queued_job_ids(client, queue):  # (the session's API reapers may get there first)
+            assert time.monotonic() < deadline, "the job never went back on its pool's queue"
+            requeue_stale_running()
+            time.sleep(0.2)
+        assert job_id not in _queued_job_ids(client, get_settings().queue)
+    finally:
+        client.delete(queue)
+        with session_scope() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(status="cancelled"))

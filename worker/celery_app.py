@@ -58,8 +58,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
 app = make_celery()
 
 
-def enqueue_job(job_id: str, kind: str = "train") -> None:
-    app.send_task(TASK_FOR_KIND.get(kind, RUN_JOB), args=[job_id], queue=get_settings().queue)
+def enqueue_job(job_id: str, kind: str = "train", queue: str | None = None) -> None:
+    """Send a job to its pool: ``queue`` is the job row's, else this process's SADDLE_QUEUE."""
+    app.send_task(TASK_FOR_KIND.get(kind, RUN_JOB), args=[job_id], queue=queue or get_settings().queue)
 
 
 def enqueue_spectrum(job_id: str, checkpoint_id: int, settings: dict) -> None:

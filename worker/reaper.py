@@ -43,25 +43,25 @@ def requeue_stale_running() -> list[str]:
             update(Job)
             .where(Job.status == "running", Job.heartbeat_at < cutoff)
             .values(status="queued", attempt_token=None, heartbeat_at=None)
-            .returning(Job.id, Job.kind)
+            .returning(Job.id, Job.kind, Job.queue)
         ).all()
-    for job_id, kind in ids:
+    for job_id, kind, queue in ids:
         log.warning("job %s: worker lost (heartbeat older than cutoff); re-queued", job_id)
-        _enqueue(job_id, kind)
-    return [job_id for job_id, _ in ids]
+        _enqueue(job_id, kind, queue)
+    return [job_id for job_id, _, _ in ids]
 
 
 def requeue_all_queued() -> int:
     with session_scope() as session:
-        rows = session.execute(select(Job.id, Job.kind).where(Job.status == "queued")).all()
-    for job_id, kind in rows:
-        _enqueue(job_id, kind)
+        rows = session.execute(select(Job.id, Job.kind, Job.queue).where(Job.status == "queued")).all()
+    for job_id, kind, queue in rows:
+        _enqueue(job_id, kind, queue)
     return len(rows)
 
 
-def _enqueue(job_id: str, kind: str) -> None:
+def _enqueue(job_id: str, kind: str, queue: str | None) -> None:
     try:
-        enqueue_job(job_id, kind)  # a study goes back to its own task, not to training
+        enqueue_job(job_id, kind, queue)  # its own pool's queue; a study to its own task
     except Exception:  # the broker is away: the next round tries again
         log.exception("could not enqueue job %s", job_id)
 
