@@ -71,8 +71,9 @@ class _StageBuffers:
     stage_index: int
     order: torch.Tensor  # this epoch's permutation of the stage's rows
     steps: torch.Tensor  # arange(updates per epoch)
+    measured: torch.Tensor  # the updates whose gradient norms are kept: every GRAD_STATS_STRIDE-th
     losses: torch.Tensor  # (updates per epoch,) minibatch data loss
-    norms: torch.Tensor  # (updates per epoch, trainable tensors) gradient norms, every update
+    norms: torch.Tensor  # (measured updates, trainable tensors) gradient norms
     full: torch.Tensor  # arange(batch size)
     tail: torch.Tensor  # arange(rows of the epoch's last batch)
     graphs: dict[int, torch.cuda.CUDAGraph] = field(default_factory=dict)  # by batch rows
@@ -101,8 +102,9 @@ class GraphedEpochs:
                 stage_index=stage.index,
                 order=torch.zeros(n, dtype=torch.long, device=device),
                 steps=torch.arange(n_steps, device=device),
+                measured=torch.arange(0, n_steps, t.GRAD_STATS_STRIDE, device=device),
                 losses=torch.zeros(n_steps, device=device),
-                norms=torch.zeros(n_steps, len(t.trainable), device=device),
+                norms=torch.zeros(math.ceil(n_steps / t.GRAD_STATS_STRIDE), len(t.trainable), device=device),
                 full=torch.arange(min(bs, n), device=device),
                 tail=torch.arange(n - (n_steps - 1) * bs, device=device),
             )
@@ -130,8 +132,7 @@ class GraphedEpochs:
             else:
                 self._eager(stage, buf, rows)
             t.state.step += 1
-        norms = buf.norms[:: t.GRAD_STATS_STRIDE]
-        return t.epoch_result(stage, buf.losses.clone(), norms, lrs)
+        return t.epoch_result(stage, buf.losses.clone(), buf.norms.clone(), lrs)
 
     def _eager(self, stage: Stage, buf: _StageBuffers, rows: torch.Tensor) -> None:
         buf.eager_updates += 1
@@ -167,13 +168,14 @@ class GraphedEpochs:
         total.backward()
         # Row k of the buffers is written through a mask rather than index_copy_: elementwise kernels
         # are capturable under torch.use_deterministic_algorithms too, and cost a few microseconds.
-        here = buf.steps == self.counter
+        # A graph cannot branch on the counter, so the norms are computed on every update and kept
+        # where the update is a measured one (no row matches otherwise).
         if t.spec.analysis.diagnostics:
             grads = [p.grad for p in t.trainable if p.grad is not None]
             row = torch.stack(torch._foreach_norm(grads))
-            buf.norms.copy_(torch.where(here[:, None], row, buf.norms))
+            buf.norms.copy_(torch.where((buf.measured == self.counter)[:, None], row, buf.norms))
         if t.spec.regularization.grad_clip:
             torch.nn.utils.clip_grad_norm_(t.trainable, t.spec.regularization.grad_clip)
         t.optimizer.step()
-        buf.losses.copy_(torch.where(here, loss.detach(), buf.losses))
+        buf.losses.copy_(torch.where(buf.steps == self.counter, loss.detach(), buf.losses))
         self.counter.add_(1)

@@ -839,11 +839,7 @@ def noise_floor(result: SpectrumResult) -> float:
     values = [abs(v) for v in [*result.top, *result.bottom] if math.isfinite(v)]
     scale = max(values, default=0.0)
     rounding = FLOOR_FACTOR * eps * math.sqrt(result.n_params) * scale
-    bounds = [*result.top_error_bounds, *result.bottom_error_bounds] or [
-        *result.top_residuals,
-        *result.bottom_residuals,
-    ]
-    residual = max(bounds, default=0.0)
+    residual = max([*result.top_error_bounds, *result.bottom_error_bounds], default=0.0)
     return max(rounding, residual)
 
 
