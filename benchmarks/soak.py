@@ -10,7 +10,8 @@ each. All jobs are submitted at once from 16 threads, then, as jobs finish:
     at 70% done   kill -9 worker 1 again, start a new one
 
 Pass: every job succeeded, and every job has exactly the metric rows its spec implies (per-update
-series at steps 1..E*U, per-epoch series at the epoch ends, gradient statistics every 8th update;
+series at steps 1..E*U, per-epoch series at the epoch ends, gradient statistics every
+``Trainer.grad_stats_stride(U)``-th update;
 ``tests/metric_expectations.py``), none missing and none twice. Printed: wall time, attempts per job,
 the reaper's re-queues, rows checked.
 

@@ -4,7 +4,8 @@ Used by the fault tests (S3 resume, Postgres restart) and by ``benchmarks/soak.p
 interrupted and resumed must end with exactly the rows of an uninterrupted run, no row missing and
 none twice. The pattern of steps follows ``worker.training``: per-update series at steps 1..E·U,
 per-epoch series at the steps where epochs end (e·U, with or without epoch 0), the gradient
-statistics on every 8th update of each epoch, where U = ceil(n_train / batch_size).
+statistics on every ``Trainer.grad_stats_stride(U)``-th update of each epoch, where
+U = ceil(n_train / batch_size).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from sqlalchemy.orm import Session
 
 from models.tables import MetricPoint
 
-GRAD_STATS_STRIDE = 8  # worker.training.Trainer.GRAD_STATS_STRIDE
 PER_UPDATE = ("train/lr", "train/batch_loss")
 PER_EPOCH_FROM_0 = ("train/loss", "val/loss")
 PER_EPOCH_FROM_1 = ("time/epoch_seconds", "train/data_loss")
@@ -35,15 +35,16 @@ def updates_per_epoch(spec: dict[str, Any], n_rows_data: Any = None) -> int:
 
 
 def expected_patterns(epochs: int, updates: int) -> dict[str, set[int]]:
+    from worker.training import Trainer
+
     ends = {e * updates for e in range(epochs + 1)}
-    per_epoch_stats = math.ceil(updates / GRAD_STATS_STRIDE)
+    stride = Trainer.grad_stats_stride(updates)
+    per_epoch_stats = math.ceil(updates / stride)
     return {
         "per_update": set(range(1, epochs * updates + 1)),
         "per_epoch_from_0": ends,
         "per_epoch_from_1": ends - {0},
-        "grad_stats": {
-            e * updates + k * GRAD_STATS_STRIDE + 1 for e in range(epochs) for k in range(per_epoch_stats)
-        },
+        "grad_stats": {e * updates + k * stride + 1 for e in range(epochs) for k in range(per_epoch_stats)},
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -210,3 +211,81 @@ def test_graph_shaped_updates_match_the_eager_loop() -> None:
     assert len(values(eager)) > 100
     assert values(shaped) == values(eager)
     assert {p.name for p in shaped.points} >= {"train/batch_grad_norm", "curriculum/stage", "train/lr"}
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
+        {"name": "adam", "lr": 1e-2, "weight_decay": 1e-3},
+        {"name": "adamw", "lr": 1e-2, "weight_decay": 1e-2},
+        {"name": "adagrad", "lr": 0.05, "weight_decay": 1e-3},
+    ],
+    ids=lambda o: o["name"],
+)
+def test_cpu_optimizers_run_fused_kernels_with_torch_default_arithmetic(optimizer: dict) -> None:
+    """The worker's fused CPU kernels against torch.optim's default path, from the same weights on
+    the same batches: the same updates up to rounding."""
+    from worker.training import make_optimizer
+
+    # No batch norm here: the bias of a layer feeding batch norm gets a gradient of pure rounding
+    # noise (mathematically zero), whose sign Adam turns into a full step either way.
+    trainer = make({**GRAPHABLE, "optimizer": optimizer, "curriculum": [], "model": {"hidden": [16, 16]}})
+    assert trainer.optimizer.defaults["fused"] is True
+    initial = copy.deepcopy(trainer.model)
+    reference = copy.deepcopy(trainer.model)
+    default = make_optimizer(trainer.spec, list(reference.parameters()))  # no device: torch's default
+    assert not default.defaults.get("fused")
+    X, y = trainer.train_X, trainer.train_y
+    for start in range(0, 80, 8):
+        for model, opt in ((trainer.model, trainer.optimizer), (reference, default)):
+            opt.zero_grad()
+            trainer.data_loss(model(X[start : start + 8]), y[start : start + 8]).backward()
+            opt.step()
+    params = zip(trainer.model.parameters(), reference.parameters(), initial.parameters(), strict=True)
+    for fused_p, default_p, initial_p in params:
+        # Rounding, not a different rule: the two disagree by under 0.1% of the distance moved.
+        moved = (default_p - initial_p).abs().max().item()
+        assert moved > 0 and (fused_p - default_p).abs().max().item() <= 1e-3 * moved + 1e-7
+
+
+@pytest.mark.parametrize("name", ["constant", "step", "cosine", "exponential", "plateau"])
+def test_an_epochs_rates_computed_up_front_equal_the_per_update_schedule(name: str) -> None:
+    trainer = make({**BASE, "schedule": {"name": name, "warmup_epochs": 1.5, "step_epochs": 1, "gamma": 0.5}})
+    trainer.state.plateau.factor = 0.25  # as if the plateau schedule had decayed twice
+    stage = trainer.stages[0]
+    for epoch in range(4):
+        per_update = [trainer.lr_for(epoch + i / 13, stage) for i in range(13)]
+        assert trainer.epoch_learning_rates(epoch, 13, stage) == per_update
+
+
+def test_gradient_norms_are_sampled_at_most_32_times_an_epoch() -> None:
+    from tests.metric_expectations import expected_patterns
+
+    rec = MemoryRecorder()
+    spec = {"data": {"dataset": "digits"}, "model": {"hidden": [16]}, "batch_size": 1, "epochs": 2}
+    trainer = make({**spec, "analysis": {"hessian": {"enabled": False}}}, rec)
+    trainer.fit()
+    updates = len(trainer.train_y)  # batch size 1: 1,077 updates an epoch, every 34th measured
+    steps = [p.step for p in rec.points if p.name == "train/batch_grad_norm"]
+    assert Trainer.grad_stats_stride(updates) == 34 and len(steps) == 2 * 32
+    assert set(steps) == expected_patterns(2, updates)["grad_stats"]
+    assert all(math.isfinite(v) and v > 0 for v in rec.series("train/batch_grad_norm"))
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_evaluation_by_chunks_gives_the_one_pass_figures(task: str) -> None:
+    """Evaluation runs in chunks (512 rows on a CPU); sums across chunks must give the whole-split
+    loss and accuracy, whatever the chunk size (7 leaves a short last chunk on every split)."""
+    data = {"dataset": "iris", "scaling": "standardize", "task": task}
+    trainer = make({**BASE, "data": data, "model": {"hidden": [16], "norm": "batch"}, "epochs": 2})
+    trainer.fit()
+    trainer.eval_chunk = 10_000
+    whole = trainer.evaluate()
+    trainer.eval_chunk = 7
+    chunked = trainer.evaluate()
+    assert whole.keys() == chunked.keys() and "val/loss" in whole
+    assert ("val/accuracy" in whole) == (task == "classification")
+    for name, value in whole.items():
+        if not name.startswith("units/"):  # measured on the first chunk's rows (UNIT_SAMPLE ≤ chunk)
+            assert chunked[name] == pytest.approx(value, rel=1e-5, abs=1e-7), name

@@ -71,7 +71,7 @@ class _StageBuffers:
     stage_index: int
     order: torch.Tensor  # this epoch's permutation of the stage's rows
     steps: torch.Tensor  # arange(updates per epoch)
-    measured: torch.Tensor  # the updates whose gradient norms are kept: every GRAD_STATS_STRIDE-th
+    measured: torch.Tensor  # the updates whose gradient norms are kept: every grad_stats_stride-th
     losses: torch.Tensor  # (updates per epoch,) minibatch data loss
     norms: torch.Tensor  # (measured updates, trainable tensors) gradient norms
     full: torch.Tensor  # arange(batch size)
@@ -98,13 +98,14 @@ class GraphedEpochs:
         if self.buffers is None or self.buffers.stage_index != stage.index:
             t, device = self.trainer, self.trainer.device
             bs, n = t.spec.batch_size, len(stage.y)
+            stride = t.grad_stats_stride(n_steps)
             self.buffers = _StageBuffers(
                 stage_index=stage.index,
                 order=torch.zeros(n, dtype=torch.long, device=device),
                 steps=torch.arange(n_steps, device=device),
-                measured=torch.arange(0, n_steps, t.GRAD_STATS_STRIDE, device=device),
+                measured=torch.arange(0, n_steps, stride, device=device),
                 losses=torch.zeros(n_steps, device=device),
-                norms=torch.zeros(math.ceil(n_steps / t.GRAD_STATS_STRIDE), len(t.trainable), device=device),
+                norms=torch.zeros(math.ceil(n_steps / stride), len(t.trainable), device=device),
                 full=torch.arange(min(bs, n), device=device),
                 tail=torch.arange(n - (n_steps - 1) * bs, device=device),
             )
@@ -118,11 +119,11 @@ class GraphedEpochs:
         buf = self._buffers_for(stage, n_steps)
         buf.order.copy_(t.batch_order(len(stage.y)))
         self.counter.zero_()
-        lrs: list[float] = []
+        lrs = t.epoch_learning_rates(epoch, n_steps, stage)
         t.model.train()
         for i in range(n_steps):
             t.check_stop()
-            lrs.append(t.set_lr(t.lr_for(epoch + i / n_steps, stage)))
+            t.set_lr(lrs[i])
             rows = buf.tail if i == n_steps - 1 else buf.full
             graph = buf.graphs.get(len(rows))
             if graph is not None:

@@ -53,29 +53,44 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+# torch.optim's fused kernels do a parameter's whole update in one kernel where the default CPU
+# path runs several per parameter: at small batch sizes that is ~15% of an update on a CPU (see
+# benchmarks/train_overhead.py). The same arithmetic, up to floating-point rounding.
+CPU_FUSED_OPTIMIZERS = frozenset({"sgd", "adam", "adamw", "adagrad"})
+
+
+def uses_fused_kernels(spec: JobSpec, device: torch.device | None) -> bool:
+    if device is None:
+        return False
+    if device.type == "cpu":
+        return spec.optimizer.name in CPU_FUSED_OPTIMIZERS
+    return fused_optimizer(spec, device)
+
+
 def make_optimizer(
     spec: JobSpec, params: list[nn.Parameter], device: torch.device | None = None
 ) -> torch.optim.Optimizer:
-    """The spec's optimizer. On CUDA, sgd/adam/adamw use the fused kernels with the learning rate as
-    a device tensor: graph-capturable, and the same kernels whether graphs are on or off."""
+    """The spec's optimizer, with fused kernels where torch has them for the device. On CUDA,
+    sgd/adam/adamw also take the learning rate as a device tensor: graph-capturable, and the same
+    kernels whether graphs are on or off."""
     o = spec.optimizer
-    fused = fused_optimizer(spec, device)
-    lr: float | torch.Tensor = torch.tensor(o.lr, device=device) if fused else o.lr
-    extra: dict[str, Any] = {"fused": True} if fused else {}
+    graphable = fused_optimizer(spec, device)
+    lr: float | torch.Tensor = torch.tensor(o.lr, device=device) if graphable else o.lr
+    extra: dict[str, Any] = {"fused": True} if uses_fused_kernels(spec, device) else {}
     if o.name == "sgd":
         return torch.optim.SGD(
             params, lr=lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay, **extra
         )
     if o.name in ("adam", "adamw"):
         kind = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-        if fused:
+        if graphable:
             extra["capturable"] = True
         return kind(params, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, **extra)
     if o.name == "rmsprop":
         return torch.optim.RMSprop(
             params, lr=o.lr, momentum=o.momentum, eps=o.eps, weight_decay=o.weight_decay
         )
-    return torch.optim.Adagrad(params, lr=o.lr, eps=o.eps, weight_decay=o.weight_decay)
+    return torch.optim.Adagrad(params, lr=o.lr, eps=o.eps, weight_decay=o.weight_decay, **extra)
 
 
 @dataclass
@@ -125,19 +140,21 @@ def easiness_order(X: np.ndarray, y: np.ndarray, task: str, n_classes: int) -> n
     return np.argsort(difficulty, kind="stable")
 
 
-def _keep_output(store: dict[str, torch.Tensor], name: str, rows: int):  # noqa: ANN202
-    def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-        store[name] = output[:rows].detach()
-
-    return hook
-
-
 class Trainer:
     UNIT_SAMPLE = 512  # training rows on which unit statistics are measured each epoch
-    EVAL_CHUNK = 8192  # rows per forward pass in evaluation
-    # Gradient norms are measured on every 8th update (always the first of an epoch): the epoch means
-    # the rules read are as good from an eighth of the updates, and the cost drops below 2% of training.
-    GRAD_STATS_STRIDE = 8
+    # Rows per forward pass in evaluation. On a CPU, 512 rows keep a chunk's activations (512 x 256
+    # floats for a 256-wide layer) in a core's L2 cache; one 1,077-row pass made evaluation ~7%
+    # of a batch-256 run slower (benchmarks/README.md, train_overhead.py). A GPU wants big passes.
+    EVAL_CHUNK_CPU = 512
+    EVAL_CHUNK_ACCELERATOR = 8192
+
+    @staticmethod
+    def grad_stats_stride(updates_per_epoch: int) -> int:
+        """Gradient norms are measured on every k-th update of an epoch (always its first): every
+        16th, and at most 32 per epoch. The epoch means the rules read are as good from a sample,
+        and the measurement (a norm per tensor, ~20 µs on this CPU for an MLP 64-256-256-10, about
+        a tenth of a batch-1 update) then costs under 1% of training at any batch size."""
+        return max(16, math.ceil(updates_per_epoch / 32))
 
     def __init__(self, spec: JobSpec, data: Prepared, recorder: Recorder, device: torch.device) -> None:
         self.spec = spec
@@ -171,6 +188,7 @@ class Trainer:
             if len(y) > 0
         }
         self.stages = self._build_stages()
+        self.eval_chunk = self.EVAL_CHUNK_CPU if device.type == "cpu" else self.EVAL_CHUNK_ACCELERATOR
         self.timing = {"epoch_seconds": 0.0, "updates": 0}
         if graphs_unavailable(spec, device) is None:
             self.graphs = GraphedEpochs(self)
@@ -272,9 +290,9 @@ class Trainer:
         n_steps = math.ceil(n / bs)
         order = self.batch_order(n)
         losses: list[torch.Tensor] = []  # stacked once at the end: cheaper than a write per update
-        stride = self.GRAD_STATS_STRIDE
+        stride = self.grad_stats_stride(n_steps)
         norms_buf = torch.zeros(math.ceil(n_steps / stride), len(self.trainable), device=self.device)
-        lrs: list[float] = []
+        lrs = self.epoch_learning_rates(epoch, n_steps, stage)
         use_l2 = self.spec.regularization.l2 > 0
         noise_on = self.spec.regularization.gradient_noise.c > 0
         clip = self.spec.regularization.grad_clip
@@ -283,7 +301,7 @@ class Trainer:
         self.model.train()
         for i in range(n_steps):
             self.check_stop()
-            lrs.append(self.set_lr(self.lr_for(epoch + i / n_steps, stage)))
+            self.set_lr(lrs[i])
             idx = order[i * bs : (i + 1) * bs]
             loss = self.data_loss(self.model(stage.X[idx]), stage.y[idx])
             total = loss + self.l2_penalty() if use_l2 else loss
@@ -303,16 +321,19 @@ class Trainer:
     def epoch_result(
         self, stage: Stage, losses: torch.Tensor, norms: torch.Tensor, lrs: list[float]
     ) -> dict[str, Any]:
-        """What log_steps/log_epoch need from an epoch: per-update losses, and the gradient norms of
-        every GRAD_STATS_STRIDE-th update (one row per measured update, one column per tensor)."""
-        squares = norms.square()
-        return {
-            "stage": stage,
-            "losses": losses,
-            "grad_norms": squares.sum(dim=1).sqrt(),
-            "layer_sq": squares[:, self.weight_slots].sum(dim=0),
-            "lrs": lrs,
-        }
+        """What an epoch leaves on the device for ``read_epoch``: per-update losses, and the gradient
+        norms of every ``grad_stats_stride``-th update (a row per measured update, a column per tensor)."""
+        return {"stage": stage, "losses": losses, "norms": norms, "lrs": lrs}
+
+    def read_epoch(self, result: dict[str, Any]) -> None:
+        """Bring an epoch's per-update values to the host in one read, and reduce them there: a few
+        NumPy operations on a few hundred numbers cost less than as many device kernels."""
+        losses, norms = result["losses"], result["norms"]
+        host = torch.cat([losses, norms.flatten()]).cpu().numpy().astype(np.float64)
+        result["losses_host"] = host[: len(losses)].tolist()
+        squares = np.square(host[len(losses) :].reshape(tuple(norms.shape)))
+        result["grad_norms_host"] = np.sqrt(squares.sum(axis=1)).tolist()
+        result["layer_sq"] = squares[:, self.weight_slots].sum(axis=0)
 
     def gradient_statistics(self, params: list[nn.Parameter], row: int, norms_buf: torch.Tensor) -> None:
         """Per-tensor gradient norms of one update into a row of a device buffer (two kernels; the
@@ -323,68 +344,100 @@ class Trainer:
         base = stage.lr if stage.lr is not None else self.spec.optimizer.lr
         return learning_rate(self.spec.schedule, base, epoch, self.spec.epochs, self.state.plateau)
 
+    def epoch_learning_rates(self, epoch: int, n_steps: int, stage: Stage) -> list[float]:
+        """The rate of each update of an epoch, computed before it starts (the plateau state, the
+        only input that depends on training, changes between epochs)."""
+        schedule = self.spec.schedule
+        if schedule.name in ("constant", "plateau") and epoch >= schedule.warmup_epochs:
+            return [self.lr_for(epoch, stage)] * n_steps  # the same rate all epoch
+        return [self.lr_for(epoch + i / n_steps, stage) for i in range(n_steps)]
+
     # ----- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Loss (and accuracy) of every split in eval mode: dropout off, norm layers on running stats.
-        Unit statistics ride along on the training split's first forward pass (no extra pass)."""
+        Unit statistics ride along on the training split's first forward pass (no extra pass).
+
+        Sums stay on the device and are divided on the host after the one read: on a CPU each small
+        tensor operation costs microseconds, and at large batch sizes (few updates an epoch) a
+        dozen of them were ~3% of a run."""
         self.model.eval()
-        names, values = [], []
-        activations: dict[str, torch.Tensor] = {}
+        names: list[str] = []
+        sums: list[torch.Tensor] = []
+        divisors: list[int] = []
+        units: dict[str, torch.Tensor] = {}
         classification = self.data.task == "classification"
         for split, (X, y) in self.eval_sets.items():
-            sums = []  # per chunk: (loss sum, correct count); most splits are one chunk
-            for start in range(0, len(y), self.EVAL_CHUNK):
-                watch = split == "train" and start == 0 and self.spec.analysis.diagnostics
-                with self.capture_activations(activations) if watch else contextlib.nullcontext():
-                    out = self.model(X[start : start + self.EVAL_CHUNK])
-                target = y[start : start + self.EVAL_CHUNK]
-                if classification:
-                    sums.append(
-                        (F.cross_entropy(out, target, reduction="sum"), (out.argmax(1) == target).sum())
-                    )
-                else:
-                    sums.append((F.mse_loss(out, target, reduction="sum"), None))
+            loss_sum, hits = self._split_sums(split, X, y, units)
             names.append(f"{split}/loss")
-            values.append(sum(loss for loss, _ in sums) / len(y))
+            sums.append(loss_sum)
+            divisors.append(len(y))
             if classification:
                 names.append(f"{split}/accuracy")
-                values.append(sum(hits for _, hits in sums) / len(y))
-        if self.spec.regularization.l2 > 0:
-            names.append("train/l2_penalty")
-            values.append(self.l2_penalty())
-        for name, value in self.unit_statistics(activations).items():
+                sums.append(hits)
+                divisors.append(len(y))
+        extras = {"train/l2_penalty": self.l2_penalty()} if self.spec.regularization.l2 > 0 else {}
+        for name, value in (extras | units).items():
             names.append(name)
-            values.append(value)
-        return dict(zip(names, torch.stack(values).tolist(), strict=True))
+            sums.append(value)
+            divisors.append(1)
+        host = torch.stack(sums).tolist()
+        return {name: v / d for name, v, d in zip(names, host, divisors, strict=True)}
+
+    def _split_sums(
+        self, split: str, X: torch.Tensor, y: torch.Tensor, units: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A split's summed loss and correct-prediction count (None for regression), by chunks of
+        ``eval_chunk`` rows."""
+        loss_sum: torch.Tensor | None = None
+        hits: torch.Tensor | None = None
+        chunk = self.eval_chunk
+        for start in range(0, len(y), chunk):
+            watch = split == "train" and start == 0 and self.spec.analysis.diagnostics
+            with self.measure_units(units) if watch else contextlib.nullcontext():
+                out = self.model(X[start : start + chunk])
+            target = y[start : start + chunk]
+            if self.data.task == "classification":
+                loss = F.cross_entropy(out, target, reduction="sum")
+                correct = (out.argmax(1) == target).sum()
+                hits = correct if hits is None else hits + correct
+            else:
+                loss = F.mse_loss(out, target, reduction="sum")
+            loss_sum = loss if loss_sum is None else loss_sum + loss
+        assert loss_sum is not None  # eval_sets holds non-empty splits only
+        return loss_sum, hits
 
     @contextlib.contextmanager
-    def capture_activations(self, store: dict[str, torch.Tensor]):  # noqa: ANN201
-        """Keep the first UNIT_SAMPLE rows of each hidden layer's activation output."""
-        blocks = list(enumerate(getattr(self.model, "blocks", [])))
-        hooks = [
-            b.act.register_forward_hook(_keep_output(store, f"blocks.{i}", self.UNIT_SAMPLE))
-            for i, b in blocks
-        ]
+    def measure_units(self, stats: dict[str, torch.Tensor]):  # noqa: ANN201
+        """Unit statistics of each hidden layer, taken from its activation output on the first
+        UNIT_SAMPLE rows as the forward pass runs. Only the statistics are kept: a view of the
+        activation would keep the whole output alive and make the next pass allocate afresh."""
+
+        def hook_for(name: str):  # noqa: ANN202
+            def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+                stats.update(self.unit_statistics(name, output[: self.UNIT_SAMPLE]))
+
+            return hook
+
+        blocks = getattr(self.model, "blocks", [])
+        hooks = [b.act.register_forward_hook(hook_for(f"blocks.{i}")) for i, b in enumerate(blocks)]
         try:
             yield
         finally:
             for h in hooks:
                 h.remove()
 
-    def unit_statistics(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per hidden layer: the fraction of dead units (never active on a fixed sample of training
+    def unit_statistics(self, name: str, out: torch.Tensor) -> dict[str, torch.Tensor]:
+        """For one hidden layer: the fraction of dead units (never active on a fixed sample of training
         rows) and of saturated units (a sigmoid/tanh output pinned near its limits on ≥ 90% of rows)."""
-        stats = {}
         kind = self.spec.model.activation
-        for name, out in outputs.items():
-            if kind in ("relu", "leaky_relu", "gelu"):  # never above 0: amax is 7x cheaper than all()
-                stats[f"units/{name}/dead_fraction"] = (out.amax(dim=0) <= 0).float().mean()
-            if kind in ("sigmoid", "tanh"):  # outside (0.02, 0.98), resp. (-0.98, 0.98)
-                center, half = (0.5, 0.48) if kind == "sigmoid" else (0.0, 0.98)
-                pinned_rows = ((out - center).abs() > half).sum(dim=0)
-                stats[f"units/{name}/saturated_fraction"] = (pinned_rows >= 0.9 * len(out)).float().mean()
-        return stats
+        if kind in ("relu", "leaky_relu", "gelu"):  # never above 0: amax is 7x cheaper than all()
+            return {f"units/{name}/dead_fraction": (out.amax(dim=0) <= 0).float().mean()}
+        if kind in ("sigmoid", "tanh"):  # outside (0.02, 0.98), resp. (-0.98, 0.98)
+            center, half = (0.5, 0.48) if kind == "sigmoid" else (0.0, 0.98)
+            pinned_rows = ((out - center).abs() > half).sum(dim=0)
+            return {f"units/{name}/saturated_fraction": (pinned_rows >= 0.9 * len(out)).float().mean()}
+        return {}
 
     # ----- the run -----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -405,6 +458,7 @@ class Trainer:
             self.state.epoch = epoch + 1
             self.timing["epoch_seconds"] += seconds
             self.timing["updates"] += self.state.step - first_step
+            self.read_epoch(result)
             self.log_steps(first_step, result)
             self.log_epoch(self.state.epoch, metrics, result, seconds)
             if self.check_divergence(first_step, result, metrics):
@@ -461,9 +515,7 @@ class Trainer:
 
     # ----- logging -----------------------------------------------------------------------------
     def log_steps(self, first_step: int, result: dict[str, Any]) -> None:
-        """Per-update series: learning rate, minibatch loss and gradient norm (one device read)."""
-        result["losses_host"] = result["losses"].tolist()
-        result["grad_norms_host"] = result["grad_norms"].tolist()
+        """Per-update series: learning rate, minibatch loss and gradient norm (after ``read_epoch``)."""
         epoch0 = self.state.epoch - 1
         n = len(result["lrs"])
         points = []
@@ -471,7 +523,7 @@ class Trainer:
             step, ep = first_step + i + 1, epoch0 + (i + 1) / n
             points += [Point("train/lr", step, ep, lr), Point("train/batch_loss", step, ep, loss)]
         if self.spec.analysis.diagnostics:
-            stride = self.GRAD_STATS_STRIDE
+            stride = self.grad_stats_stride(n)
             points += [
                 Point("train/batch_grad_norm", first_step + k * stride + 1, epoch0 + (k * stride + 1) / n, g)
                 for k, g in enumerate(result["grad_norms_host"])
@@ -497,7 +549,7 @@ class Trainer:
             }
             if self.spec.analysis.diagnostics:
                 values["train/grad_norm"] = float(gnorms.mean())
-                layer_norms = (result["layer_sq"] / max(1, len(gnorms))).sqrt().tolist()
+                layer_norms = np.sqrt(result["layer_sq"] / max(1, len(gnorms))).tolist()
                 values |= {f"grad/{name}": v for name, v in zip(self.weight_names, layer_norms, strict=True)}
         self.recorder.log([Point(name, step, float(epoch), v) for name, v in values.items()])
 
@@ -595,9 +647,10 @@ class Trainer:
     def _device_learning_rates(self) -> None:
         """A loaded optimizer state brings its learning rates as CPU tensors (map_location="cpu") or
         floats: fused CUDA kernels need a tensor on the device, anything else a float."""
+        on_device = fused_optimizer(self.spec, self.device)
         for group in self.optimizer.param_groups:
             lr = float(group["lr"])
-            group["lr"] = torch.tensor(lr, device=self.device) if group.get("fused") else lr
+            group["lr"] = torch.tensor(lr, device=self.device) if on_device else lr
         self._lr_set = None
 
 
