@@ -112,7 +112,8 @@ def script_errors(browser: Any) -> list[str]:
 def test_dashboard_live_progress_diagnosis_and_remedy(
     browser: Any, api_server: str, token: str, sdk: Client, tmp_path: Path
 ) -> None:
-    long_job = sdk.submit(tiny_spec(name="ui-live", epochs=200, batch_size=4))
+    # Long enough to be watched running on a fast machine; the test cancels it once it has seen that.
+    long_job = sdk.submit(tiny_spec(name="ui-live", epochs=5000, batch_size=4))
     # Diverges within an epoch; its learning_rate.too_high finding carries a fix the Remedy applies.
     diverging = sdk.submit(yaml.safe_load((SCENARIOS / "diverged_lr.yaml").read_text())["spec"])
 

@@ -142,9 +142,9 @@ def easiness_order(X: np.ndarray, y: np.ndarray, task: str, n_classes: int) -> n
 
 class Trainer:
     UNIT_SAMPLE = 512  # training rows on which unit statistics are measured each epoch
-    # Rows per forward pass in evaluation. On a CPU, 512 rows keep a chunk's activations (512 x 256
-    # floats for a 256-wide layer) in a core's L2 cache; one 1,077-row pass made evaluation ~7%
-    # of a batch-256 run slower (benchmarks/README.md, train_overhead.py). A GPU wants big passes.
+    # Rows per forward pass in evaluation. On a CPU, 512-row chunks (activations of 512 KiB for a
+    # 256-wide layer, within a core's L2) made a digits run at batch 256, where evaluation is ~40%
+    # of the time, ~10% faster than one 1,077-row pass (benchmarks/README.md). A GPU wants big ones.
     EVAL_CHUNK_CPU = 512
     EVAL_CHUNK_ACCELERATOR = 8192
 
@@ -358,9 +358,9 @@ class Trainer:
         """Loss (and accuracy) of every split in eval mode: dropout off, norm layers on running stats.
         Unit statistics ride along on the training split's first forward pass (no extra pass).
 
-        Sums stay on the device and are divided on the host after the one read: on a CPU each small
-        tensor operation costs microseconds, and at large batch sizes (few updates an epoch) a
-        dozen of them were ~3% of a run."""
+        Sums stay on the device and are divided on the host after the one read: each small tensor
+        operation costs microseconds on a CPU, and at large batch sizes (few updates an epoch) the
+        evaluation is a large share of a run."""
         self.model.eval()
         names: list[str] = []
         sums: list[torch.Tensor] = []
