@@ -699,7 +699,8 @@ def spectrum(
     ``loss_fn(outputs, targets)`` must return the batch mean; batches are weighted by their size.
     ``tol`` is relative to the largest |eigenvalue|: Lanczos stops when every wanted Ritz value's
     error bound (its residual r, or r^2/gap where separated) is below it, and, after a restart at an
-    invariant subspace, every wanted Ritz pair's residual in the new block too. ``dtype`` (e.g. ``torch.float64``) computes on promoted copies.
+    invariant subspace, every wanted Ritz pair's residual in the new block too. ``dtype`` (e.g.
+    ``torch.float64``) computes on promoted copies.
     ``hvp_mode`` "auto" is forward-over-reverse, falling back to double backward where forward
     mode is unsupported.
     """
@@ -832,8 +833,8 @@ def noise_floor(result: SpectrumResult) -> float:
     walk, so Hv carries an error of about eps * sqrt(n) * ||H|| and every eigenvalue computed from
     HVPs is uncertain by that much (times a safety factor). Lanczos adds its own error: each Ritz
     value lies within its error bound (residual r = |beta_m s_{m,i}|, or r^2/gap) of a true
-    eigenvalue. An eigenvalue
-    smaller in magnitude than the larger of the two could have either sign, so it counts as zero.
+    eigenvalue. An eigenvalue smaller in magnitude than the larger of the two could have either
+    sign, so it counts as zero.
     """
     eps = torch.finfo(getattr(torch, result.dtype)).eps
     values = [abs(v) for v in [*result.top, *result.bottom] if math.isfinite(v)]

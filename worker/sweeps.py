@@ -512,12 +512,16 @@ def launch(session: Session, sweep: Sweep, spec: SweepSpec, first: int, k: int) 
     return job_ids
 
 
+# Built once (a statement built per call costs more Python than its round trip).
+_OBJECTIVE_SERIES = (
+    select(MetricPoint.epoch, MetricPoint.value)
+    .where(MetricPoint.job_id == bindparam("b_job"), MetricPoint.name == bindparam("b_metric"))
+    .order_by(MetricPoint.step)
+)
+
+
 def objective_series(session: Session | Connection, job_id: str, metric: str) -> dict[int, float]:
-    rows = session.execute(
-        select(MetricPoint.epoch, MetricPoint.value)
-        .where(MetricPoint.job_id == job_id, MetricPoint.name == metric)
-        .order_by(MetricPoint.step)
-    ).all()
+    rows = session.execute(_OBJECTIVE_SERIES, {"b_job": job_id, "b_metric": metric}).all()
     return {int(epoch): float(value) for epoch, value in rows}
 
 
@@ -713,7 +717,6 @@ def step(job_id: str | None, sweep_id: str | None = None) -> None:
 
 
 _T, _J, _S = SweepTrial.__table__, Job.__table__, Sweep.__table__
-_M = MetricPoint.__table__
 
 
 def _record_statements() -> dict[str, Any]:
@@ -723,9 +726,6 @@ def _record_statements() -> dict[str, Any]:
         "trial": select(_T.c.id, _T.c.state, _J.c.status, _J.c.summary, _S.c.status)
         .select_from(_T.join(_J, _J.c.id == _T.c.job_id).join(_S, _S.c.id == _T.c.sweep_id))
         .where(_T.c.job_id == bindparam("b_job")),
-        "series": select(_M.c.epoch, _M.c.value)
-        .where(_M.c.job_id == bindparam("b_job"), _M.c.name == bindparam("b_metric"))
-        .order_by(_M.c.step),
         "outcome": update(_T)
         .where(_T.c.id == bindparam("b_trial"), _T.c.state.in_(ACTIVE))
         .values(
@@ -733,7 +733,7 @@ def _record_statements() -> dict[str, Any]:
             value=bindparam("b_value", type_=_T.c.value.type),
             error=bindparam("b_error", type_=_T.c.error.type),
             intermediate=bindparam("b_intermediate", type_=_T.c.intermediate.type),
-            finished_at=bindparam("b_finished", type_=_T.c.finished_at.type),
+            finished_at=bindparam("b_finished_at", type_=_T.c.finished_at.type),
         ),
         "pending": select(_T.c.state, _J.c.status, last.scalar_subquery())
         .select_from(_T.outerjoin(_J, _J.c.id == _T.c.job_id))
@@ -755,18 +755,12 @@ def record(job_id: str, sweep_id: str) -> bool:
             return False
         trial_id, state, status, summary, sweep_status = row
         if state in ACTIVE and status in FINISHED_STATUSES:
-            series = {
-                int(epoch): float(value)
-                for epoch, value in conn.execute(
-                    _RECORD["series"], {"b_job": job_id, "b_metric": spec.objective.metric}
-                )
-            }
+            series = objective_series(conn, job_id, spec.objective.metric)
             outcome = trial_outcome(state, status, summary, series, spec)
             conn.execute(
                 _RECORD["outcome"],
                 {"b_trial": trial_id, "b_value": None, "b_error": None}
-                | {f"b_{key}": value for key, value in outcome.items() if key != "finished_at"}
-                | {"b_finished": outcome["finished_at"]},
+                | {f"b_{key}": value for key, value in outcome.items()},
             )
         if sweep_status != "running":
             return True  # cancelled: the cancel closed it; nothing more to launch
