@@ -6,6 +6,7 @@ against a migrated database and expects no difference.
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     text,
 )
@@ -33,6 +35,25 @@ from models.settings import get_settings
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # SQLite only auto-increments INTEGER PRIMARY KEY; Postgres gets a 64-bit key.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class MetricValue(TypeDecorator):
+    """A metric's value, NaN included: a diverged run's loss is a fact to store, not an error.
+
+    Postgres keeps NaN and ±inf in a double column. SQLite keeps ±inf but turns NaN into NULL, so
+    there NULL *is* NaN: written as NULL, read back as NaN."""
+
+    impl = Float
+    cache_ok = True
+
+    def process_bind_param(self, value: float | None, dialect: Any) -> float | None:
+        if value is not None and dialect.name == "sqlite" and math.isnan(value):
+            return None
+        return value
+
+    def process_result_value(self, value: float | None, dialect: Any) -> float:
+        return math.nan if value is None else value
+
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
@@ -209,7 +230,7 @@ class MetricPoint(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)  # "<split>/<metric>", e.g. "val/loss"
     step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     epoch: Mapped[float] = mapped_column(Float)
-    value: Mapped[float] = mapped_column(Float)
+    value: Mapped[float] = mapped_column(MetricValue, nullable=True)  # NULL only on SQLite: NaN
 
 
 class MetricRollup(Base):
@@ -270,7 +291,7 @@ class Spectrum(Base):
     bottom: Mapped[list[float]] = mapped_column(JSONType)
     trace: Mapped[float | None] = mapped_column(Float)
     trace_stderr: Mapped[float | None] = mapped_column(Float)
-    grad_norm: Mapped[float] = mapped_column(Float)
+    grad_norm: Mapped[float] = mapped_column(MetricValue, nullable=True)  # NaN at a diverged point
     hg_norm: Mapped[float | None] = mapped_column(Float)
     critical_point: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     density: Mapped[dict[str, Any] | None] = mapped_column(JSONType)

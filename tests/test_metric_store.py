@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
 
+from migrations import run_upgrade
 from models.db import session_scope
 from models.metrics import Point, read_series, write_points
 from models.tables import Job, MetricPoint, Project
@@ -48,6 +50,43 @@ def test_non_finite_values_are_stored_and_read_back_as_null(database: str) -> No
         )
     with session_scope() as session:
         assert read_series(session, job_id)[0].values == [None, None]
+
+
+def test_sqlite_stores_nan_and_infinities_of_a_diverged_run(tmp_path) -> None:
+    """The embedded default: SQLite turns NaN into NULL, which a NOT NULL column refused (a diverged
+    run then failed instead of being diagnosed). NaN comes back as NaN, ±inf as themselves."""
+    url = f"sqlite:///{tmp_path / 'nan.db'}"
+    run_upgrade(url)
+    engine = create_engine(url)
+    try:
+        with Session(engine) as session, session.begin():
+            job_id = _job(session)
+            points = [
+                Point("train/loss", 1, 1, 0.5),
+                Point("train/loss", 2, 2, math.nan),
+                Point("train/loss", 3, 3, math.inf),
+                Point("train/batch_grad_norm", 3, 3, -math.inf),
+            ]
+            write_points(session, job_id, points)
+            write_points(session, job_id, points)  # a retried batch still replaces, never duplicates
+        with Session(engine) as session:
+            stored = session.execute(
+                select(MetricPoint.name, MetricPoint.step, MetricPoint.value)
+                .where(MetricPoint.job_id == job_id)
+                .order_by(MetricPoint.name, MetricPoint.step)
+            ).all()
+            series = {s.name: s.values for s in read_series(session, job_id)}
+    finally:
+        engine.dispose()
+    assert [(n, s) for n, s, _ in stored] == [
+        ("train/batch_grad_norm", 3),
+        ("train/loss", 1),
+        ("train/loss", 2),
+        ("train/loss", 3),
+    ]
+    values = [v for _, _, v in stored]
+    assert values[0] == -math.inf and values[1] == 0.5 and math.isnan(values[2]) and values[3] == math.inf
+    assert series == {"train/batch_grad_norm": [None], "train/loss": [0.5, None, None]}
 
 
 def test_downsampling_keeps_the_envelope(database: str) -> None:

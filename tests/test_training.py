@@ -136,6 +136,13 @@ def test_divergence_is_caught_with_its_step() -> None:
     assert all(math.isfinite(v) for v in losses[: summary["diverged_step"] - 1])
 
 
+def test_a_run_without_a_curriculum_logs_no_curriculum_series() -> None:
+    rec = MemoryRecorder()
+    make(BASE, rec).fit()
+    assert "curriculum/stage" not in {p.name for p in rec.points}
+    assert rec.series("train/loss")
+
+
 @pytest.mark.parametrize("name", ["constant", "step", "cosine", "exponential", "plateau"])
 def test_schedules_warm_up_linearly_and_log_the_rate_per_step(name: str) -> None:
     rec = MemoryRecorder()

@@ -69,8 +69,9 @@ def spectrum_fields(measured: dict[str, Any]) -> dict[str, Any]:
         "samples": measured["samples"],
         "hvps": result.hvps,
         "seconds": result.seconds,
-        "top": [float(v) for v in result.top],
-        "bottom": [float(v) for v in result.bottom],
+        # A spectrum at a diverged point holds NaN: JSON keeps it as null, the columns as NaN.
+        "top": json_safe([float(v) for v in result.top]),
+        "bottom": json_safe([float(v) for v in result.bottom]),
         "trace": _float_or_none(result.trace),
         "trace_stderr": _float_or_none(result.trace_stderr),
         "grad_norm": float(result.grad_norm),

@@ -6,7 +6,6 @@ Called by the Celery task; also callable directly (tests, ``saddle run-local``).
 from __future__ import annotations
 
 import logging
-import traceback
 from typing import Any
 
 import torch
@@ -23,6 +22,7 @@ from worker.data import Prepared, RawData, load_builtin, load_uploaded, prepare
 from worker.diagnosis import diagnose_job
 from worker.diagnosis.probes import after_diagnosis
 from worker.diagnosis.reference import reference_scores
+from worker.failures import describe_failure, one_line
 from worker.finetune import initialize_from_parent
 from worker.lifecycle import Claim, Heartbeat, LeaseLost, fenced_update, finish, run_claimed
 from worker.sweeps import admit_trial, is_trial, on_job_finished
@@ -199,10 +199,12 @@ def run_job(job_id: str) -> str:
 
 
 def _train(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
+    phase = "preparing the data"  # named in the job's error if this step fails
     try:
         configure_torch(spec)
         device = resolve_device(spec.resources.device)
         data = prepare_data(spec, job_claim.project_id)
+        phase = "building the model"
         recorder = DbRecorder(job_claim, heartbeat)
         trainer = Trainer(spec, data, recorder, device)
         parent = initialize_from_parent(trainer, job_claim.project_id)
@@ -211,6 +213,7 @@ def _train(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
         # the start, so provisional diagnoses at checkpoints can read it while the job runs.
         early = json_safe(trainer.summary() | {"reference": reference, "init_from": parent})
         update_job(job_claim, device=str(device), summary=early)
+        phase = "training"
         resume_if_possible(job_claim, trainer)
         summary = trainer.fit() | {"reference": reference, "init_from": parent}
         if recorder.analysis_errors:
@@ -221,13 +224,13 @@ def _train(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
             return "cancelled"
         if stop.reason.startswith("lease lost"):
             raise LeaseLost(stop.reason) from None
-        finish(job_claim, "failed", error=stop.reason)
+        finish(job_claim, "failed", error=one_line(stop.reason))
         return "failed"
     except LeaseLost:
         raise
     except Exception as exc:
-        log.exception("job %s failed", job_claim.job_id)
-        finish(job_claim, "failed", error=f"{type(exc).__name__}: {exc}\n{_short_trace()}")
+        log.exception("job %s: %s failed", job_claim.job_id, phase)
+        finish(job_claim, "failed", error=describe_failure(exc, phase))
         return "failed"
     # The verdict is stored before the status turns succeeded, so a client that sees a finished job
     # also sees its diagnosis; probes are launched (or concluded) once the job counts as finished.
@@ -264,7 +267,3 @@ def follow_up_safely(job_id: str) -> None:
         after_diagnosis(job_id)
     except Exception:
         log.exception("job %s: probe follow-up failed", job_id)
-
-
-def _short_trace() -> str:
-    return "".join(traceback.format_exc().splitlines(keepends=True)[-6:])

@@ -31,6 +31,7 @@ from models.spec import JobSpec
 from models.tables import Job
 from worker.celery_app import BATCH_TIMING_TASK  # noqa: F401  (the task's one name, shared with the API)
 from worker.data import Prepared
+from worker.failures import describe_failure
 from worker.lifecycle import Claim, Heartbeat, LeaseLost, fenced_update, finish, run_claimed
 from worker.recorders import MemoryRecorder
 from worker.runner import configure_torch, prepare_data
@@ -161,7 +162,7 @@ def _measure_and_finish(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -
         return status
     except Exception as exc:
         log.exception("study %s failed", job_claim.job_id)
-        finish(job_claim, "failed", error=f"{type(exc).__name__}: {exc}")
+        finish(job_claim, "failed", error=describe_failure(exc, "the batch-size timing study"))
         return "failed"
     summary = {"study": params, "device": str(device), "data": data.info, "batch_size_timing": rows}
     finish(job_claim, "succeeded", summary=summary)

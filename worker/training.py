@@ -467,11 +467,15 @@ class Trainer:
         return self.finish()
 
     def check_divergence(self, first_step: int, result: dict[str, Any], metrics: dict[str, float]) -> bool:
+        """A NaN or infinite minibatch loss, sampled gradient norm or epoch metric ends the run as
+        diverged, at the first update that showed it (the epoch's last when only the evaluation did)."""
         losses = result["losses_host"]
+        stride = self.grad_stats_stride(len(losses))
         bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
+        bad += [k * stride for k, g in enumerate(result["grad_norms_host"]) if not math.isfinite(g)]
         if not bad and all(math.isfinite(v) for v in metrics.values()):
             return False
-        self.state.diverged_step = first_step + (bad[0] + 1 if bad else len(losses))
+        self.state.diverged_step = first_step + (min(bad) + 1 if bad else len(losses))
         self.recorder.epoch_end(self.state.epoch, self.state.step, self.progress(self.state.epoch, metrics))
         return True
 
@@ -543,10 +547,11 @@ class Trainer:
                 "train/data_loss": float(finite.mean()) if len(finite) else math.nan,
                 "train/batch_loss_std": float(finite.std()) if len(finite) else math.nan,
                 "train/lr_epoch": result["lrs"][-1],
-                "curriculum/stage": float(result["stage"].index),
                 "time/epoch_seconds": seconds,
                 "time/update_ms": 1000 * seconds / max(1, len(losses)),
             }
+            if self.spec.curriculum:
+                values["curriculum/stage"] = float(result["stage"].index)
             if self.spec.analysis.diagnostics:
                 values["train/grad_norm"] = float(gnorms.mean())
                 layer_norms = np.sqrt(result["layer_sq"] / max(1, len(gnorms))).tolist()

@@ -29,7 +29,7 @@ def findings(ev: Evidence) -> tuple[list[Finding], Finding | None, dict[str, Any
         found.append(lr_high)
     found += [x for x in (rules.label_encoding(ev), rules.unshuffled(ev)) if x]
     if div:
-        return found, div, None
+        return found, with_likely_cause(ev, div, found), None
     under = rules.underfit_evidence(ev, f)
     underfit = under is not None
     nc = rules.not_converged(ev, f, underfit)
@@ -54,6 +54,27 @@ def findings(ev: Evidence) -> tuple[list[Finding], Finding | None, dict[str, Any
         return found, None, under
     verdict = rules.overfitting(ev, f) or rules.mismatch(ev, f)
     return found, verdict, None
+
+
+def with_likely_cause(ev: Evidence, div: Finding, found: list[Finding]) -> Finding:
+    """The diverged verdict names its likely cause and carries that cause's fix: a rate past the
+    stable limit when the curvature or the early loss says so, else unscaled features, else the
+    generic cure (a 10x lower rate and gradient clipping)."""
+    causes = {x.code: x for x in found}
+    scale = (ev.summary.get("data") or {}).get("feature_scale") or {}
+    if "learning_rate.too_high" in causes:
+        cause, patch = "learning_rate.too_high", causes["learning_rate.too_high"].patch
+    elif ev.spec.data.scaling == "none" and scale.get("ratio", 1.0) >= 100:
+        cause, patch = "ill_conditioned_features", {"data": {"scaling": "standardize"}}
+    else:
+        cause = "unknown"
+        patch = {
+            "optimizer": {"lr": float(f"{ev.spec.optimizer.lr / 10:.2g}")},
+            "regularization": {"grad_clip": 1.0},
+        }
+    div.evidence["likely_cause"] = cause
+    div.patch = patch
+    return div
 
 
 # Which cause's fix to offer first when several explain a stuck optimizer: root causes in the setup
