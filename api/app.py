@@ -10,8 +10,9 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
+from api.limits import RequestLimits
 from api.routers import dashboard, datasets, health, jobs, observability, studies, sweeps
 from api.schemas import ERROR_RESPONSES
 from models.settings import get_settings
@@ -51,6 +52,17 @@ def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def value_not_storable(_: Request, exc: DataError) -> JSONResponse:
+    """A value the database cannot hold or compare (out of a column's range, bad text): the
+    request's fault, so a 422. Known cases are refused earlier with the field named; this is the
+    net under them."""
+    log.warning("refused a value the database could not take: %s", str(exc.orig or exc).splitlines()[0])
+    return JSONResponse(
+        {"detail": "a value in the request is out of range or cannot be stored (check numbers and text)"},
+        status_code=422,
+    )
+
+
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     """Each API process runs a reaper thread that re-queues jobs whose worker or broker was lost."""
@@ -65,23 +77,24 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
+    # /docs and /redoc are off: FastAPI's pages load their scripts from a CDN without integrity, on
+    # the dashboard's origin where the token lives. The schema stays at /openapi.json.
     app = FastAPI(
         lifespan=lifespan,
         title="Saddle",
         version="1.0",
         description="Training-job orchestration that diagnoses why a run went wrong.",
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(OperationalError, database_unavailable)
     app.add_exception_handler(DBAPIError, database_unavailable)
-    max_bytes = get_settings().max_request_bytes
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_bytes:
-            return JSONResponse({"detail": f"request body over {max_bytes} bytes"}, status_code=413)
-        return await call_next(request)
+    app.add_exception_handler(DataError, value_not_storable)
+    settings = get_settings()
+    app.add_middleware(
+        RequestLimits, upload_bytes=settings.max_request_bytes, json_bytes=settings.max_json_bytes
+    )
 
     app.include_router(health.router)
     app.include_router(jobs.router, responses=ERROR_RESPONSES)

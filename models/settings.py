@@ -36,7 +36,21 @@ class Settings(BaseSettings):
     max_epochs: int = 10_000
     max_parameters: int = 50_000_000
     max_data_bytes: int = 4 * 2**30
+    max_epoch_rows: int = 1_000_000_000  # epochs × training rows of one job: the samples it will see
+    max_spectra: int = 1_000  # Hessian spectra one job may take (epochs / analysis.hessian.every_epochs)
+    # Request bodies, counted as they stream in whatever the framing (Content-Length or chunked):
+    # uploads (multipart) up to max_request_bytes, every other body up to max_json_bytes.
     max_request_bytes: int = 50 * 1024 * 1024
+    max_json_bytes: int = 1024 * 1024
+    # Uploads validated at once by one API process; more wait (without holding a thread or a
+    # database connection) up to upload_wait_seconds, then get a 503 with Retry-After.
+    upload_slots: int = 2
+    upload_wait_seconds: float = 30.0
+
+    # Per-project quotas: jobs waiting (a submission past it is a 429) and jobs running at once (the
+    # rest wait their turn; projects take turns for free worker slots).
+    max_queued_jobs: int = 1_000
+    max_running_jobs: int = 32
 
     # Worker behaviour.
     heartbeat_seconds: float = 2.0

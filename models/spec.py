@@ -35,7 +35,14 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Non-finite numbers are refused everywhere: JSONB cannot store NaN or infinity.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# Tags are stored with the job and returned with every listing: their number and size are bounded.
+MAX_TAGS = 64
+TagKey = Annotated[str, Field(min_length=1, max_length=64)]
+TagValue = Annotated[str, Field(max_length=256)] | Annotated[int, Field(ge=-(2**53), le=2**53)] | float | bool
 
 
 class Split(Strict):
@@ -149,7 +156,7 @@ class Model(Strict):
 class InitFrom(Strict):
     job: str = Field(min_length=32, max_length=32)
     checkpoint: Literal["best", "last"] = "best"
-    freeze: list[str] = Field(default_factory=list, max_length=64)
+    freeze: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=64)
 
 
 class Optimizer(Strict):
@@ -175,7 +182,7 @@ class Schedule(Strict):
     warmup_epochs: float = Field(0, ge=0, le=10_000)
     step_epochs: int = Field(10, ge=1, le=10_000)  # step: decay every this many epochs
     gamma: float = Field(0.1, gt=0, le=1.0)  # step/exponential/plateau decay factor
-    min_lr: float = Field(0.0, ge=0.0)  # cosine floor
+    min_lr: float = Field(0.0, ge=0.0, le=1e3)  # cosine floor
     patience: int = Field(5, ge=0, le=10_000)  # plateau
 
 
@@ -186,14 +193,14 @@ class GradientNoise(Strict):
 
 class EarlyStopping(Strict):
     patience: int = Field(10, ge=1, le=10_000)
-    min_delta: float = Field(0.0, ge=0.0)
+    min_delta: float = Field(0.0, ge=0.0, le=1e6)
 
 
 class Regularization(Strict):
     l2: float = Field(0.0, ge=0.0, le=100.0)
     gradient_noise: GradientNoise = Field(default_factory=GradientNoise)
     early_stopping: EarlyStopping | None = None
-    grad_clip: float | None = Field(None, gt=0)
+    grad_clip: float | None = Field(None, gt=0, le=1e6)
 
 
 class CurriculumStage(Strict):
@@ -237,7 +244,7 @@ class Resources(Strict):
 class JobSpec(Strict):
     name: str = Field("", max_length=200)
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    tags: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    tags: dict[TagKey, TagValue] = Field(default_factory=dict, max_length=MAX_TAGS)
     data: Data
     model: Model = Field(default_factory=Model)
     init_from: InitFrom | None = None

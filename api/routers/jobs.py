@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from api.deps import ProjectDep, SessionDep
-from api.schemas import CheckpointOut, DiagnosisOut, JobOut, JobPage, MetricsOut, SpectrumOut
+from api.schemas import (
+    CheckpointOut,
+    DiagnosisOut,
+    JobDetailOut,
+    JobOut,
+    JobPage,
+    MetricsOut,
+    SpectrumOut,
+)
 from api.services import compare, query, remedies
 from api.services import jobs as svc
 from models.metrics import read_series
@@ -21,6 +29,9 @@ from models.tables import Diagnosis
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+# Integers reach SQL as 64-bit values: anything wider is a 422 here, not an overflow in the driver.
+MAX_INT64 = 2**63 - 1
+Step = Annotated[int | None, Query(ge=0, le=MAX_INT64)]
 
 
 @router.post("", status_code=201, response_model=JobOut, responses={200: {"model": JobOut}})
@@ -52,7 +63,7 @@ def list_jobs(
     created_before: str | None = None,
     sort: Annotated[str | None, Query(description="created_at or a dotted path, '-' for descending")] = None,
     cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1)] = 50,
+    limit: Annotated[int, Query(ge=1, le=MAX_INT64)] = 50,
 ) -> Response:
     """Filter by the named parameters and by any dotted spec./summary./progress. path with an optional
     operator suffix (__lt, __lte, __gt, __gte, __ne, __in), e.g. `spec.optimizer.lr__lt=0.01`."""
@@ -79,9 +90,11 @@ def compare_jobs(
     return compare.compare(session, project, [i for i in ids.split(",") if i], name)
 
 
-@router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, session: SessionDep, project: ProjectDep) -> JobOut:
-    return JobOut.model_validate(svc.get_job(session, project, job_id))
+@router.get("/{job_id}", response_model=JobDetailOut)
+def get_job(job_id: str, session: SessionDep, project: ProjectDep) -> JobDetailOut:
+    job = svc.get_job(session, project, job_id)
+    out = JobOut.model_validate(job)
+    return JobDetailOut(**vars(out), remedy=remedies.remedy_offer(session, job))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
@@ -96,9 +109,9 @@ def get_metrics(
     project: ProjectDep,
     name: Annotated[list[str] | None, Query(description="series names, e.g. val/loss; repeatable")] = None,
     split: Annotated[str | None, Query(description="only series of this split: train, val, test")] = None,
-    step_min: Annotated[int | None, Query(ge=0)] = None,
-    step_max: Annotated[int | None, Query(ge=0)] = None,
-    max_points: Annotated[int, Query(ge=2)] = 2000,
+    step_min: Step = None,
+    step_max: Step = None,
+    max_points: Annotated[int, Query(ge=2, le=MAX_INT64)] = 2000,
 ) -> ORJSONResponse:
     svc.require_job(session, project, job_id)
     max_points = min(max_points, get_settings().max_metric_points)
@@ -174,7 +187,7 @@ class SpectrumRequest(BaseModel):
 @router.post("/{job_id}/checkpoints/{checkpoint_id}/spectrum", status_code=202)
 def request_spectrum(
     job_id: str,
-    checkpoint_id: int,
+    checkpoint_id: Annotated[int, Path(ge=1, le=MAX_INT64)],
     session: SessionDep,
     project: ProjectDep,
     body: Annotated[SpectrumRequest | None, Body()] = None,

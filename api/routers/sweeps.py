@@ -127,7 +127,10 @@ def get_sweep(
     sweep_id: str,
     session: SessionDep,
     project: ProjectDep,
-    trials_after: Annotated[int, Query(ge=-1, description="list trials numbered above this")] = -1,
+    # Trial numbers are 32-bit in the database (sweeps run at most 10,000 trials).
+    trials_after: Annotated[
+        int, Query(ge=-1, le=2**31 - 1, description="list trials numbered above this")
+    ] = -1,
     trials_limit: Annotated[int, Query(ge=0, le=svc.MAX_TRIALS_PAGE)] = svc.DEFAULT_TRIALS_PAGE,
 ) -> Response:
     return _json(svc.read_sweep(session, project, sweep_id, trials_after, trials_limit))

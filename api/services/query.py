@@ -18,15 +18,31 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from fastapi import HTTPException
-from sqlalchemy import ColumnElement, Select, String, and_, cast, exists, literal, or_, select, text, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    case,
+    cast,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
+from models.codes import FINDINGS, VERDICTS
 from models.tables import JOB_STATUSES, Diagnosis, Job
 
 OPERATORS = ("lt", "lte", "gt", "gte", "ne", "in")
@@ -35,6 +51,13 @@ PLANNER_SETTINGS = text(
     " set_config('random_page_cost', '1.1', true)"
 )
 PATH = re.compile(r"^(spec|summary|progress)(\.[A-Za-z0-9_]+){1,6}$")
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+# Paths the worker always writes as numbers: compared with a plain cast, the expression that
+# ix_jobs_project_best_val_loss indexes. Any other path may hold text (spec.name, a tag), which a cast
+# to float would turn into an error; it compares as a number only where its text is one (see number_at).
+INDEXED_NUMBERS = {"summary.best_val_loss"}
+# Decimal text that float8 takes without overflow: at most 40 characters, a two-digit exponent.
+NUMERIC_TEXT = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]{1,2})?\s*$"
 RESERVED = {
     "status",
     "name",
@@ -93,6 +116,11 @@ def parse(params: list[tuple[str, str]]) -> JobQuery:
             q.paths.append((path, op or "eq", value))
     if q.status and q.status not in JOB_STATUSES:
         raise HTTPException(422, f"status: must be one of {', '.join(JOB_STATUSES)}")
+    if q.verdict and q.verdict not in VERDICTS:
+        raise HTTPException(422, f"verdict: unknown verdict {q.verdict!r}; one of {', '.join(VERDICTS)}")
+    unknown = [code for code in q.finding if code not in FINDINGS]
+    if unknown:
+        raise HTTPException(422, f"finding: unknown code(s) {unknown}; one of {', '.join(FINDINGS)}")
     if q.sort and not (q.sort.lstrip("-") == "created_at" or PATH.match(q.sort.lstrip("-"))):
         raise HTTPException(
             422, "sort: created_at or a dotted spec./summary./progress. path, '-' for descending"
@@ -112,38 +140,51 @@ def json_element(path: str):  # noqa: ANN201
     return getattr(Job, column)[tuple(keys)]
 
 
+def number_at(path: str, dialect: str = "postgresql"):  # noqa: ANN201
+    """The value at ``path`` as a float where it is a number (or numeric text), else NULL: a cast
+    of any other text would fail the whole statement. SQLite's cast never fails."""
+    element = json_element(path)
+    if path in INDEXED_NUMBERS or dialect != "postgresql":
+        return element.as_float()
+    as_text = element.as_string()
+    numeric = and_(func.length(as_text) <= 40, as_text.regexp_match(NUMERIC_TEXT))
+    return case((numeric, element.as_float()))
+
+
 def _number(value: str) -> float | None:
+    """A finite number, else None (``nan`` and ``inf`` compare as text)."""
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None
 
 
-def path_condition(path: str, op: str, raw: str):  # noqa: ANN201
+def path_condition(path: str, op: str, raw: str, dialect: str = "postgresql"):  # noqa: ANN201
+    """Numbers compare as numbers, ``true``/``false`` and any other text as the value's text form."""
     element = json_element(path)
     if op == "in":
         values = raw.split(",")
         numbers = [_number(v) for v in values]
         if all(n is not None for n in numbers):
-            return element.as_float().in_(numbers)
+            return number_at(path, dialect).in_(numbers)
         return element.as_string().in_(values)
     number = _number(raw)
-    if raw in ("true", "false"):
-        target, value = element.as_boolean(), raw == "true"
-    elif number is not None:
-        target, value = element.as_float(), number
-    else:
+    if op in ("lt", "lte", "gt", "gte"):
+        if number is None:
+            raise HTTPException(422, f"{path}__{op}: needs a finite number, got {raw!r}")
+        target = number_at(path, dialect)
+        return {
+            "lt": target < number,
+            "lte": target <= number,
+            "gt": target > number,
+            "gte": target >= number,
+        }[op]
+    if number is not None and raw not in ("true", "false"):
+        target, value = number_at(path, dialect), number
+    else:  # a JSON true/false reads as the text 'true'/'false', like any text
         target, value = element.as_string(), raw
-    if op in ("lt", "lte", "gt", "gte") and number is None:
-        raise HTTPException(422, f"{path}__{op}: needs a number, got {raw!r}")
-    return {
-        "eq": target == value,
-        "ne": target != value,
-        "lt": target < value,
-        "lte": target <= value,
-        "gt": target > value,
-        "gte": target >= value,
-    }[op]
+    return target == value if op == "eq" else target != value
 
 
 def _json_candidates(raw: str) -> list[Any]:
@@ -153,9 +194,22 @@ def _json_candidates(raw: str) -> list[Any]:
     return [raw] if parsed is None or isinstance(parsed, str) else [raw, parsed]
 
 
+def _strict_json(raw: str) -> Any:
+    """json.loads without NaN, Infinity or overflowing numbers, which JSONB cannot hold."""
+
+    def refuse(text: str) -> Any:
+        raise ValueError(f"{text} is not a finite number")
+
+    def finite(text: str) -> float:
+        value = float(text)
+        return value if math.isfinite(value) else refuse(text)
+
+    return json.loads(raw, parse_constant=refuse, parse_float=finite)
+
+
 def _json(raw: str) -> Any:
     try:
-        return json.loads(raw)
+        return _strict_json(raw)
     except ValueError:
         return None
 
@@ -163,7 +217,7 @@ def _json(raw: str) -> Any:
 def _plain(raw: str) -> bool:
     """Text that is not JSON itself: only a JSON string has it as its text form."""
     try:
-        json.loads(raw)
+        _strict_json(raw)
     except ValueError:
         return True
     return False
@@ -240,13 +294,15 @@ def apply(stmt: Select, q: JobQuery, dialect: str = "postgresql") -> Select:
     for path, op, raw in q.paths:
         test, same = containment(path, op, raw) if postgres else (None, False)
         if not same:
-            stmt = stmt.where(path_condition(path, op, raw))
+            stmt = stmt.where(path_condition(path, op, raw, dialect))
         if test is not None:  # spec paths through ix_jobs_spec
             stmt = stmt.where(test)
     return stmt
 
 
-def page(session, stmt: Select, q: JobQuery, cursor: str | None, limit: int) -> tuple[list[Job], str | None]:  # noqa: ANN001
+def page(  # noqa: ANN001
+    session, stmt: Select, q: JobQuery, cursor: str | None, limit: int, dialect: str = "postgresql"
+) -> tuple[list[Job], str | None]:
     """One page in the query's order with a keyset cursor: newest first by default, else by the sort
     key (nulls last) and then the id, both in the sort's direction."""
     if q.sort in (None, "-created_at"):
@@ -259,7 +315,7 @@ def page(session, stmt: Select, q: JobQuery, cursor: str | None, limit: int) -> 
     desc = q.sort.startswith("-")
     key = q.sort.lstrip("-")
     nullable = key != "created_at"
-    column = Job.created_at if not nullable else json_element(key).as_float()
+    column = Job.created_at if not nullable else number_at(key, dialect)
     after = decode_sorted(cursor, nullable) if cursor else None
     by_id = Job.id.desc() if desc else Job.id.asc()
     rows: list[Any] = []
@@ -303,7 +359,7 @@ def decode_keyset(cursor: str) -> tuple[datetime, str]:
     try:
         kind, rest = raw.split(":", 1)
         created, job_id = rest.split("|", 1)
-        assert kind == "k"
+        assert kind == "k" and JOB_ID.match(job_id)  # ids are 32 hex digits: no text reaches SQL
         return datetime.fromisoformat(created), job_id
     except Exception:
         raise HTTPException(422, "cursor: not a cursor returned by this API") from None
@@ -321,9 +377,10 @@ def decode_sorted(cursor: str, nullable: bool) -> tuple[Any, str]:
     try:
         kind, rest = raw.split(":", 1)
         value, job_id = rest.split("|", 1)
+        assert JOB_ID.match(job_id)
         if kind == "t" and not nullable:
             return datetime.fromisoformat(value), job_id
-        assert kind == "s" and nullable
+        assert kind == "s" and nullable and (not value or math.isfinite(float(value)))
         return (float(value) if value else None), job_id
     except Exception:
         raise HTTPException(422, "cursor: not a cursor returned by this API (or from another sort)") from None
@@ -349,4 +406,4 @@ def list_jobs(
         # plan from one ANALYZE sample to the next; now it combines its indexes (20-35 ms) every time.
         session.execute(PLANNER_SETTINGS)
     stmt = apply(select(Job).where(Job.project_id == project_id), q, dialect)
-    return page(session, stmt, q, cursor, limit)
+    return page(session, stmt, q, cursor, limit, dialect)
