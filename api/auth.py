@@ -31,14 +31,27 @@ def create_token(session: Session, project_name: str, token_name: str = "") -> t
     return project, token
 
 
-def project_for_token(session: Session, token: str) -> Project | None:
+class TokenRefused(Exception):
+    """The bearer token does not open any project; the message says why, in the user's terms."""
+
+
+# A token this server never issued is far more often a typo or a token of another server (another
+# demo, another deployment) than a revoked one, so only a token found revoked is called revoked.
+UNKNOWN_TOKEN = "not a valid token for this server"
+REVOKED_TOKEN = "this token was revoked"
+
+
+def project_for_token(session: Session, token: str) -> Project:
+    """The token's project, or TokenRefused naming why not."""
     digest = hash_token(token)
     row = session.execute(
         select(ApiToken, Project)
         .join(Project, Project.id == ApiToken.project_id)
-        .where(ApiToken.token_hash == digest, ApiToken.revoked.is_(False))
+        .where(ApiToken.token_hash == digest)
     ).first()
     # The lookup is by hash; compare again in constant time so timing says nothing about near misses.
     if row is None or not hmac.compare_digest(row[0].token_hash, digest):
-        return None
+        raise TokenRefused(UNKNOWN_TOKEN)
+    if row[0].revoked:
+        raise TokenRefused(REVOKED_TOKEN)
     return row[1]

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, HTTPException
 from sqlalchemy.orm import Session
 
-from api.auth import project_for_token
+from api.auth import TokenRefused, project_for_token
 from models.db import session_scope
 from models.tables import Project
 
@@ -26,10 +26,10 @@ def current_project(session: SessionDep, authorization: Annotated[str | None, He
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    project = project_for_token(session, token.strip())
-    if project is None:
-        raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
-    return project
+    try:
+        return project_for_token(session, token.strip())
+    except TokenRefused as refused:
+        raise HTTPException(401, str(refused), headers={"WWW-Authenticate": "Bearer"}) from None
 
 
 ProjectDep = Annotated[Project, Depends(current_project)]

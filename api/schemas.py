@@ -31,6 +31,20 @@ class JobOut(BaseModel):
     finished_at: datetime | None
 
 
+class RemedyOffer(BaseModel):
+    """What POST /v1/jobs/{id}/remedy would accept now (clients offer a remedy only then)."""
+
+    available: bool  # a request without a body would be accepted
+    applies: list[str]  # the codes whose fixes that request would apply
+    findings: list[str]  # the codes accepted one at a time: {"findings": [code]}
+
+
+class JobDetailOut(JobOut):
+    """GET /v1/jobs/{id}: the job and, once it has finished, what a remedy of it would apply."""
+
+    remedy: RemedyOffer
+
+
 class JobPage(BaseModel):
     items: list[JobOut]
     next_cursor: str | None

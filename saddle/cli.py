@@ -16,6 +16,7 @@ import logging.config
 import os
 import re
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,10 +32,15 @@ class UsageError(Exception):
     """Bad arguments or inputs the API never saw: exit code 2."""
 
 
-def _default_token() -> str | None:
+def _token_and_source(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The token to send and where it came from (named when the API refuses it)."""
+    if args.token:
+        return args.token, "--token"
     if os.environ.get("SADDLE_TOKEN"):
-        return os.environ["SADDLE_TOKEN"]
-    return TOKEN_FILE.read_text().strip() if TOKEN_FILE.exists() else None
+        return os.environ["SADDLE_TOKEN"], "SADDLE_TOKEN"
+    if TOKEN_FILE.exists():
+        return TOKEN_FILE.read_text().strip(), f"{TOKEN_FILE} (written by saddle demo)"
+    return None, ""
 
 
 # ------------------------------------------------------------------------------ structured logs
@@ -271,7 +277,7 @@ def _load_yaml(path: str) -> Any:
 def _client(args: argparse.Namespace) -> Client:
     from saddle.client import Client
 
-    token = args.token or _default_token()
+    token, args.token_source = _token_and_source(args)
     if not token:
         raise UsageError(
             "no token: pass --token, set SADDLE_TOKEN, or run `saddle token create --project NAME`"
@@ -359,7 +365,7 @@ def describe_result(job: dict[str, Any]) -> str:
     if s.get("diverged_step"):
         lines.append(f"  diverged at step {s['diverged_step']}")
     if job.get("error"):
-        lines.append(f"  error: {job['error'].strip().splitlines()[0]}")
+        lines.append(f"  error: {first_line(job['error'])}")
     return "\n".join(lines)
 
 
@@ -367,7 +373,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
     client = _client(args)
     jobs = list(
         client.iter_jobs(
-            limit=args.limit, status=args.status, verdict=args.verdict, name=args.name, sweep=args.sweep
+            limit=args.limit,
+            status=args.status,
+            verdict=args.verdict,
+            finding=args.finding,
+            name=args.name,
+            sweep=args.sweep,
         )
     )
     if args.json:
@@ -394,20 +405,26 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from saddle.specview import model_view, optimizer_view, schedule_view
+
     job = _client(args).job(args.job)
     if args.json:
         _print_json(job)
         return EXIT_OK
     p, spec = job.get("progress") or {}, job.get("spec") or {}
+    error = first_line(job.get("error"))
     fields = [
+        # A failed job's reason comes first: it is what the reader came for.
+        *([("error", error)] if error and job["status"] == "failed" else []),
         ("name", job["name"] or "-"),
         ("kind", job["kind"]),
         ("status", job["status"] + (" (cancel requested)" if job.get("cancel_requested") else "")),
         ("progress", f"epoch {p.get('epoch', 0)}/{p.get('epochs') or spec.get('epochs')}"),
         ("verdict", job.get("verdict") or "-"),
         ("dataset", (spec.get("data") or {}).get("dataset")),
-        ("model", json.dumps(spec.get("model"), separators=(",", ":"))),
-        ("optimizer", json.dumps(spec.get("optimizer"), separators=(",", ":"))),
+        ("model", _compact(model_view(spec.get("model") or {}))),
+        ("optimizer", _compact(optimizer_view(spec.get("optimizer") or {}))),
+        ("schedule", _compact(schedule_view(spec.get("schedule") or {}))),
         ("device", job.get("device") or "-"),
         ("attempts", job.get("attempts")),
         ("created", _when(job["created_at"])),
@@ -422,10 +439,21 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"job {job['id']}")
     for key, value in fields:
         print(f"  {key:10s} {value}")
-    body = describe_result(job).splitlines()[1:]
+    body = [line for line in describe_result(job).splitlines()[1:] if not line.startswith("  error:")]
     if body:
         print("\n".join(body))
+    for line in remedy_hint(job):
+        print(line)
     return EXIT_OK
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def first_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -499,10 +527,27 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
             print(f"  evidence: {line}")
         if d.get("patch"):
             print(f"  patch: {json.dumps(d['patch'], separators=(',', ':'))}")
-    patched = [d["code"] for d in diagnoses if d.get("patch")]
-    if patched and job["status"] in ("succeeded", "failed", "cancelled"):
-        print(f"\napply the fix: saddle remedy {job['id']}   (or --finding CODE for: {', '.join(patched)})")
+    for line in remedy_hint(job):
+        print(line)
     return EXIT_OK
+
+
+def remedy_hint(job: dict[str, Any]) -> list[str]:
+    """The remedy commands the API would accept for this job (its ``remedy`` offer), and nothing else."""
+    offer = job.get("remedy") or {}
+    applies = offer.get("applies") or []
+    others = [code for code in offer.get("findings") or [] if code not in applies]
+    lines = []
+    if offer.get("available"):
+        lines.append(f"apply the fix: saddle remedy {job['id']}   (applies {', '.join(applies)})")
+    if others:
+        lead = (
+            "or one fix at a time"
+            if applies
+            else f"verdict {job.get('verdict')} comes with no fix; to try one"
+        )
+        lines.append(f"{lead}: saddle remedy {job['id']} --finding CODE   ({', '.join(others)})")
+    return ["", *lines] if lines else []
 
 
 def cmd_remedy(args: argparse.Namespace) -> int:
@@ -554,7 +599,8 @@ def cmd_sweep_create(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(sweep)
     else:
-        print(sweep["id"])
+        print(sweep["id"])  # alone on stdout, for scripts: ID=$(saddle sweep create FILE)
+        print(f"follow it: saddle sweep status {sweep['id']} --watch", file=sys.stderr)
     return EXIT_OK
 
 
@@ -564,9 +610,39 @@ def _param(value: Any) -> str:
     )
 
 
+def format_sweep_progress(sweep: dict[str, Any]) -> str:
+    p, best = sweep.get("progress") or {}, sweep.get("best")
+    line = (
+        f"sweep {sweep['status']}: {p.get('done', 0)}/{p.get('total', '?')} trials done, "
+        f"{p.get('running', 0)} running, {p.get('queued', 0)} queued"
+    )
+    return line + (f"; best {_fmt(best.get('value'))} (trial {best['number']})" if best else "")
+
+
+def watch_sweep(client: Client, args: argparse.Namespace, poll_seconds: float = 2.0) -> dict[str, Any]:
+    """Progress on stderr until the sweep ends; returns its final state."""
+    from saddle.progress import ProgressLine
+
+    line = ProgressLine()
+    while True:
+        sweep = _sweeps_call(args, lambda: client.sweep(args.sweep))
+        line.show(format_sweep_progress(sweep))
+        if sweep["status"] != "running":
+            line.close()
+            return sweep
+        time.sleep(poll_seconds)
+
+
 def cmd_sweep_status(args: argparse.Namespace) -> int:
     client = _client(args)
-    sweep = _sweeps_call(args, lambda: client.sweep(args.sweep))
+    if args.watch:
+        try:
+            sweep = watch_sweep(client, args)
+        except KeyboardInterrupt:
+            print(f"\nstopped watching; sweep {args.sweep} goes on", file=sys.stderr)
+            return 130
+    else:
+        sweep = _sweeps_call(args, lambda: client.sweep(args.sweep))
     if args.json:
         _print_json(sweep)
         return EXIT_OK
@@ -613,8 +689,14 @@ def cmd_dataset_upload(args: argparse.Namespace) -> int:
     row = _client(args).upload_dataset(path, args.name, args.label, args.task)
     if args.json:
         _print_json(row)
-    else:
-        print(row["id"])
+        return EXIT_OK
+    print(row["id"])
+    label = f"label column {row['label']!r}" if row.get("label") else "labels y"
+    chosen = " (found by name; --label picks another)" if row.get("label") and not args.label else ""
+    print(
+        f"{row['name']}: {row['n_rows']} rows, {row['n_features']} features, {label}{chosen}, task {row['task']}",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -711,7 +793,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ls", help="list jobs, newest first", parents=[api])
     p.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
-    p.add_argument("--verdict", help="e.g. overfitting, good_fit")
+    p.add_argument(
+        "--verdict", help="e.g. overfitting, good_fit (an unknown one is refused, naming the valid ones)"
+    )
+    p.add_argument(
+        "--finding",
+        action="append",
+        metavar="CODE",
+        help="jobs with this finding, e.g. oscillation; repeatable",
+    )
     p.add_argument("--name")
     p.add_argument("--sweep", help="jobs of this sweep")
     p.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
@@ -757,14 +847,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sweep_create)
     s = ssub.add_parser("status", help="a sweep's progress, best trial and trials", parents=[api])
     s.add_argument("sweep")
+    s.add_argument("--watch", action="store_true", help="show progress until the sweep ends, then its result")
     s.set_defaults(func=cmd_sweep_status)
 
     p = sub.add_parser("dataset", help="uploaded datasets")
     dsub = p.add_subparsers(dest="dataset_command", required=True)
-    d = dsub.add_parser("upload", help="upload a CSV (with --label) or an NPZ (arrays X, y)", parents=[api])
+    d = dsub.add_parser(
+        "upload", help="upload a CSV (header row, a label column) or an NPZ (arrays X, y)", parents=[api]
+    )
     d.add_argument("file")
     d.add_argument("--name", required=True)
-    d.add_argument("--label", help="the CSV's label column")
+    d.add_argument("--label", help="the CSV's label column (default: a column named label, target or y)")
     d.add_argument("--task", choices=("auto", "classification", "regression"), default="auto")
     d.set_defaults(func=cmd_dataset_upload)
     d = dsub.add_parser("ls", help="list this project's datasets", parents=[api])
@@ -792,6 +885,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except ApiError as err:
         print(f"saddle: the API refused: {err.detail} (HTTP {err.status})", file=sys.stderr)
+        if err.status == 401 and getattr(args, "token_source", None):
+            print(f"  the token came from {args.token_source}; the API is {args.api}", file=sys.stderr)
         return EXIT_API
     except Unreachable as err:
         print(f"saddle: {err}", file=sys.stderr)

@@ -131,15 +131,24 @@ class Client:
     def metrics(
         self,
         job_id: str,
-        names: list[str] | None = None,
+        name: str | list[str] | None = None,
         max_points: int = 2000,
         split: str | None = None,
         step_min: int | None = None,
         step_max: int | None = None,
+        *,
+        names: list[str] | None = None,
     ) -> Json:
         """GET /v1/jobs/{id}/metrics: ``{job_id, series: [{name, steps, epochs, values, ...}]}``,
-        each series downsampled to ``max_points`` (bucket means with min/max envelopes)."""
-        params: dict[str, Any] = {"name": names or [], "max_points": max_points}
+        each series downsampled to ``max_points`` (bucket means with min/max envelopes).
+
+        ``name`` is one series name or a list of them (default: every series), as the API's and the
+        CLI's ``name``; ``names`` is the older spelling of the same argument."""
+        wanted = name if name is not None else names
+        params: dict[str, Any] = {
+            "name": [wanted] if isinstance(wanted, str) else list(wanted or []),
+            "max_points": max_points,
+        }
         for key, value in (("split", split), ("step_min", step_min), ("step_max", step_max)):
             if value is not None:
                 params[key] = value
@@ -201,6 +210,16 @@ class Client:
         if trials_limit is not None:
             params["trials_limit"] = trials_limit
         return self._call("GET", f"/v1/sweeps/{sweep_id}", params=params)
+
+    def cancel_sweep(self, sweep_id: str) -> Json:
+        """POST /v1/sweeps/{id}/cancel: no new trials; running ones are cancelled."""
+        return self._call("POST", f"/v1/sweeps/{sweep_id}/cancel")
+
+    def create_study(self, kind: str, body: Json, idempotency_key: str | None = None) -> Json:
+        """POST /v1/studies/{kind}: ``depth`` or ``batch-size`` (a sweep: ``{id, ...}`` of
+        GET /v1/sweeps/{id}) or ``batch-size-timing`` (a job of kind study)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._call("POST", f"/v1/studies/{kind}", json=body, headers=headers)
 
     def sweeps(self, **filters: Any) -> Json:
         """GET /v1/sweeps: one page ``{items, next_cursor}``."""

@@ -40,7 +40,9 @@ class ProgressLine:
         self.last = ""
 
     def __call__(self, job: dict[str, Any]) -> None:
-        line = format_progress(job)
+        self.show(format_progress(job))
+
+    def show(self, line: str) -> None:
         if line != self.last:
             end = "\r" if self.stream.isatty() else "\n"
             self.stream.write(line.ljust(len(self.last)) + end)

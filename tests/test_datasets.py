@@ -95,7 +95,7 @@ def test_csv_upload_is_stored_hashed_listed_and_scoped(client: TestClient, other
         (small_csv(7, "-inf"), {"label": "label"}, "row 7 (line 8), column 'b': -inf"),
         (small_csv(3, "abc"), {"label": "label"}, "row 3 (line 4), column 'b': 'abc' is not a number"),
         (small_csv(), {"label": "species"}, "label: column 'species' is not in the CSV header"),
-        (small_csv(), {}, "label: a CSV upload needs"),
+        (iris_csv(), {}, "label: no column named label, target, y in the CSV header"),
         (table([["a", "label"], *[["1", "0"]] * 5]), {"label": "label"}, "5 data rows; at least 10"),
         (table([["label"], *[[str(i % 2)] for i in range(12)]]), {"label": "label"}, "feature column"),
         (table([["a", "b", "label"], ["1", "2"]]), {"label": "label"}, "row 1 (line 2) has 2 fields"),

@@ -37,7 +37,12 @@ def upload_dataset(
     project: ProjectDep,
     file: Annotated[UploadFile, File(description="CSV with a header row, or NPZ with arrays X and y")],
     name: Annotated[str, Form(min_length=1, max_length=200)],
-    label: Annotated[str | None, Form(max_length=200, description="the CSV's label column")] = None,
+    label: Annotated[
+        str | None,
+        Form(
+            max_length=200, description="the CSV's label column (default: a column named label, target or y)"
+        ),
+    ] = None,
     task: Annotated[str, Form(pattern="^(auto|classification|regression)$")] = "auto",
 ) -> DatasetOut:
     # A plain def: the service works on a synchronous session, so this runs in the thread pool.

@@ -42,6 +42,8 @@ MAX_AUTO_CLASSES = 50
 MAX_CLASSES = 10_000
 TASKS = ("auto", "classification", "regression")
 ACTIVE_STATUSES = ("queued", "running")
+# A CSV uploaded without naming its label column uses the first of these that its header has.
+DEFAULT_LABEL_COLUMNS = ("label", "target", "y")
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -59,6 +61,7 @@ class Parsed:
     n_features: int
     labels: np.ndarray
     input_shape: list[int] | None
+    label: str | None = None  # a CSV's label column: the one named, else the one found by name
 
 
 def size_cap() -> int:
@@ -78,12 +81,10 @@ def parse_upload(payload: bytes, filename: str | None, label: str | None) -> Par
         raise DatasetError("file: the upload is empty")
     if detect_format(payload, filename) == "npz":
         return parse_npz(payload)
-    if not label:
-        raise DatasetError("label: a CSV upload needs the name of its label column")
     return parse_csv_upload(payload, label)
 
 
-def parse_csv_upload(payload: bytes, label: str) -> Parsed:
+def parse_csv_upload(payload: bytes, label: str | None) -> Parsed:
     # Spreadsheet exports often start with a byte-order mark; the worker decodes plain UTF-8, so the
     # mark is dropped from the stored bytes (and the hash is of what is stored).
     payload = payload.removeprefix(_UTF8_BOM)
@@ -92,15 +93,16 @@ def parse_csv_upload(payload: bytes, label: str) -> Parsed:
     except UnicodeDecodeError as exc:
         raise DatasetError(f"file: not UTF-8 text (byte {exc.start}); upload CSV or NPZ") from None
     reader = csv.reader(io.StringIO(text))
-    header = _csv_header(reader, label)
+    header, label = _csv_header(reader, label)
     li = header.index(label)
     rows = [_csv_row(r, reader.line_num, n, header) for n, r in enumerate(_data_rows(reader), start=1)]
     table = np.array(rows, dtype=np.float64).reshape(len(rows), len(header))
     _check_counts(len(rows), len(header) - 1)
-    return Parsed("csv", payload, len(rows), len(header) - 1, table[:, li], None)
+    return Parsed("csv", payload, len(rows), len(header) - 1, table[:, li], None, label)
 
 
-def _csv_header(reader: Any, label: str) -> list[str]:
+def _csv_header(reader: Any, label: str | None) -> tuple[list[str], str]:
+    """The header row and the label column: ``label``, else the first DEFAULT_LABEL_COLUMNS present."""
     try:
         header = next(reader)  # names kept verbatim: the worker looks the label up the same way
     except StopIteration:
@@ -110,11 +112,18 @@ def _csv_header(reader: Any, label: str) -> list[str]:
     duplicates = sorted({h for h in header if header.count(h) > 1})
     if duplicates:
         raise DatasetError(f"file: duplicate column name(s) {duplicates}")
+    if not label:
+        label = next((name for name in DEFAULT_LABEL_COLUMNS if name in header), None)
+        if label is None:
+            raise DatasetError(
+                f"label: no column named {', '.join(DEFAULT_LABEL_COLUMNS)} in the CSV header {header[:20]}; "
+                "name the label column (label=...)"
+            )
     if label not in header:
         raise DatasetError(f"label: column {label!r} is not in the CSV header {header[:20]}")
     if len(header) < 2:
         raise DatasetError("file: the CSV needs at least one feature column besides the label")
-    return header
+    return header, label
 
 
 def _data_rows(reader: Any) -> Any:
@@ -250,7 +259,7 @@ def create_dataset(
         sha256=hashlib.sha256(parsed.payload).hexdigest(),
         n_rows=parsed.n_rows,
         n_features=parsed.n_features,
-        label=label if parsed.fmt == "csv" else None,
+        label=parsed.label,
         task=decided,
         input_shape=parsed.input_shape,
         size_bytes=len(parsed.payload),

@@ -36,24 +36,54 @@ def create_remedy(
         raise HTTPException(
             409, f"job {job_id} is still {parent.status}; remedies follow a finished diagnosis"
         )
-    diagnoses = list(
-        session.scalars(select(Diagnosis).where(Diagnosis.job_id == job_id, Diagnosis.provisional.is_(False)))
-    )
-    chosen = chosen_patches(diagnoses, codes)
+    chosen = chosen_patches(final_diagnoses(session, job_id), codes)
     if not chosen:
         raise HTTPException(422, "nothing to remedy: no chosen diagnosis carries a fix")
-    spec = dict(parent.spec)
+    patch, remedy_spec = patched_spec(parent, chosen)
+    job, _ = create_job(session, project, remedy_spec, parent_id=parent.id, kind="remedy")
+    return job, {"applied": [d.code for d in chosen], "patch": patch}
+
+
+def final_diagnoses(session: Session, job_id: str) -> list[Diagnosis]:
+    return list(
+        session.scalars(select(Diagnosis).where(Diagnosis.job_id == job_id, Diagnosis.provisional.is_(False)))
+    )
+
+
+def patched_spec(parent: Job, chosen: list[Diagnosis]) -> tuple[dict[str, Any], JobSpec]:
+    """The chosen fixes merged into one patch, and the parent's spec with it applied (422 if invalid)."""
     patch: dict[str, Any] = {}
     for d in chosen:
         patch = merge_patch(patch, d.patch)
-    spec = merge_patch(spec, patch)
+    spec = merge_patch(dict(parent.spec), patch)
     spec["name"] = (parent.name or "job")[:190] + "-remedy"
     try:
-        remedy_spec = JobSpec.model_validate(spec)
+        return patch, JobSpec.model_validate(spec)
     except ValidationError as exc:
         raise HTTPException(422, f"the patched spec is invalid: {exc.errors()[0]['msg']}") from None
-    job, _ = create_job(session, project, remedy_spec, parent_id=parent.id, kind="remedy")
-    return job, {"applied": [d.code for d in chosen], "patch": patch}
+
+
+def remedy_offer(session: Session, job: Job) -> dict[str, Any]:
+    """What ``POST /v1/jobs/{id}/remedy`` would accept now, so clients offer nothing it would refuse:
+    ``available`` and ``applies`` for a request without a body (the codes whose fixes it would
+    apply), ``findings`` for the codes it accepts one at a time (``{"findings": [code]}``)."""
+    if job.status not in FINISHED_STATUSES:
+        return {"available": False, "applies": [], "findings": []}
+    diagnoses = final_diagnoses(session, job.id)
+    applies = _accepted(job, diagnoses, None)
+    findings = [d.code for d in diagnoses if d.patch and _accepted(job, diagnoses, [d.code])]
+    return {"available": bool(applies), "applies": applies, "findings": findings}
+
+
+def _accepted(job: Job, diagnoses: list[Diagnosis], codes: list[str] | None) -> list[str]:
+    """The codes create_remedy would apply for ``codes``, or [] where it would answer 422."""
+    try:
+        chosen = chosen_patches(diagnoses, codes)
+        if chosen:
+            patched_spec(job, chosen)
+    except HTTPException:
+        return []
+    return [d.code for d in chosen]
 
 
 def compare_with_remedies(session: Session, project: Project, job_id: str) -> dict[str, Any]:
