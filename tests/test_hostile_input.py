@@ -25,7 +25,9 @@ def api(api_server: str, token: str) -> httpx.Client:
 def _post_raw(api: httpx.Client, path: str, text: str) -> httpx.Response:
     """A JSON body written by hand: Python's json.dumps cannot write lone surrogates or NaN the way
     a hostile client can."""
-    return api.post(path, content=text.encode("utf-8", "surrogatepass"), headers={"Content-Type": "application/json"})
+    return api.post(
+        path, content=text.encode("utf-8", "surrogatepass"), headers={"Content-Type": "application/json"}
+    )
 
 
 def _spec_text(**fields: str) -> str:

@@ -69,6 +69,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import Connection, bindparam, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
+from models.budget import budget_problems, uploaded_shape
 from models.db import get_engine, session_scope, with_retries
 from models.jsonsafe import json_safe
 from models.settings import get_settings
@@ -466,6 +467,7 @@ def launch(session: Session, sweep: Sweep, spec: SweepSpec, first: int, k: int) 
     views = [] if spec.algorithm == "random" else load_views(session, sweep.id)
     job_ids: list[str] = []
     trials: list[SweepTrial] = []
+    shapes: dict[str, tuple[int, int] | None] = {}
     for i, (params, attrs) in enumerate(ask(spec, sweep.config["seed"], views, first, k)):
         number = first + i
         payload = trial_spec(sweep, spec, number, params)
@@ -473,16 +475,16 @@ def launch(session: Session, sweep: Sweep, spec: SweepSpec, first: int, k: int) 
             job_spec = JobSpec.model_validate(payload)
         except ValidationError as exc:
             trials.append(
-                SweepTrial(
-                    sweep_id=sweep.id,
-                    number=number,
-                    params=json_safe(params),
-                    system_attrs=attrs,
-                    state="failed",
-                    error=f"invalid spec: {exc.errors()[0]['msg']}",
-                    finished_at=utcnow(),
-                )
+                _failed_trial(sweep, number, params, attrs, f"invalid spec: {exc.errors()[0]['msg']}")
             )
+            continue
+        # The API checked each dimension's values; a combination of them can still be too big.
+        dataset = job_spec.data.dataset
+        if dataset not in shapes:
+            shapes[dataset] = uploaded_shape(session, sweep.project_id, dataset)
+        problems = budget_problems(job_spec, shapes[dataset])
+        if problems:
+            trials.append(_failed_trial(sweep, number, params, attrs, "over budget: " + "; ".join(problems)))
             continue
         payload = job_spec.model_dump(mode="json")
         job = Job(
@@ -510,6 +512,21 @@ def launch(session: Session, sweep: Sweep, spec: SweepSpec, first: int, k: int) 
     session.add_all(trials)  # the unit of work inserts the jobs first: trial rows refer to them
     session.flush()
     return job_ids
+
+
+def _failed_trial(
+    sweep: Sweep, number: int, params: dict[str, Any], attrs: dict[str, Any], error: str
+) -> SweepTrial:
+    """A sampled point that gets no job: its spec is invalid or over the budget."""
+    return SweepTrial(
+        sweep_id=sweep.id,
+        number=number,
+        params=json_safe(params),
+        system_attrs=attrs,
+        state="failed",
+        error=error,
+        finished_at=utcnow(),
+    )
 
 
 # Built once (a statement built per call costs more Python than its round trip).
@@ -656,16 +673,41 @@ def schedule(
         job_ids.append(trial.job_id or "")
     total = int(sweep.config["total"])
     launched, pending = state.launched, state.pending
-    target = spec.max_concurrency + lookahead(spec.max_concurrency, spec.algorithm)
-    while (room := min(target - pending, total - launched)) > 0:
+    # No more than the project may run at once, plus the lookahead, and never past its queue quota.
+    settings = get_settings()
+    concurrency = min(spec.max_concurrency, settings.max_running_jobs)
+    target = concurrency + lookahead(concurrency, spec.algorithm)
+    quota = settings.max_queued_jobs - _queued_jobs(session, sweep.project_id)
+    while (room := min(target - pending, total - launched, quota)) > 0:
         # A point whose spec is invalid becomes a failed trial without a job: sample again.
         new = launch(session, sweep, spec, launched, room)
         job_ids += new
         launched += room
         pending += len(new)
+        quota -= len(new)
     if pending == 0 and launched >= total:
         close(session, sweep, spec, "succeeded")
     return job_ids
+
+
+def _queued_jobs(session: Session, project_id: str) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).select_from(Job).where(Job.project_id == project_id, Job.status == "queued")
+        )
+        or 0
+    )
+
+
+def step_idle_sweeps() -> int:
+    """Run a step for running sweeps with no trial pending: one that could not launch while its
+    project's queue was full has no trial whose end would step it. Called by the reaper."""
+    active = select(SweepTrial.id).where(SweepTrial.sweep_id == Sweep.id, SweepTrial.state.in_(ACTIVE))
+    with session_scope() as session:
+        idle = session.scalars(select(Sweep.id).where(Sweep.status == "running", ~active.exists())).all()
+    for sweep_id in idle:
+        step(None, sweep_id)
+    return len(idle)
 
 
 def best_trial(session: Session, sweep_id: str, mode: str) -> SweepTrial | None:
@@ -852,6 +894,13 @@ def on_job_finished(job_id: str) -> None:
         stepper().submit(job_id, sweep_id if isinstance(sweep_id, str) else None)
     except Exception:
         log.exception("job %s: sweep scheduling after the trial failed", job_id)
+
+
+def passed_over(job_id: str) -> None:
+    """This process's delivery of ``job_id`` ran another job, whose project's turn it was (see
+    worker.fairness): the end hook for ``job_id`` has nothing to record; its job waits for its next
+    message."""
+    _trial_sweeps[job_id] = None
 
 
 def flush_steps(timeout: float = 10.0) -> bool:

@@ -41,13 +41,18 @@ def differences(session: Session, parent: JobSpec, child: JobSpec) -> list[str]:
     return diffs
 
 
+def check_parent_exists(session: Session, project: Project, job_id: str) -> Job:
+    parent = session.scalars(select(Job).where(Job.id == job_id, Job.project_id == project.id)).one_or_none()
+    if parent is None:
+        raise HTTPException(422, f"init_from.job: job {job_id} not found in this project")
+    return parent
+
+
 def check_init_from(session: Session, project: Project, spec: JobSpec) -> None:
     ref = spec.init_from
     if ref is None:
         return
-    parent = session.scalars(select(Job).where(Job.id == ref.job, Job.project_id == project.id)).one_or_none()
-    if parent is None:
-        raise HTTPException(422, f"init_from.job: job {ref.job} not found in this project")
+    parent = check_parent_exists(session, project, ref.job)
     has_checkpoint = session.scalar(
         select(Checkpoint.id).where(Checkpoint.job_id == ref.job, Checkpoint.kind == ref.checkpoint).limit(1)
     )

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from fastapi import HTTPException
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.services.finetune import check_init_from
@@ -45,10 +45,36 @@ def check_datasets_exist(session: Session, project: Project, spec: JobSpec) -> t
 
 
 def check_budget(spec: JobSpec, uploaded: tuple[int, int] | None) -> None:
-    settings = get_settings()
-    problems = budget_problems(spec, settings.max_parameters, settings.max_data_bytes, uploaded)
+    problems = budget_problems(spec, uploaded)
     if problems:
         raise HTTPException(422, "; ".join(problems))
+
+
+def admit_spec(session: Session, project: Project, spec: JobSpec) -> None:
+    """What a spec must satisfy before a job may exist, whichever route creates it (jobs, sweeps and
+    studies, remedies, fine-tunes): its uploaded datasets and its init_from job are this project's,
+    and it fits the budget (models.budget). A 422 naming the field otherwise."""
+    check_budget(spec, check_datasets_exist(session, project, spec))
+    check_init_from(session, project, spec)
+
+
+def check_queue_room(session: Session, project: Project, adding: int = 1) -> None:
+    """429 when the project already has SADDLE_MAX_QUEUED_JOBS jobs waiting."""
+    limit = get_settings().max_queued_jobs
+    queued = queued_jobs(session, project.id)
+    if queued + adding > limit:
+        raise HTTPException(
+            429,
+            f"project quota: {queued:,} jobs queued; at most {limit:,} may wait at once "
+            "(SADDLE_MAX_QUEUED_JOBS); retry when some have started",
+            headers={"Retry-After": "30"},
+        )
+
+
+def queued_jobs(session: Session, project_id: str) -> int:
+    return session.scalar(
+        select(func.count()).select_from(Job).where(Job.project_id == project_id, Job.status == "queued")
+    )
 
 
 def create_job(
@@ -68,8 +94,8 @@ def create_job(
         existing = find_by_idempotency_key(session, project, idempotency_key)
         if existing is not None:
             return _replay(existing, digest), False
-    check_budget(spec, check_datasets_exist(session, project, spec))
-    check_init_from(session, project, spec)
+    admit_spec(session, project, spec)
+    check_queue_room(session, project)
     if spec.init_from is not None:
         fields.setdefault("parent_id", spec.init_from.job)  # the fine-tuned job records its parent
     job = Job(

@@ -16,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
+from api.services.finetune import check_init_from, check_parent_exists
 from api.services.idempotency import check_same_body, commit_or_winner
-from api.services.jobs import check_datasets_exist, request_hash
+from api.services.jobs import check_budget, check_datasets_exist, check_queue_room, request_hash
 from api.services.query import decode_keyset, encode_keyset
-from models.spec import JobSpec
+from models.spec import MAX_TAGS, JobSpec
 from models.tables import Job, Project, Sweep, SweepTrial, new_id
 from worker import sweeps as engine
 from worker.sweeps import MAX_GRID_POINTS, Dim, SweepSpec
@@ -100,10 +101,19 @@ def plan(session: Session, project: Project, body: SweepSpec) -> int:
     else:
         total = body.max_trials
 
+    if len(body.base.tags) > MAX_TAGS - 2:  # each trial's job adds the tags sweep and trial
+        raise _invalid(("base", "tags"), f"at most {MAX_TAGS - 2} tags: trials add 'sweep' and 'trial'")
+    check = _SpecCheck(session, project)
+    try:  # the base's own datasets and parent first, so their errors name the base
+        check_datasets_exist(session, project, body.base)
+        if body.base.init_from is not None:
+            check_parent_exists(session, project, body.base.init_from.job)
+    except HTTPException as exc:
+        raise _invalid(("base",), str(exc.detail)) from None
     base = body.base.model_dump(mode="json")
     firsts = {path: dim.candidates()[0] for path, dim in body.space.items()}
     for path, dim in body.space.items():
-        for i, value in enumerate(dim.candidates()):
+        for value in dim.candidates():
             payload = copy.deepcopy(base)
             for other, first in firsts.items():
                 engine.set_path(payload, other, first)
@@ -116,10 +126,35 @@ def plan(session: Session, project: Project, body: SweepSpec) -> int:
                 raise _invalid(
                     ("space", path), f"value {value!r} gives an invalid spec: {where}: {err['msg']}"
                 ) from None
-            # Uploaded datasets must exist in this project: the base's, and each one the space names.
-            if i == 0 or path in ("data.dataset", "data.test_dataset"):
-                check_datasets_exist(session, project, spec)
+            try:
+                check(spec)
+            except HTTPException as exc:
+                raise _invalid(("space", path), f"value {value!r}: {exc.detail}") from None
     return total
+
+
+class _SpecCheck:
+    """The checks of api.services.jobs.admit_spec for each candidate spec of a sweep: the budget
+    (pure arithmetic, every time) and the project's datasets and init_from job (database reads,
+    once per distinct value: a choice over 1,000 learning rates reads the base's dataset once)."""
+
+    def __init__(self, session: Session, project: Project) -> None:
+        self.session, self.project = session, project
+        self.shapes: dict[tuple[str, str | None], tuple[int, int] | None] = {}
+        self.parents: set[str] = set()
+
+    def __call__(self, spec: JobSpec) -> None:
+        datasets = (spec.data.dataset, spec.data.test_dataset)
+        if datasets not in self.shapes:
+            self.shapes[datasets] = check_datasets_exist(self.session, self.project, spec)
+        check_budget(spec, self.shapes[datasets])
+        if spec.init_from is not None:
+            key = (
+                spec.init_from.model_dump_json() + spec.model.model_dump_json() + spec.data.model_dump_json()
+            )
+            if key not in self.parents:
+                check_init_from(self.session, self.project, spec)
+                self.parents.add(key)
 
 
 # ----- create, read, list, cancel -----------------------------------------------------------------
@@ -149,6 +184,7 @@ def create_sweep(
         if existing is not None:
             return _replay(existing, digest), False
     total = plan(session, project, body)
+    check_queue_room(session, project)  # its first trial must be able to wait in the queue
     sweep_id = new_id()
     sweep = Sweep(
         id=sweep_id,
