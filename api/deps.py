@@ -33,3 +33,13 @@ def current_project(session: SessionDep, authorization: Annotated[str | None, He
 
 
 ProjectDep = Annotated[Project, Depends(current_project)]
+
+
+def project_without_session(authorization: Annotated[str | None, Header()] = None) -> Project:
+    """current_project in a session of its own, closed before the handler runs: for handlers that
+    work a long while without the database (uploads), so they hold no pooled connection meanwhile."""
+    with session_scope() as session:
+        return current_project(session, authorization)
+
+
+ProjectOnlyDep = Annotated[Project, Depends(project_without_session)]

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict
 
-from api.deps import ProjectDep, SessionDep
+from api.deps import ProjectDep, ProjectOnlyDep, SessionDep
+from api.limits import text_problem
+from api.schemas import ErrorOut
 from api.services import datasets as svc
 from models.settings import get_settings
 
@@ -31,10 +38,9 @@ class DatasetOut(BaseModel):
     created_at: datetime
 
 
-@router.post("", status_code=201, response_model=DatasetOut)
-def upload_dataset(
-    session: SessionDep,
-    project: ProjectDep,
+@router.post("", status_code=201, response_model=DatasetOut, responses={503: {"model": ErrorOut}})
+async def upload_dataset(
+    project: ProjectOnlyDep,
     file: Annotated[UploadFile, File(description="CSV with a header row, or NPZ with arrays X and y")],
     name: Annotated[str, Form(min_length=1, max_length=200)],
     label: Annotated[
@@ -45,11 +51,44 @@ def upload_dataset(
     ] = None,
     task: Annotated[str, Form(pattern="^(auto|classification|regression)$")] = "auto",
 ) -> DatasetOut:
-    # A plain def: the service works on a synchronous session, so this runs in the thread pool.
+    """The body was spooled to disk as it arrived (at most SADDLE_MAX_REQUEST_BYTES). Validation
+    runs in at most SADDLE_UPLOAD_SLOTS threads at once: the others wait here, on the event loop,
+    holding neither a worker thread nor a database connection, so other requests still answer."""
+    for field, value in (("name", name), ("label", label or "")):
+        problem = text_problem(value)
+        if problem:
+            raise HTTPException(422, f"{field}: {problem}")
+    async with upload_slot():
+        row = await run_in_threadpool(_validate_and_store, project, file, name, label, task)
+    return DatasetOut.model_validate(row)
+
+
+def _validate_and_store(project, file: UploadFile, name: str, label: str | None, task: str):  # noqa: ANN001, ANN202
     # One byte past the cap is enough to know the upload is too large without reading all of it.
     payload = file.file.read(svc.size_cap() + 1)
-    row = svc.create_dataset(session, project, name, payload, file.filename, label, task)
-    return DatasetOut.model_validate(row)
+    return svc.create_dataset(project, name, payload, file.filename, label, task)
+
+
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def upload_slot() -> AsyncIterator[None]:
+    """One of SADDLE_UPLOAD_SLOTS per process (per event loop); 503 after SADDLE_UPLOAD_WAIT_SECONDS."""
+    settings = get_settings()
+    loop = asyncio.get_running_loop()
+    slots = _slots.setdefault(loop, asyncio.Semaphore(settings.upload_slots))
+    try:
+        async with asyncio.timeout(settings.upload_wait_seconds):
+            await slots.acquire()
+    except TimeoutError:
+        raise HTTPException(
+            503, "uploads: every validation slot is busy; retry shortly", headers={"Retry-After": "5"}
+        ) from None
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 @router.get("", response_model=list[DatasetOut])
