@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ from models.tables import Checkpoint, Job, Spectrum
 from worker.hessian import classify_critical_point, spectrum
 from worker.lifecycle import Claim, fenced_update
 from worker.training import Trainer, load_checkpoint
+
+log = logging.getLogger("saddle.worker")
 
 BATCH = 1024
 # The exact spectrum costs one HVP per parameter; Lanczos reaches 1e-4 relative accuracy in tens of
@@ -144,7 +147,24 @@ def record_best(claim: Claim, trainer: Trainer) -> None:
 
 
 def on_demand_spectrum(job_id: str, checkpoint_id: int, settings: dict[str, Any]) -> int:
-    """A spectrum of a stored checkpoint with other settings (POST .../checkpoints/{id}/spectrum)."""
+    """A spectrum of a stored checkpoint with other settings (POST .../checkpoints/{id}/spectrum).
+    The API answered 202; if the spectrum fails, the failure goes where training-time ones go,
+    ``summary.analysis_errors`` of the job, instead of only into this worker's log."""
+    try:
+        return _on_demand_spectrum(job_id, checkpoint_id, settings)
+    except Exception as exc:
+        log.exception("job %s: on-demand spectrum of checkpoint %s failed", job_id, checkpoint_id)
+        note = f"on-demand spectrum of checkpoint {checkpoint_id}: {type(exc).__name__}: {exc}"
+        with session_scope() as session:
+            job = session.get(Job, job_id, with_for_update=True)
+            if job is not None:
+                summary = dict(job.summary or {})
+                summary["analysis_errors"] = [*summary.get("analysis_errors", []), note.splitlines()[0]]
+                job.summary = summary
+        return -1
+
+
+def _on_demand_spectrum(job_id: str, checkpoint_id: int, settings: dict[str, Any]) -> int:
     from models.spec import JobSpec
     from worker.recorders import MemoryRecorder
     from worker.runner import prepare_data

@@ -496,8 +496,10 @@ class _LanczosRun:
         self, op: _HessianOperator, top_k: int, bottom_k: int, tol: float, max_iter: int, seed: int
     ) -> None:
         self.op, self.top_k, self.bottom_k, self.tol = op, top_k, bottom_k, tol
-        self.m_max = min(max_iter, op.n)
         self.min_iter = min(op.n, top_k + bottom_k + 8)
+        # The Krylov space must hold every wanted Ritz value: a cap below min_iter (top_k 100 with
+        # max_iter 100) ended the run before its first eigendecomposition, with no values at all.
+        self.m_max = min(max(max_iter, self.min_iter), op.n)
         self.gen = torch.Generator().manual_seed(seed)
         self.basis = torch.empty(self.m_max, op.n, dtype=op.dtype, device=op.flat.device)
         self.eps = torch.finfo(op.dtype).eps

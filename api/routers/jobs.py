@@ -145,8 +145,8 @@ def list_diagnoses(job_id: str, session: SessionDep, project: ProjectDep) -> lis
 class RemedyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    findings: list[str] | None = Field(
-        None, description="codes whose fixes to apply; default: the verdict's fix"
+    findings: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, max_length=64, description="codes whose fixes to apply; default: the verdict's fix"
     )
 
 
@@ -156,14 +156,23 @@ class RemedyOut(BaseModel):
     patch: dict[str, Any]
 
 
-@router.post("/{job_id}/remedy", status_code=201, response_model=RemedyOut)
+@router.post(
+    "/{job_id}/remedy", status_code=201, response_model=RemedyOut, responses={200: {"model": RemedyOut}}
+)
 def remedy(
     job_id: str,
     session: SessionDep,
     project: ProjectDep,
+    response: Response,
     body: Annotated[RemedyRequest | None, Body()] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> RemedyOut:
-    job, what = remedies.create_remedy(session, project, job_id, body.findings if body else None)
+    """201 with the new remedy job; 200 with the same job when this remedy (the same parent and
+    fixes, or the same Idempotency-Key) was already made."""
+    findings = body.findings if body else None
+    job, what, created = remedies.create_remedy(session, project, job_id, findings, idempotency_key)
+    if not created:
+        response.status_code = 200
     return RemedyOut(job=JobOut.model_validate(job), **what)
 
 

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.services.jobs import create_job, get_job
+from api.services.jobs import create_job, get_job, request_hash
 from models.patch import merge_patch
 from models.spec import JobSpec
 from models.tables import FINISHED_STATUSES, Diagnosis, Job, Project
@@ -29,8 +29,15 @@ def chosen_patches(diagnoses: list[Diagnosis], codes: list[str] | None) -> list[
 
 
 def create_remedy(
-    session: Session, project: Project, job_id: str, codes: list[str] | None
-) -> tuple[Job, dict]:
+    session: Session,
+    project: Project,
+    job_id: str,
+    codes: list[str] | None,
+    idempotency_key: str | None = None,
+) -> tuple[Job, dict, bool]:
+    """The remedy job, what it applied, and whether it was created now. Idempotent: without an
+    Idempotency-Key, the key is the parent and the fixes applied, so retries and concurrent clicks
+    of the same remedy make one job (a second identical run would repeat the first exactly)."""
     parent = get_job(session, project, job_id)
     if parent.status not in FINISHED_STATUSES:
         raise HTTPException(
@@ -40,8 +47,13 @@ def create_remedy(
     if not chosen:
         raise HTTPException(422, "nothing to remedy: no chosen diagnosis carries a fix")
     patch, remedy_spec = patched_spec(parent, chosen)
-    job, _ = create_job(session, project, remedy_spec, parent_id=parent.id, kind="remedy")
-    return job, {"applied": [d.code for d in chosen], "patch": patch}
+    applied = [d.code for d in chosen]
+    request = {"remedy_of": parent.id, "applied": sorted(applied)}
+    key = idempotency_key or f"remedy:{parent.id}:{request_hash(request)[:16]}"
+    job, created = create_job(
+        session, project, remedy_spec, key, request=request, parent_id=parent.id, kind="remedy"
+    )
+    return job, {"applied": applied, "patch": patch}, created
 
 
 def final_diagnoses(session: Session, job_id: str) -> list[Diagnosis]:
