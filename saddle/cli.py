@@ -313,9 +313,32 @@ def _when(stamp: str | None) -> str:
     return stamp[:19].replace("T", " ") if stamp else "-"
 
 
+def apply_overrides(spec: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """``--set data.train_size=200``: a dotted path and a YAML value (``[64, 64]``, ``null``, ``0.01``)."""
+    import yaml
+
+    for assignment in assignments:
+        path, sep, raw = assignment.partition("=")
+        if not sep or not path:
+            raise UsageError(f"--set {assignment!r}: expected PATH=VALUE, e.g. optimizer.lr=0.01")
+        *parents, leaf = path.split(".")
+        node = spec
+        for key in parents:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise UsageError(f"--set {assignment!r}: {key} is not a mapping in the spec")
+            node = child
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--set {assignment!r}: the value is not YAML: {exc}") from None
+    return spec
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     client = _client(args)
-    job = client.submit(load_spec_file(args.spec), args.idempotency_key)
+    spec = apply_overrides(load_spec_file(args.spec), args.set or [])
+    job = client.submit(spec, args.idempotency_key)
     if not args.watch:
         if args.json:
             _print_json(job)
@@ -682,6 +705,33 @@ def cmd_sweep_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+STUDIES = ("depth", "batch-size", "batch-size-timing")
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """A checklist experiment in one call: depth and batch-size studies are sweeps (followed with
+    `saddle sweep status`), a batch-size timing study is a job (followed like any job)."""
+    client = _client(args)
+    body = _load_yaml(args.file)
+    if not isinstance(body, dict):
+        raise UsageError(f"{args.file}: a study must be a mapping")
+    made = _sweeps_call(args, lambda: client.create_study(args.kind, body, args.idempotency_key))
+    is_job = args.kind == "batch-size-timing"
+    if args.watch and is_job:
+        print(f"study {made['id']} submitted", file=sys.stderr)
+        return watch(client, made["id"], args.json)
+    if args.watch:
+        args.sweep = made["id"]
+        return cmd_sweep_status(args)
+    if args.json:
+        _print_json(made)
+        return EXIT_OK
+    print(made["id"])
+    follow = f"saddle show {made['id']}" if is_job else f"saddle sweep status {made['id']} --watch"
+    print(f"follow it: {follow}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_dataset_upload(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
@@ -787,6 +837,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="submit a JobSpec (YAML or JSON file, - for stdin)", parents=[api])
     p.add_argument("spec")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="PATH=VALUE",
+        help="override a field, e.g. --set epochs=5 --set init_from.job=ID; repeatable",
+    )
     p.add_argument("--watch", action="store_true", help="show progress until the job ends, then its result")
     p.add_argument("--idempotency-key")
     p.set_defaults(func=cmd_submit)
@@ -850,6 +906,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--watch", action="store_true", help="show progress until the sweep ends, then its result")
     s.set_defaults(func=cmd_sweep_status)
 
+    p = sub.add_parser(
+        "study",
+        help="a one-call study: depth, batch-size (sweeps) or batch-size-timing (a job); see examples/",
+        parents=[api],
+    )
+    p.add_argument("kind", choices=STUDIES)
+    p.add_argument("file", help="the study's YAML/JSON body, e.g. examples/study-depth.yaml")
+    p.add_argument("--watch", action="store_true", help="follow it until it ends")
+    p.add_argument("--idempotency-key")
+    p.set_defaults(func=cmd_study)
+
     p = sub.add_parser("dataset", help="uploaded datasets")
     dsub = p.add_subparsers(dest="dataset_command", required=True)
     d = dsub.add_parser(
@@ -867,7 +934,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="embedded mode: SQLite, filesystem broker, a real worker; runs an example job"
     )
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="the API's port (default 8000, or $SADDLE_DEMO_PORT; when taken, the next free one)",
+    )
     p.add_argument("--spec", default=None, help="spec to run instead of the built-in example")
     p.add_argument("--exit", action="store_true", help="stop the services after the job instead of serving")
     p.set_defaults(func=cmd_demo)

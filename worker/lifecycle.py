@@ -32,6 +32,25 @@ class LeaseLost(RuntimeError):
     """This worker's attempt is no longer the current one; it must stop writing."""
 
 
+# A worker that is asked to stop (SIGTERM: Celery's warm shutdown) must not wait for its jobs to
+# end, which can take hours: worker.tasks sets this flag in each pool process, the heartbeat turns it
+# into a stop reason, and run_claimed puts the job back on its queue for another worker, which
+# resumes it from its newest checkpoint. The reason starts with "lease lost" because that is how
+# every job body (runner._train, timing) already recognises "stop now and write nothing more".
+_shutting_down = threading.Event()
+WORKER_SHUTTING_DOWN = "lease lost: this worker is shutting down; the job goes back to its queue"
+
+
+def stop_for_shutdown() -> None:
+    """Running jobs of this process stop at their next step and go back to their queue."""
+    _shutting_down.set()
+
+
+class ShuttingDown(Exception):
+    """A delivery reached a worker on its way out (Celery may hand it one more message while its
+    pool drains): the job is not claimed, and worker.tasks puts the message back on the queue."""
+
+
 @dataclass(frozen=True)
 class Claim:
     job_id: str
@@ -136,6 +155,9 @@ class Heartbeat(threading.Thread):
             self.beat()
 
     def beat(self) -> None:
+        if _shutting_down.is_set():
+            self.reason = WORKER_SHUTTING_DOWN
+            return
         if time.monotonic() > self.deadline:
             self.reason = f"time limit of {self.max_minutes:g} minutes (resources.max_minutes) reached"
             return
@@ -164,6 +186,8 @@ def run_claimed(
     """Claim the job, keep a heartbeat while ``work`` runs, and report how it ended: the status
     ``work`` returns, 'skipped' when the job must not run here, or 'lease_lost' when another attempt
     took it over."""
+    if _shutting_down.is_set():
+        raise ShuttingDown(f"job {job_id}: not started, this worker is shutting down")
     job_claim = claim(job_id, admit)
     if job_claim is None:
         return "skipped"
@@ -173,7 +197,37 @@ def run_claimed(
     try:
         return work(job_claim, spec, heartbeat)
     except LeaseLost as exc:
+        if _shutting_down.is_set() and hand_back(job_claim):
+            return "lease_lost"  # given up rather than lost: the job is queued again
         log.warning("%s", exc)
         return "lease_lost"
     finally:
         heartbeat.stop()
+
+
+def hand_back(claim: Claim) -> bool:
+    """Queued again with its attempt token cleared (fencing out this worker) and a new message on its
+    queue: the worker that takes it resumes it from its newest checkpoint as a new attempt. False
+    when the lease was lost anyway."""
+    from worker.celery_app import enqueue_job
+
+    def transaction() -> tuple[str, str | None] | None:
+        with session_scope() as session:
+            row = session.execute(
+                update(Job)
+                .where(Job.id == claim.job_id, Job.attempt_token == claim.token)
+                .values(status="queued", attempt_token=None, heartbeat_at=None)
+                .returning(Job.kind, Job.queue)
+            ).first()
+            return (row[0], row[1]) if row else None
+
+    queued = with_retries(transaction)
+    if queued is None:
+        return False
+    try:
+        enqueue_job(claim.job_id, *queued)
+    except Exception:  # the broker is away: the reaper re-enqueues queued jobs once it is back
+        log.exception("job %s: queued again, but its message could not be sent", claim.job_id)
+        return True
+    log.info("job %s: handed back to its queue; this worker is shutting down", claim.job_id)
+    return True

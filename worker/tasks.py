@@ -2,43 +2,74 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
+import billiard.process
 from celery.exceptions import Reject
+from celery.signals import task_prerun, worker_shutting_down
 
 from worker.celery_app import ON_DEMAND_SPECTRUM, RUN_JOB, app
 from worker.curvature import on_demand_spectrum
-from worker.lifecycle import DatabaseAway
+from worker.lifecycle import DatabaseAway, ShuttingDown, stop_for_shutdown
 from worker.runner import run_job
 from worker.sweeps import connect_signals
 from worker.timing import BATCH_TIMING_TASK, run_study
 
+# Sent by a worker's main process to its pool processes when it starts shutting down. Not SIGTERM:
+# billiard terminates pool processes with SIGTERM and expects them to die of it.
+SHUTDOWN_SIGNAL = signal.SIGUSR2
 
-def requeue_while_database_away(run: Callable[..., Any], *args: Any) -> Any:
-    """A task whose job could not be claimed because the database stayed away goes back on its queue
-    (acks are late: a failed task would be acked, and its queued job left with no message)."""
+
+def requeue_unclaimed(run: Callable[..., Any], *args: Any) -> Any:
+    """A task whose job could not be claimed, because the database stayed away or this worker is
+    shutting down, goes back on its queue (acks are late: a failed task would be acked, and its
+    queued job left with no message)."""
     try:
         return run(*args)
     except DatabaseAway as exc:
         raise Reject(f"database unreachable: {exc}", requeue=True) from exc
+    except ShuttingDown as exc:
+        raise Reject(str(exc), requeue=True) from exc
 
 
 @app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True)
 def run_job_task(job_id: str) -> str:
-    return requeue_while_database_away(run_job, job_id)
+    return requeue_unclaimed(run_job, job_id)
 
 
 @app.task(name=BATCH_TIMING_TASK, acks_late=True, reject_on_worker_lost=True)
 def batch_size_timing_task(job_id: str) -> str:
     """A batch-size timing study (a Job row of kind "study"); see worker.timing."""
-    return requeue_while_database_away(run_study, job_id)
+    return requeue_unclaimed(run_study, job_id)
 
 
 @app.task(name=ON_DEMAND_SPECTRUM, acks_late=True, reject_on_worker_lost=True)
 def on_demand_spectrum_task(job_id: str, checkpoint_id: int, settings: dict) -> int:
-    return requeue_while_database_away(on_demand_spectrum, job_id, checkpoint_id, settings)
+    return requeue_unclaimed(on_demand_spectrum, job_id, checkpoint_id, settings)
 
 
 # A sweep trial's worker also runs its pruning watcher (see worker.sweeps).
 connect_signals()
+
+
+# ----- shutdown: a worker asked to stop hands its running jobs back instead of finishing them
+@task_prerun.connect(weak=False)
+def _listen_for_shutdown(**_: Any) -> None:
+    """In the pool process, before each task: the main process's shutdown signal stops its job.
+    (Not at worker_process_init: billiard resets SIGUSR2 to its own exit handler after that.)"""
+    with contextlib.suppress(ValueError):  # a threads pool: only the main thread takes signals
+        signal.signal(SHUTDOWN_SIGNAL, lambda *_: stop_for_shutdown())
+
+
+@worker_shutting_down.connect(weak=False)
+def _forward_shutdown(**_: Any) -> None:
+    """In the main process, on SIGTERM/SIGINT/SIGQUIT: its pool processes stop their jobs (a solo or
+    threads pool runs them here, hence the flag in this process too)."""
+    stop_for_shutdown()
+    for child in billiard.process.active_children():
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            os.kill(child.pid, SHUTDOWN_SIGNAL)
