@@ -77,6 +77,9 @@ class Project(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # When a worker last started one of its jobs: projects take turns for free worker slots, the
+    # one served longest ago first (worker.fairness).
+    last_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ApiToken(Base):
@@ -159,9 +162,21 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when a delivery found its project at SADDLE_MAX_RUNNING_JOBS: the job waits without a
+    # message until one of its project's jobs ends (worker.fairness.release sends it again).
+    parked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         UniqueConstraint("project_id", "idempotency_key", name="uq_jobs_idempotency"),
+        # The jobs waiting for a worker, by pool and project: what each claim's fair turn reads.
+        Index(
+            "ix_jobs_waiting",
+            "queue",
+            "project_id",
+            "created_at",
+            postgresql_where=text("status = 'queued'"),
+            sqlite_where=text("status = 'queued'"),
+        ),
         # The list endpoint pages newest first within a project, often filtered by status or verdict.
         Index("ix_jobs_project_created", "project_id", "created_at", "id"),
         Index("ix_jobs_project_status_created", "project_id", "status", "created_at"),

@@ -19,11 +19,13 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from models.budget import spec_problems
 from models.db import session_scope, with_retries
 from models.jsonsafe import json_safe
 from models.settings import get_settings
 from models.spec import JobSpec
 from models.tables import FINISHED_STATUSES, Job, new_id, utcnow
+from worker import fairness, sweeps
 
 log = logging.getLogger("saddle.worker")
 
@@ -78,22 +80,43 @@ class DatabaseAway(Exception):
 
 
 def claim(job_id: str, admit: Admit | None = None) -> Claim | None:
-    """Take the job for this worker, or return None when it must not run here.
+    """Take a job for this worker: ``job_id``, or the queued job whose project's turn it is (see
+    worker.fairness; the claim names which). None when none must run here.
 
     A database outage is waited out; one that outlasts the retries raises DatabaseAway."""
+    passed_over: list[tuple[str, str, str | None]] = []
+
+    def transaction() -> Claim | None:
+        passed_over.clear()
+        return _claim(job_id, admit, passed_over)
+
     try:
-        return with_retries(lambda: _claim(job_id, admit))
+        taken = with_retries(transaction)
     except DBAPIError as exc:
         if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
             raise
         raise DatabaseAway(str(exc).splitlines()[0]) from exc
+    for job in passed_over:  # after the commit: its message went to the job that took its turn
+        fairness.resend(*job)
+    return taken
 
 
-def _claim(job_id: str, admit: Admit | None = None) -> Claim | None:
+def _claim(
+    job_id: str, admit: Admit | None = None, passed_over: list[tuple[str, str, str | None]] | None = None
+) -> Claim | None:
     with session_scope() as session:
         job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
         if job is None or job.status in FINISHED_STATUSES:
             return None
+        if job.status == "queued" and not job.cancel_requested:
+            turn = fairness.fair_turn(session, job)
+            if turn is None:
+                fairness.park(job)
+                return None
+            if turn is not job:
+                if passed_over is not None:
+                    passed_over.append((job.id, job.kind, job.queue))
+                job = turn
         if admit is not None and not admit(session, job):
             return None
         now = utcnow()
@@ -110,6 +133,8 @@ def _claim(job_id: str, admit: Admit | None = None) -> Claim | None:
         job.attempt_token = new_id()
         job.status, job.heartbeat_at, job.worker = "running", now, socket.gethostname()
         job.started_at = job.started_at or now
+        job.parked_at = None
+        fairness.started(session, job.project_id)
         return Claim(job.id, job.attempt_token, job.attempts, dict(job.spec), job.project_id)
 
 
@@ -191,11 +216,14 @@ def run_claimed(
     job_claim = claim(job_id, admit)
     if job_claim is None:
         return "skipped"
+    took_turn = job_claim.job_id != job_id
+    if took_turn and admit is not None:
+        sweeps.passed_over(job_id)  # the caller's end hook for job_id has nothing to record
     spec = JobSpec.model_validate(job_claim.spec)
     heartbeat = Heartbeat(job_claim, spec.resources.max_minutes)
     heartbeat.start()
     try:
-        return work(job_claim, spec, heartbeat)
+        status = refuse_over_budget(job_claim, spec) or work(job_claim, spec, heartbeat)
     except LeaseLost as exc:
         if _shutting_down.is_set() and hand_back(job_claim):
             return "lease_lost"  # given up rather than lost: the job is queued again
@@ -203,6 +231,35 @@ def run_claimed(
         return "lease_lost"
     finally:
         heartbeat.stop()
+        release_safely(job_claim.project_id)
+    if took_turn and admit is not None:
+        sweeps.on_job_finished(job_claim.job_id)  # the hook the caller runs for job_id, for this job
+    return status
+
+
+def refuse_over_budget(job_claim: Claim, spec: JobSpec) -> str | None:
+    """Fail the job before anything is allocated when its spec exceeds the budget (models.budget): a
+    row the API did not write, or written under larger limits. None when it fits."""
+
+    def problems() -> list[str]:
+        with session_scope() as session:
+            return spec_problems(session, job_claim.project_id, spec)
+
+    found = with_retries(problems)
+    if not found:
+        return None
+    error = "over budget: " + "; ".join(found)
+    log.warning("job %s: %s", job_claim.job_id, error)
+    finish(job_claim, "failed", error=error)
+    return "failed"
+
+
+def release_safely(project_id: str) -> None:
+    """A job of the project ended: its parked jobs may start (never raises; the reaper retries)."""
+    try:
+        fairness.release(project_id)
+    except Exception:
+        log.exception("could not release parked jobs of project %s", project_id)
 
 
 def hand_back(claim: Claim) -> bool:

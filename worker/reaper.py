@@ -31,6 +31,7 @@ from sqlalchemy import select, update
 from models.db import session_scope
 from models.settings import get_settings
 from models.tables import Job, utcnow
+from worker import fairness, sweeps
 from worker.celery_app import RUN_JOB, TASK_FOR_KIND, enqueue_job
 
 log = logging.getLogger("saddle.reaper")
@@ -53,6 +54,9 @@ def requeue_stale_running() -> list[str]:
 
 def requeue_all_queued() -> int:
     with session_scope() as session:
+        # Parked jobs had no message; now every queued job has one again, and a parked one is told
+        # to wait again by its claim if its project still runs its quota.
+        session.execute(update(Job).where(Job.status == "queued").values(parked_at=None))
         rows = session.execute(select(Job.id, Job.kind, Job.queue).where(Job.status == "queued")).all()
     for job_id, kind, queue in rows:
         _enqueue(job_id, kind, queue)
@@ -142,6 +146,11 @@ class Reaper(threading.Thread):
 
     def once(self) -> None:
         requeue_stale_running()
+        # Parked jobs whose project is below its running quota again (a job's end normally sends
+        # them; its worker may have died first), and sweeps that could not launch while their
+        # project's queue was full.
+        fairness.release()
+        sweeps.step_idle_sweeps()
         try:
             requeue_unclaimed_deliveries()
         except Exception as exc:  # the broker is away: the next round looks again
