@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install clean bench
+.PHONY: demo test lint install clean bench docs
 
 $(BIN)/saddle: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,8 +13,13 @@ $(BIN)/saddle: pyproject.toml
 
 install: $(BIN)/saddle
 
+# make demo ARGS="--port 8100" (or --exit, --spec FILE): options of `saddle demo`.
 demo: install
-	$(BIN)/saddle demo
+	$(BIN)/saddle demo $(ARGS)
+
+# The JobSpec reference, generated from models/spec.py (tests/test_first_hour_docs.py checks it).
+docs: install
+	$(BIN)/python docs/generate_jobspec.py
 
 # Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (see README); `.ci/run` starts them.
 test: install

@@ -28,13 +28,18 @@ SCHEDULE_FIELDS = {
 }
 
 
+# Stored specs come back with their keys in the database's order; these read best first.
+MODEL_ORDER = ("arch", "hidden", "channels", "activation", "norm", "norm_position", "dropout", "init")
+
+
 def model_view(model: dict[str, Any]) -> dict[str, Any]:
     """A linear model is one layer: no hidden layers, activation, norm or dropout; only cnn has
     channels; norm_position matters only with a norm; init.std only for normal weights."""
     arch = model.get("arch", "mlp")
-    keep = dict(model)
+    order = [*MODEL_ORDER, *(k for k in model if k not in MODEL_ORDER)]
+    keep = {k: model[k] for k in order if k in model}
     if arch == "linear":
-        keep = {k: v for k, v in model.items() if k in ("arch", "init")}
+        keep = {k: v for k, v in keep.items() if k in ("arch", "init")}
     if arch != "cnn":
         keep.pop("channels", None)
     if keep.get("norm", "none") == "none":
