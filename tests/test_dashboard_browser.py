@@ -152,7 +152,13 @@ def test_dashboard_live_progress_diagnosis_and_remedy(
     seen = wait_epoch(browser, f"{header} [data-testid=epoch]")
     wait_epoch(browser, f"{header} [data-testid=epoch]", above=seen)
     wait_for("the loss chart", lambda: browser.find_elements(By.CSS_SELECTOR, "[data-chart=loss] canvas"))
-    browser.find_element(By.CSS_SELECTOR, f"{header} button.danger").click()
+    # Cancel asks first: "Keep running" leaves the job alone, "Yes, cancel it" stops it.
+    browser.find_element(By.CSS_SELECTOR, f"{header} [data-testid=cancel]").click()
+    browser.find_element(By.CSS_SELECTOR, f"{header} [data-testid=cancel-keep]").click()
+    assert browser.find_elements(By.CSS_SELECTOR, f"{header} [data-testid=cancel]")
+    assert sdk.job(long_job["id"])["cancel_requested"] is False
+    browser.find_element(By.CSS_SELECTOR, f"{header} [data-testid=cancel]").click()
+    browser.find_element(By.CSS_SELECTOR, f"{header} [data-testid=cancel-confirm]").click()
     assert sdk.wait(long_job["id"], timeout=60)["status"] == "cancelled"
     wait_for("the cancelled badge", lambda: "cancelled" in text_of(browser, f"{header} .badge"))
 
@@ -171,6 +177,12 @@ def test_dashboard_live_progress_diagnosis_and_remedy(
     )
     assert finding.find_elements(By.CSS_SELECTOR, "table.evidence tr")
     assert '"lr"' in finding.find_element(By.CSS_SELECTOR, "pre.patch").text
+    # The curves mark where the verdict's evidence says it happened.
+    mark = wait_for(
+        "the verdict's marker on the loss chart",
+        lambda: text_of(browser, "[data-chart=loss] [data-marker=verdict]"),
+    )
+    assert mark.startswith("diverged: epoch ")
     wait_for(
         "the spectra table", lambda: browser.find_elements(By.CSS_SELECTOR, "[data-testid=spectra] tbody tr")
     )
@@ -199,6 +211,109 @@ def test_dashboard_live_progress_diagnosis_and_remedy(
 
     assert script_errors(browser) == []
     sdk.cancel(new_id)  # leave the shared worker free for the other tests
+
+
+def sign_in(browser: Any, api_server: str, token: str) -> None:
+    browser.get(f"{api_server}/")
+    browser.execute_script("localStorage.clear(); localStorage.setItem('saddle.token', arguments[0])", token)
+
+
+def test_charts_show_what_the_diagnosis_says_on_axes_fitted_to_the_job(
+    browser: Any, api_server: str, token: str, sdk: Client, tmp_path: Path
+) -> None:
+    job = sdk.wait(sdk.submit(tiny_spec(name="ui-charts", epochs=10))["id"], timeout=180)
+    assert job["status"] == "succeeded", job["error"]
+    best = job["summary"]["best_epoch"]
+    sign_in(browser, api_server, token)
+    browser.get(f"{api_server}/#/jobs/{job['id']}")
+    loss = "[data-chart=loss]"
+    wait_for("the loss chart", lambda: browser.find_elements(By.CSS_SELECTOR, f"{loss} canvas"))
+
+    # Linear by default (a log axis flattened a 19% rise); the choice is remembered across visits.
+    assert browser.find_element(By.CSS_SELECTOR, loss).get_attribute("data-scale") == "linear"
+    browser.find_element(By.CSS_SELECTOR, f"{loss} button[data-scale=log]").click()
+    assert browser.find_element(By.CSS_SELECTOR, loss).get_attribute("data-scale") == "log"
+    assert browser.execute_script("return localStorage.getItem('saddle.scale.loss')") == "log"
+    browser.refresh()
+    wait_for("the loss chart again", lambda: browser.find_elements(By.CSS_SELECTOR, f"{loss} canvas"))
+    assert browser.find_element(By.CSS_SELECTOR, loss).get_attribute("data-scale") == "log"
+    browser.find_element(By.CSS_SELECTOR, f"{loss} button[data-scale=linear]").click()
+
+    # The best epoch is marked; epoch axes span the 10 epochs the job ran, not 0-100.
+    marker = wait_for("the best-epoch marker", lambda: text_of(browser, f"{loss} [data-marker=best]"))
+    assert marker.startswith(f"best epoch {best} (val loss ")
+    for chart in ("loss", "accuracy", "eigenvalues"):
+        element = wait_for(
+            f"the {chart} chart's range",
+            lambda c=chart: browser.find_element(By.CSS_SELECTOR, f"[data-chart={c}][data-x-range]"),
+        )
+        assert element.get_attribute("data-x-range") == "0,10", chart
+
+    # No density was asked for: its card collapses to one line instead of half a row.
+    density = browser.find_element(By.CSS_SELECTOR, "[data-chart=density]")
+    assert "collapsed" in density.get_attribute("class").split()
+    assert density.size["height"] < 60
+    eigen = browser.find_element(By.CSS_SELECTOR, "[data-chart=eigenvalues]")
+    assert eigen.size["width"] > 0.9 * eigen.find_element(By.XPATH, "..").size["width"]
+
+    # An MLP's facts name its layers, not the conv channels only a cnn has.
+    model = text_of(browser, "[data-testid=model]")
+    assert "hidden [8]" in model and "channels" not in model
+    browser.save_screenshot(str(tmp_path / "dashboard-charts.png"))
+    assert script_errors(browser) == []
+
+
+def test_a_failed_job_page_leads_with_its_error(
+    browser: Any, api_server: str, token: str, sdk: Client
+) -> None:
+    failed = sdk.wait(sdk.submit(tiny_spec(name="ui-failed", model={"arch": "cnn"}))["id"], timeout=120)
+    assert failed["status"] == "failed"
+    sign_in(browser, api_server, token)
+    browser.get(f"{api_server}/#/jobs/{failed['id']}")
+    error = wait_for("the error", lambda: browser.find_element(By.CSS_SELECTOR, "[data-testid=job-error]"))
+    assert "image-shaped" in error.text
+    # First on the page: before the header, the charts and the diagnosis.
+    assert browser.execute_script(
+        "return arguments[0].compareDocumentPosition(document.querySelector('[data-testid=job-header]'))"
+        " & Node.DOCUMENT_POSITION_FOLLOWING",
+        error,
+    )
+    empty = wait_for("the loss chart's note", lambda: text_of(browser, "[data-chart=loss] .empty"))
+    assert "failed" in empty and "no data yet" not in empty
+
+
+def test_remedy_buttons_only_for_what_the_api_accepts(
+    browser: Any, api_server: str, token: str, sdk: Client
+) -> None:
+    from tests.test_first_hour import LR_FIX, finding_row, finished_job, verdict_row
+
+    job_id = finished_job("good_fit", [verdict_row("good_fit"), finding_row("oscillation", LR_FIX)])
+    sign_in(browser, api_server, token)
+    browser.get(f"{api_server}/#/jobs/{job_id}")
+    wait_for(
+        "the finding card", lambda: browser.find_element(By.CSS_SELECTOR, ".card[data-code=oscillation]")
+    )
+    # The verdict carries no fix, so no Remedy button (the API would answer 422)...
+    assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=remedy]")
+    assert not browser.find_elements(By.CSS_SELECTOR, ".card[data-code=good_fit] [data-remedy]")
+    # ...but the finding's own fix is accepted alone, and offered.
+    browser.find_element(By.CSS_SELECTOR, ".card[data-code=oscillation] [data-remedy=oscillation]").click()
+    new_id = wait_for(
+        "the remedy's page",
+        lambda: (
+            (h := browser.execute_script("return location.hash")).split("/")[-1] != job_id
+            and h.split("/")[-1]
+        ),
+    )
+    assert sdk.job(new_id)["parent_id"] == job_id
+    sdk.cancel(new_id)
+
+
+def test_a_token_the_server_does_not_know_is_not_called_revoked(browser: Any, api_server: str) -> None:
+    sign_in(browser, api_server, "sdl_mistyped")
+    browser.get(f"{api_server}/")
+    message = wait_for("the refusal", lambda: text_of(browser, "form p.error"))
+    assert "not a valid token for this server" in message and "revoked" not in message
 
 
 def test_sweep_page_without_a_sweep_says_so(browser: Any, api_server: str, token: str) -> None:

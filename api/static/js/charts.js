@@ -37,14 +37,24 @@ function cleanY(values, scale) {
   return values.map((v) => (v === null || v === undefined || !Number.isFinite(v) || (scale === "log" && v <= 0) ? null : v));
 }
 
+// A remembered linear/log choice per chart (localStorage), for charts built with `toggle: true`.
+const SCALE_KEY = (id) => `saddle.scale.${id}`;
+
 export class Chart {
-  // opts: {title, xLabel, yLabel, scale, xScale, xValues (axis formatter), points (draw markers only)}
+  // opts: {title, xLabel, yLabel, scale, toggle (linear/log buttons, remembered), xScale,
+  // xValues (axis formatter), points (draw markers only)}
   constructor(container, opts) {
     this.opts = opts;
     this.plot = null;
     this.key = "";
+    this.series = [];
+    this.extra = {};
+    this.scale = (opts.toggle && localStorage.getItem(SCALE_KEY(opts.id))) || opts.scale || "linear";
     this.body = h("div", { class: "plot" });
-    this.el = h("div", { class: "chart", "data-chart": opts.id || opts.title }, h("h3", {}, opts.title), this.body);
+    this.caption = h("div", { class: "markers", "data-testid": "markers" });
+    this.title = h("h3", {}, opts.title);
+    this.el = h("div", { class: "chart", "data-chart": opts.id || opts.title }, h("div", { class: "chart-head" }, this.title, opts.toggle ? this.toggle() : null), this.body, this.caption);
+    this.el.setAttribute("data-scale", this.scale);
     container.append(this.el);
     this.resize = new ResizeObserver(() => {
       if (this.plot) this.plot.setSize({ width: this.width(), height: HEIGHT });
@@ -53,23 +63,59 @@ export class Chart {
     this.empty();
   }
 
+  toggle() {
+    this.toggleEl = h("span", { class: "scale-toggle", role: "group", "aria-label": "y scale" });
+    this.renderToggle();
+    return this.toggleEl;
+  }
+
+  renderToggle() {
+    replace(
+      this.toggleEl,
+      ["linear", "log"].map((s) =>
+        h("button", { type: "button", class: s === this.scale ? "active" : "", "data-scale": s, "aria-pressed": String(s === this.scale), onclick: () => this.setScale(s) }, s),
+      ),
+    );
+    if (this.el) this.el.setAttribute("data-scale", this.scale);
+  }
+
+  setScale(scale) {
+    this.scale = scale;
+    localStorage.setItem(SCALE_KEY(this.opts.id), scale);
+    this.renderToggle();
+    this.key = ""; // rebuild with the other scale
+    this.update(this.series, this.emptyText, this.extra);
+  }
+
   width() {
     return Math.max(260, this.body.clientWidth || this.el.clientWidth - 24);
   }
 
+  // An empty chart collapses to one line (title and why it is empty) instead of taking a card's room.
   empty(text = "no data yet") {
     this.destroyPlot();
+    this.el.classList.add("collapsed");
+    replace(this.caption);
     replace(this.body, h("div", { class: "empty" }, text));
   }
 
   // series: [{label, x: number[], y: number[], color?, dash?, points?}] (x ascending)
-  update(series, emptyText) {
-    const { scale = "linear" } = this.opts;
+  // extra: {markers: [{x, label, color?, kind?}] vertical lines named under the chart, xRange: [min, max]}
+  update(series, emptyText, extra = {}) {
+    this.series = series;
+    this.emptyText = emptyText;
+    this.extra = extra;
+    this.el.setAttribute("data-scale", this.scale);
+    if (extra.xRange) this.el.setAttribute("data-x-range", extra.xRange.join(","));
+    const scale = this.scale;
     const shown = series.filter((s) => s.x.length && s.y.some((v) => v !== null && Number.isFinite(v)));
     if (!shown.length) return this.empty(emptyText);
+    this.el.classList.remove("collapsed");
     const data = uPlot.join(shown.map((s) => [s.x, cleanY(s.y, scale)]));
     this.linthresh = scale === "asinh" ? linthreshOf(shown) : 1;
-    const key = `${shown.map((s) => s.label).join("|")}|${this.linthresh}`;
+    this.markers = (extra.markers || []).filter((m) => m.x !== null && m.x !== undefined && Number.isFinite(m.x));
+    this.renderCaption();
+    const key = `${shown.map((s) => s.label).join("|")}|${this.linthresh}|${scale}|${extra.xRange || ""}`;
     if (this.plot && key === this.key) {
       this.plot.setData(data);
       return;
@@ -80,18 +126,47 @@ export class Chart {
     this.plot = new uPlot(this.options(shown), data, this.body);
   }
 
+  renderCaption() {
+    replace(
+      this.caption,
+      this.markers.map((m) => h("span", { class: "marker", "data-marker": m.kind || "mark", "data-x": m.x, style: { borderColor: m.color || "#555" } }, m.label)),
+    );
+  }
+
+  // Vertical dashed lines at the markers' x, drawn over the series.
+  drawMarkers(u) {
+    const { ctx } = u;
+    const top = u.bbox.top;
+    const bottom = u.bbox.top + u.bbox.height;
+    ctx.save();
+    ctx.lineWidth = 1.5 * devicePixelRatio;
+    ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
+    for (const m of this.markers || []) {
+      const x = u.valToPos(m.x, "x", true);
+      if (!Number.isFinite(x)) continue;
+      ctx.strokeStyle = m.color || "#555";
+      ctx.beginPath();
+      ctx.moveTo(x, top);
+      ctx.lineTo(x, bottom);
+      ctx.stroke();
+    }
+    ctx.restore();
+  }
+
   options(shown) {
-    const { xLabel = "epoch", yLabel = "", scale = "linear", xScale = {}, xValues, points } = this.opts;
+    const { xLabel = "epoch", yLabel = "", xScale = {}, xValues, points } = this.opts;
+    const xRange = this.extra.xRange;
     return {
       width: this.width(),
       height: HEIGHT,
-      scales: { x: { time: false, ...xScale }, y: yScale(scale, this.linthresh) },
+      scales: { x: { time: false, ...xScale, ...(xRange ? { range: () => xRange } : {}) }, y: yScale(this.scale, this.linthresh) },
       axes: [
         { label: xLabel, labelSize: 20, size: 36, ...(xValues ? { values: xValues, splits: this.opts.xSplits } : { values: (_, ticks) => ticks.map(tick) }) },
         { label: yLabel, labelSize: 20, size: 60, values: (_, ticks) => ticks.map(tick) },
       ],
       legend: { live: true },
       cursor: { drag: { x: true, y: false } },
+      hooks: { draw: [(u) => this.drawMarkers(u)] },
       series: [
         { label: xLabel, value: xValues ? (_, v) => (v === null ? "–" : xValues(null, [v])[0]) : (_, v) => fmt(v, 3) },
         ...shown.map((s, i) => {

@@ -5,6 +5,7 @@
 import { api, ApiError } from "./api.js";
 import { Chart, color, SPLIT_COLORS } from "./charts.js";
 import { ago, badge, duration, FINISHED, fmt, h, progressBar, replace, verdictBadge } from "./dom.js";
+import { describeModel, describeOptimizer } from "./specview.js";
 
 const SPLITS = ["train", "val", "test"];
 
@@ -22,6 +23,36 @@ function facts(pairs) {
     { class: "facts" },
     pairs.filter(([, v]) => v !== null && v !== undefined && v !== "").map(([k, v]) => h("div", {}, h("b", {}, k), v)),
   );
+}
+
+// Where the curves should show what the diagnosis says: the best epoch (model selection) and every
+// epoch the verdict's evidence names (best_epoch, epoch, spectrum_epoch), with its numbers.
+const EPOCH_KEYS = ["best_epoch", "epoch", "spectrum_epoch"];
+
+export function epochMarkers(job, diagnoses) {
+  const marks = [];
+  const best = job.summary?.best_epoch;
+  if (best !== undefined && best !== null && best >= 0) {
+    marks.push({ x: best, kind: "best", color: "#2f855a", label: `best epoch ${best} (val loss ${fmt(job.summary.best_val_loss)})` });
+  }
+  const verdict = diagnoses.find((d) => d.kind === "verdict");
+  for (const [key, value] of Object.entries(verdict?.evidence || {})) {
+    if (!EPOCH_KEYS.includes(key) || typeof value !== "number" || (key === "best_epoch" && value === best)) continue;
+    marks.push({ x: value, kind: "verdict", color: "#c53030", label: `${verdict.code}: ${key} ${fmt(value)}` });
+  }
+  const ev = verdict?.evidence || {};
+  if (verdict && typeof ev.best_val_loss === "number" && typeof ev.final_val_loss === "number" && ev.best_val_loss > 0) {
+    const rise = (ev.final_val_loss - ev.best_val_loss) / ev.best_val_loss;
+    marks.push({ x: ev.best_epoch ?? best, kind: "verdict", color: "#c53030", label: `${verdict.code}: val loss ${fmt(ev.best_val_loss)} → ${fmt(ev.final_val_loss)} (${rise >= 0 ? "+" : ""}${(100 * rise).toFixed(0)}% since its best)` });
+  }
+  return marks;
+}
+
+// Epoch axes span the job: its planned epochs while it runs, the epochs it ran once it has ended.
+function epochRange(job) {
+  const planned = job.progress?.epochs || job.spec?.epochs || 1;
+  const ran = job.progress?.epoch || 0;
+  return [0, Math.max(1, FINISHED.includes(job.status) && ran > 0 ? ran : planned)];
 }
 
 // Evidence is a flat-ish dict of numbers; nested values are shown as compact JSON.
@@ -43,7 +74,8 @@ function evidenceTable(evidence) {
   );
 }
 
-export function diagnosisCard(d, { onRemedy } = {}) {
+// onRemedy is offered only for the codes the API accepts one at a time (the job's remedy.findings).
+export function diagnosisCard(d, { onRemedy, remedyCodes = [] } = {}) {
   const patch = d.patch && Object.keys(d.patch).length ? d.patch : null;
   return h(
     "article",
@@ -60,12 +92,13 @@ export function diagnosisCard(d, { onRemedy } = {}) {
     d.recommendation ? h("p", { class: "recommendation" }, d.recommendation) : null,
     evidenceTable(d.evidence),
     patch ? h("div", {}, h("b", {}, "Patch "), h("span", { class: "muted" }, "(JSON merge patch of the spec)"), h("pre", { class: "patch" }, JSON.stringify(patch, null, 2))) : null,
-    patch && onRemedy ? h("button", { type: "button", "data-remedy": d.code, onclick: () => onRemedy([d.code]) }, "Apply this fix") : null,
+    patch && onRemedy && remedyCodes.includes(d.code) ? h("button", { type: "button", "data-remedy": d.code, onclick: () => onRemedy([d.code]) }, "Apply this fix") : null,
   );
 }
 
 export function jobView(el, { id }, ctx) {
   const banner = h("div");
+  const errorEl = h("div");
   const header = h("section", { class: "panel", "data-testid": "job-header" });
   const chartsEl = h("div", { class: "charts" });
   const studyEl = h("div");
@@ -75,6 +108,7 @@ export function jobView(el, { id }, ctx) {
   const remediesEl = h("div");
   el.append(
     banner,
+    errorEl,
     header,
     studyEl,
     h("h2", {}, "Training"),
@@ -88,16 +122,19 @@ export function jobView(el, { id }, ctx) {
   );
 
   const charts = {
-    loss: new Chart(chartsEl, { id: "loss", title: "Loss", yLabel: "loss", scale: "log" }),
+    // Linear by default: a log axis flattens a validation loss that rises by a fifth.
+    loss: new Chart(chartsEl, { id: "loss", title: "Loss", yLabel: "loss", scale: "linear", toggle: true }),
     accuracy: new Chart(chartsEl, { id: "accuracy", title: "Accuracy", yLabel: "accuracy" }),
     lr: new Chart(chartsEl, { id: "lr", title: "Learning rate", yLabel: "lr" }),
-    grad: new Chart(chartsEl, { id: "grad", title: "Gradient norms", yLabel: "‖g‖", scale: "log" }),
+    grad: new Chart(chartsEl, { id: "grad", title: "Gradient norms", yLabel: "‖g‖", scale: "log", toggle: true }),
     eig: new Chart(spectraEl, { id: "eigenvalues", title: "Top and bottom eigenvalues over epochs", yLabel: "λ", scale: "asinh" }),
     density: new Chart(spectraEl, { id: "density", title: "Spectral density", xLabel: "eigenvalue λ", yLabel: "density", scale: "log" }),
   };
   ctx.onLeave(() => Object.values(charts).forEach((c) => c.destroy()));
 
   let job = null;
+  let diagnoses = [];
+  let confirmingCancel = false;
   let densityEpoch = null;
   let spectra = [];
   let ticks = 0;
@@ -116,19 +153,42 @@ export function jobView(el, { id }, ctx) {
   }
 
   async function cancel() {
+    confirmingCancel = false;
     try {
-      job = await api(`/v1/jobs/${id}/cancel`, { method: "POST" });
-      renderHeader([]);
+      job = { ...job, ...(await api(`/v1/jobs/${id}/cancel`, { method: "POST" })) };
+      renderHeader();
     } catch (err) {
       replace(banner, h("div", { class: "banner error" }, `Cancel refused: ${err.detail || err}`));
     }
   }
 
-  function renderHeader(diagnoses) {
+  // Cancel asks first: one stray click must not end a run of hours.
+  function cancelControls() {
+    if (FINISHED.includes(job.status)) return null;
+    if (job.cancel_requested) return h("button", { type: "button", class: "danger", disabled: true }, "Cancelling…");
+    if (!confirmingCancel) {
+      return h("button", { type: "button", class: "danger", "data-testid": "cancel", onclick: () => { confirmingCancel = true; renderHeader(); } }, "Cancel");
+    }
+    return h(
+      "span",
+      { class: "confirm", "data-testid": "cancel-confirmation" },
+      "Stop this job? ",
+      h("button", { type: "button", class: "danger", "data-testid": "cancel-confirm", onclick: cancel }, "Yes, cancel it"),
+      h("button", { type: "button", "data-testid": "cancel-keep", onclick: () => { confirmingCancel = false; renderHeader(); } }, "Keep running"),
+    );
+  }
+
+  // A failed job's reason goes first, above everything else on the page.
+  function renderError() {
+    const failed = job.status === "failed" && job.error;
+    replace(errorEl, failed ? h("pre", { class: "banner error", role: "alert", "data-testid": "job-error" }, job.error.trim().split("\n").slice(-6).join("\n")) : null);
+  }
+
+  function renderHeader() {
     const p = job.progress || {};
     const s = job.summary || {};
-    const finished = FINISHED.includes(job.status);
-    const fixable = finished && diagnoses.some((d) => !d.provisional && d.patch && Object.keys(d.patch).length);
+    const offer = job.remedy || {};
+    renderError();
     replace(
       header,
       h(
@@ -139,17 +199,18 @@ export function jobView(el, { id }, ctx) {
         badge(job.status),
         verdictBadge(job.verdict),
         h("span", { class: "spacer" }),
-        finished ? null : h("button", { type: "button", class: "danger", onclick: cancel, disabled: job.cancel_requested }, job.cancel_requested ? "Cancelling…" : "Cancel"),
-        fixable
-          ? h("button", { type: "button", class: "primary", "data-testid": "remedy", title: "resubmit with the verdict's fix (and error-level findings' fixes)", onclick: () => remedy(null) }, "Remedy")
+        cancelControls(),
+        // Only what POST .../remedy would accept (the job's remedy offer) gets a button.
+        offer.available
+          ? h("button", { type: "button", class: "primary", "data-testid": "remedy", title: `resubmit with the fixes of ${offer.applies.join(", ")}`, onclick: () => remedy(null) }, "Remedy")
           : null,
       ),
       h("div", { class: "row", style: { marginTop: "8px" } }, progressBar(job), job.status === "running" && p.eta_seconds ? h("span", { class: "muted" }, `ETA ${duration(p.eta_seconds)}`) : null),
       facts([
         ["kind", job.kind],
         ["dataset", job.spec?.data?.dataset],
-        ["model", job.spec?.model ? `${job.spec.model.arch} ${JSON.stringify(job.spec.model.hidden || [])}` : null],
-        ["optimizer", job.spec?.optimizer ? `${job.spec.optimizer.name} lr ${fmt(job.spec.optimizer.lr)}` : null],
+        ["model", job.spec?.model ? h("span", { "data-testid": "model" }, describeModel(job.spec.model)) : null],
+        ["optimizer", job.spec?.optimizer ? describeOptimizer(job.spec.optimizer) : null],
         ["batch size", job.spec?.batch_size],
         ["train loss", fmt(p.train_loss)],
         ["val loss", fmt(p.val_loss)],
@@ -164,7 +225,7 @@ export function jobView(el, { id }, ctx) {
         ["remedy of", job.parent_id ? h("a", { href: `#/jobs/${job.parent_id}` }, job.parent_id.slice(0, 8)) : null],
         ["sweep", job.sweep_id ? h("a", { href: `#/sweeps/${job.sweep_id}` }, job.sweep_id.slice(0, 8)) : null],
       ]),
-      job.error ? h("pre", { class: "banner error", "data-testid": "job-error" }, job.error.trim().split("\n").slice(-6).join("\n")) : null,
+      job.error && job.status !== "failed" ? h("p", { class: "muted", "data-testid": "job-note" }, job.error.trim().split("\n")[0]) : null,
     );
   }
 
@@ -182,14 +243,27 @@ export function jobView(el, { id }, ctx) {
     }
     const m = byName(series);
     const splitLines = (metric) => SPLITS.filter((sp) => m[`${sp}/${metric}`]).map((sp) => line(m[`${sp}/${metric}`], sp, SPLIT_COLORS[sp]));
-    charts.loss.update(splitLines("loss"));
-    charts.accuracy.update(splitLines("accuracy"), job.summary?.data?.task === "regression" ? "regression: no accuracy" : "no data yet");
-    charts.lr.update(m["train/lr"] ? [line(m["train/lr"], "lr (per update)", color(3))] : []);
+    const extra = { xRange: epochRange(job), markers: epochMarkers(job, diagnoses) };
+    const none = noDataText();
+    charts.loss.update(splitLines("loss"), none, extra);
+    charts.accuracy.update(splitLines("accuracy"), job.summary?.data?.task === "regression" ? "regression: no accuracy" : none, extra);
+    charts.lr.update(m["train/lr"] ? [line(m["train/lr"], "lr (per update)", color(3))] : [], none, { xRange: extra.xRange });
     const layers = series.filter((s) => s.name.startsWith("grad/"));
-    charts.grad.update([
-      ...(m["train/grad_norm"] ? [line(m["train/grad_norm"], "total", "#1d2330")] : []),
-      ...layers.map((s, i) => line(s, s.name.slice(5), color(i + 1), { dash: [4, 3] })),
-    ]);
+    charts.grad.update(
+      [
+        ...(m["train/grad_norm"] ? [line(m["train/grad_norm"], "total", "#1d2330")] : []),
+        ...layers.map((s, i) => line(s, s.name.slice(5), color(i + 1), { dash: [4, 3] })),
+      ],
+      none,
+      extra,
+    );
+  }
+
+  // Why a chart is empty: not yet, or never (the job ended before it logged anything).
+  function noDataText() {
+    if (job.status === "failed") return "no data: the job failed before logging any (the error is above)";
+    if (FINISHED.includes(job.status)) return `no data: the job was ${job.status} before logging any`;
+    return "no data yet";
   }
 
   function renderSpectra() {
@@ -207,7 +281,8 @@ export function jobView(el, { id }, ctx) {
       const pts = perEpoch.filter((s) => s.bottom.length > i);
       series.push({ label: `bottom ${i + 1}`, x: pts.map((s) => s.epoch), y: pts.map((s) => s.bottom[i]), color: ["#2f6fdb", "#5c6bc0", "#00838f"][i % 3], points: true, dash: [5, 3] });
     }
-    charts.eig.update(series, "no spectrum yet (analysis.hessian.every_epochs)");
+    const noSpectrum = FINISHED.includes(job.status) ? "no spectrum (analysis.hessian.enabled, every_epochs)" : "no spectrum yet (analysis.hessian.every_epochs)";
+    charts.eig.update(series, noSpectrum, { xRange: epochRange(job), markers: epochMarkers(job, diagnoses) });
 
     const withDensity = spectra.filter((s) => s.density && s.density.grid && s.density.grid.length);
     if (withDensity.length) {
@@ -276,13 +351,14 @@ export function jobView(el, { id }, ctx) {
     }
   }
 
-  function renderDiagnoses(diagnoses) {
+  function renderDiagnoses() {
     const finished = FINISHED.includes(job.status);
     if (!diagnoses.length) {
       replace(diagEl, h("p", { class: "muted" }, finished ? "No diagnosis for this job." : "The diagnosis comes when the job finishes."));
       return;
     }
-    replace(diagEl, diagnoses.map((d) => diagnosisCard(d, { onRemedy: finished && !d.provisional ? remedy : null })));
+    const remedyCodes = job.remedy?.findings || [];
+    replace(diagEl, diagnoses.map((d) => diagnosisCard(d, { onRemedy: finished && !d.provisional ? remedy : null, remedyCodes })));
   }
 
   async function loadRemedies() {
@@ -308,16 +384,17 @@ export function jobView(el, { id }, ctx) {
     const finished = FINISHED.includes(job.status);
     const first = previous === null;
     const changed = first || previous.status !== job.status || previous.progress?.epoch !== job.progress?.epoch || previous.progress?.done !== job.progress?.done;
+    diagnoses = await api(`/v1/jobs/${id}/diagnoses`); // first: the charts mark the verdict's evidence
+    if (!ctx.alive) return false;
     if (first || changed || (finished && settled < 3)) {
       await loadMetrics();
       if (first || ticks % 3 === 0 || finished) spectra = await api(`/v1/jobs/${id}/spectra`);
       renderSpectra();
     }
-    const diagnoses = await api(`/v1/jobs/${id}/diagnoses`);
     if (!ctx.alive) return false;
-    renderHeader(diagnoses);
+    renderHeader();
     renderStudy();
-    renderDiagnoses(diagnoses);
+    renderDiagnoses();
     ticks += 1;
     if (!finished) return true;
     if (settled === 0) await loadRemedies();

@@ -133,7 +133,7 @@ function tokenForm(message) {
           route();
         } catch (err) {
           token.clear();
-          replace(status, err instanceof ApiError && err.status === 401 ? "The API refused this token." : `Cannot check the token: ${err.message}`);
+          replace(status, err instanceof ApiError && err.status === 401 ? `The API refused this token: ${err.detail}.` : `Cannot check the token: ${err.message}`);
           status.className = "error";
         }
       },
@@ -152,9 +152,10 @@ function tokenForm(message) {
   input.focus();
 }
 
-window.addEventListener("saddle:unauthorized", () => {
+// The API says why (a token it does not know, or a revoked one); the form repeats its words.
+window.addEventListener("saddle:unauthorized", (event) => {
   token.clear();
-  tokenForm("The API refused the stored token (revoked?). Paste a valid one.");
+  tokenForm(`The API refused the stored token: ${event.detail}. Paste a valid one.`);
 });
 window.addEventListener("hashchange", route);
 route();
