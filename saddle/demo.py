@@ -197,7 +197,7 @@ def _run(home: Path, port: int, serve: bool, spec_path: str | None) -> int:
 
 def next_steps(job_id: str, url: str, token: str) -> str:
     """What to try next, as commands that work from this folder (they read .saddle/token)."""
-    saddle = "saddle" if Path(sys.argv[0]).name == "saddle" else ".venv/bin/saddle"
+    saddle = command_path()
     api = "" if url.endswith(f":{DEFAULT_PORT}") else f" --api {url}"
     return "\n".join(
         [
@@ -209,6 +209,18 @@ def next_steps(job_id: str, url: str, token: str) -> str:
             f"  curl -H 'Authorization: Bearer {token}' {url}/v1/jobs/{job_id}/metrics?name=val/loss",
         ]
     )
+
+
+def command_path() -> str:
+    """How to type `saddle` here: the installed script beside this Python (.venv/bin/saddle after
+    make demo, which puts nothing on PATH), relative to this folder when it is inside it."""
+    script = Path(sys.executable).parent / "saddle"
+    if not script.exists():
+        return "saddle"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def say(text: str) -> None:

@@ -30,7 +30,9 @@ def generator():  # noqa: ANN201
 def test_the_jobspec_reference_is_generated_from_the_models_and_up_to_date() -> None:
     gen = generator()
     committed = (ROOT / "docs" / "jobspec.md").read_text()
-    assert committed == gen.render(), "run .venv/bin/python docs/generate_jobspec.py and commit docs/jobspec.md"
+    assert committed == gen.render(), (
+        "run .venv/bin/python docs/generate_jobspec.py and commit docs/jobspec.md"
+    )
     # Every field of the model is a row, with its default: nothing is left out or invented.
     documented = re.findall(r"^\| `([^`]+)` \|", committed, flags=re.MULTILINE)
     assert documented == [path for path, _ in gen.rows(JobSpec)]
@@ -95,7 +97,13 @@ def test_the_demo_job_and_its_fine_tuning_run_as_their_headers_say(saddle, sdk: 
     parent_id = json.loads(parent.stdout)["id"]
 
     child = saddle(
-        "submit", str(EXAMPLES / "finetune.yaml"), "--set", f"init_from.job={parent_id}", *short, "--watch", "--json"
+        "submit",
+        str(EXAMPLES / "finetune.yaml"),
+        "--set",
+        f"init_from.job={parent_id}",
+        *short,
+        "--watch",
+        "--json",
     )
     assert child.returncode == 0, child.stderr
     tuned = json.loads(child.stdout)
