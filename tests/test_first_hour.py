@@ -101,8 +101,12 @@ def test_no_remedy_is_offered_for_a_fix_the_api_would_refuse(sdk: Client) -> Non
 
 def test_a_running_job_offers_no_remedy(sdk: Client) -> None:
     job_id = finished_job("overfitting", [verdict_row("overfitting", LR_FIX)], status="running")
-    assert sdk.job(job_id)["remedy"]["available"] is False
-    assert sdk.http.post(f"/v1/jobs/{job_id}/remedy").status_code == 409
+    try:
+        assert sdk.job(job_id)["remedy"]["available"] is False
+        assert sdk.http.post(f"/v1/jobs/{job_id}/remedy").status_code == 409
+    finally:  # a row left running would hold the project's running-jobs quota for the session
+        with session_scope() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(status="cancelled"))
 
 
 # ----- item 5: a CSV's label column is found by name -----------------------------------------------
