@@ -228,7 +228,9 @@ class Hessian(Strict):
 
 class Analysis(Strict):
     hessian: Hessian = Field(default_factory=Hessian)
-    probes: bool = False
+    # Probe runs (a tuned optimizer, a larger model; at most a quarter of the job's compute) decide
+    # model bias against optimization trouble when the training loss is large.
+    probes: bool = True
     # Per-step gradient norms, per-layer gradient norms and unit statistics: what the diagnosis reads.
     diagnostics: bool = True
 

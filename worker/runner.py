@@ -20,7 +20,8 @@ from models.spec import BUILTIN_DATASETS, JobSpec
 from models.tables import Checkpoint, Dataset, utcnow
 from worker.data import Prepared, RawData, load_builtin, load_uploaded, prepare
 from worker.diagnosis import diagnose_job
-from worker.diagnosis.probes import after_diagnosis
+from worker.diagnosis.evidence import from_database
+from worker.diagnosis.probes import run_probes
 from worker.diagnosis.reference import reference_scores
 from worker.failures import describe_failure, one_line
 from worker.finetune import initialize_from_parent
@@ -233,12 +234,15 @@ def _train(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
         finish(job_claim, "failed", error=describe_failure(exc, phase))
         return "failed"
     # The verdict is stored before the status turns succeeded, so a client that sees a finished job
-    # also sees its diagnosis; probes are launched (or concluded) once the job counts as finished.
+    # also sees its diagnosis, probe runs included.
     update_job(job_claim, summary=json_safe(summary))
+    # A sweep's trials are compared with each other (deeper_is_worse, the leaderboard): no probes.
+    probes = None if is_trial(job_claim.job_id) else probe_safely(job_claim, spec, data, device)
+    if probes is not None:
+        summary["probes"] = probes
+        update_job(job_claim, summary=json_safe(summary))
     diagnose_safely(job_claim.job_id)
     finish(job_claim, "succeeded", summary=summary)
-    if spec.analysis.probes or not is_trial(job_claim.job_id):  # a trial has no other follow-up
-        follow_up_safely(job_claim.job_id)
     return "succeeded"
 
 
@@ -262,8 +266,12 @@ def diagnose_safely(job_id: str, provisional: bool = False) -> None:
         log.exception("job %s: diagnosis failed", job_id)
 
 
-def follow_up_safely(job_id: str) -> None:
+def probe_safely(job_claim: Claim, spec: JobSpec, data: Prepared, device: torch.device) -> dict[str, Any] | None:
+    """The probe runs, where the stored evidence calls for them (worker.diagnosis.probes); a probe
+    that fails leaves the verdict to the rules."""
     try:
-        after_diagnosis(job_id)
+        ev, _ = with_retries(lambda: from_database(job_claim.job_id))
+        return run_probes(spec, data, ev, device)
     except Exception:
-        log.exception("job %s: probe follow-up failed", job_id)
+        log.exception("job %s: probe runs failed", job_claim.job_id)
+        return None

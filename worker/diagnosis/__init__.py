@@ -1,77 +1,89 @@
 """The diagnosis engine: findings from the rules, one verdict decided from them, stored with the job.
 
-``diagnose(evidence)`` is pure (tests and notebooks call it on in-memory runs); ``diagnose_job`` reads
-a stored job, runs it, and replaces the job's diagnoses and verdict in one transaction.
+``diagnose(evidence)`` is pure (tests, notebooks and benchmarks/diagnosis call it on in-memory
+runs); ``diagnose_job`` reads a stored job, runs it, and replaces the job's diagnoses and verdict in
+one transaction.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import update
 
 from models.db import session_scope, with_retries
-from models.jsonsafe import json_safe
-from models.tables import Diagnosis, Job
+from models.findings import Finding, write_diagnoses
+from models.tables import Job
 from worker.diagnosis import rules
 from worker.diagnosis.evidence import Evidence, from_database
-from worker.diagnosis.rules import Finding, facts
+from worker.diagnosis.recipes import larger_model, probe_patches
+from worker.diagnosis.rules import Facts, facts
 
 
-def findings(ev: Evidence) -> tuple[list[Finding], Finding | None, dict[str, Any] | None]:
-    """All findings, the divergence or overfitting/mismatch verdict finding if any, and underfit facts."""
+@dataclass
+class Reading:
+    """What the rules found, before a verdict is chosen."""
+
+    found: list[Finding]
+    verdict: Finding | None  # diverged, overfitting or mismatch, when one applies
+    underfit: dict[str, Any] | None  # the large-training-loss evidence, when the loss is large
+
+
+def read(ev: Evidence) -> Reading:
     f = facts(ev)
     div = rules.diverged(ev)
-    found: list[Finding] = []
-    lr_high = rules.learning_rate_too_high(ev, div)
-    if lr_high:
-        found.append(lr_high)
-    found += [x for x in (rules.label_encoding(ev), rules.unshuffled(ev)) if x]
-    if div:
-        return found, with_likely_cause(ev, div, found), None
-    under = rules.underfit_evidence(ev, f)
-    underfit = under is not None
-    nc = rules.not_converged(ev, f, underfit)
-    cps = rules.critical_points(ev, underfit)
-    saddle = any(c.code == "critical_point.saddle" for c in cps)
-    found += cps
-    stalled = nc is not None
-    found += [
+    under = None if div else rules.underfit_evidence(ev, f)
+    found = [
         x
         for x in (
-            nc,
-            rules.oscillation(ev, f),
-            rules.gradient_flow(ev),
-            rules.ill_conditioned_features(ev, underfit, stalled),
-            rules.plateau(ev, f, underfit, saddle),
-            rules.learning_rate_too_low(ev, nc, underfit),
+            rules.learning_rate_too_high(ev, f, div, under is not None),
+            rules.label_encoding(ev),
+            rules.unshuffled(ev),
         )
         if x
     ]
-    found += rules.units(ev, underfit)
-    if underfit:
-        return found, None, under
-    verdict = rules.overfitting(ev, f) or rules.mismatch(ev, f)
-    return found, verdict, None
+    if div:
+        return Reading(found, with_likely_cause(ev, div, found), None)
+    found += underfit_findings(ev, f, under is not None)
+    if under is not None:
+        return Reading(found, None, under)
+    return Reading(found, rules.overfitting(ev, f) or rules.mismatch(ev, f), None)
+
+
+def underfit_findings(ev: Evidence, f: Facts, underfit: bool) -> list[Finding]:
+    nc = rules.not_converged(ev, f, underfit)
+    cps = rules.critical_points(ev, underfit)
+    saddle = any(c.code == "critical_point.saddle" for c in cps)
+    found = [
+        *cps,
+        *(
+            x
+            for x in (
+                nc,
+                rules.oscillation(ev, f),
+                rules.gradient_flow(ev),
+                rules.ill_conditioned_features(ev, underfit, nc is not None),
+                rules.plateau(ev, f, underfit, saddle),
+                rules.learning_rate_too_low(ev, f, underfit),
+            )
+            if x
+        ),
+    ]
+    return found + rules.units(ev, underfit)
 
 
 def with_likely_cause(ev: Evidence, div: Finding, found: list[Finding]) -> Finding:
-    """The diverged verdict names its likely cause and carries that cause's fix: a rate past the
-    stable limit when the curvature or the early loss says so, else unscaled features, else the
-    generic cure (a 10x lower rate and gradient clipping)."""
+    """The diverged verdict names its likely cause and carries that cause's fix: unscaled features
+    when their scales span more than a factor 100 (the inputs themselves blow the activations up),
+    else a rate past the stable limit."""
     causes = {x.code: x for x in found}
     scale = (ev.summary.get("data") or {}).get("feature_scale") or {}
-    if "learning_rate.too_high" in causes:
-        cause, patch = "learning_rate.too_high", causes["learning_rate.too_high"].patch
-    elif ev.spec.data.scaling == "none" and scale.get("ratio", 1.0) >= 100:
+    if ev.spec.data.scaling == "none" and scale.get("ratio", 1.0) >= 100:
         cause, patch = "ill_conditioned_features", {"data": {"scaling": "standardize"}}
     else:
-        cause = "unknown"
-        patch = {
-            "optimizer": {"lr": float(f"{ev.spec.optimizer.lr / 10:.2g}")},
-            "regularization": {"grad_clip": 1.0},
-        }
+        cause = "learning_rate.too_high"
+        patch = causes["learning_rate.too_high"].patch if cause in causes else {}
     div.evidence["likely_cause"] = cause
     div.patch = patch
     return div
@@ -82,6 +94,7 @@ def with_likely_cause(ev: Evidence, div: Finding, found: list[Finding]) -> Findi
 CAUSE_PRIORITY = [
     "unshuffled_data",
     "ill_conditioned_features",
+    "learning_rate.too_high",
     "vanishing_gradients",
     "exploding_gradients",
     "critical_point.saddle",
@@ -102,9 +115,14 @@ def cause_rank(ev: Evidence, finding: Finding) -> int:
 
 
 def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) -> Finding:
-    """Model bias or optimization trouble. A convex model (linear, no hidden layer) that converged
-    cannot be stuck, so it is bias; otherwise any finding that blames the optimizer makes it
-    optimization trouble; with none, the optimizer reached the model's best: bias."""
+    """Model bias or optimization trouble. Probe runs decide when they are conclusive (the same
+    model trained with a standard recipe does clearly better: optimization; only a larger model
+    does: bias). Otherwise: a convex model (linear, no hidden layer) that converged cannot be stuck,
+    so it is bias; any finding that blames the optimizer makes it optimization trouble; with none,
+    the optimizer reached the model's best: bias."""
+    outcome, probes = rules.probe_outcome(ev, facts(ev))
+    if probes:
+        under = under | {"probes": probes}
     convex = ev.spec.model.arch == "linear"
     blamed = sorted((x for x in found if x.blames_optimizer), key=lambda x: cause_rank(ev, x))
     if convex:  # a convex loss has no saddles or bad minima: only "not finished yet" blames the optimizer
@@ -113,59 +131,69 @@ def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) 
             for x in blamed
             if x.code in ("not_converged", "ill_conditioned_features", "learning_rate.too_low")
         ]
-    if blamed:
-        patch = next((x.patch for x in blamed if x.patch), {})
-        return Finding(
-            "underfitting.optimization",
-            "warning",
-            max(x.confidence for x in blamed),
-            under | {"causes": [x.code for x in blamed]},
-            "The training loss is large because optimization is in trouble, not because the model is too "
-            f"small: {', '.join(x.code for x in blamed)}. Apply the first cause's fix.",
-            patch,
-            kind="verdict",
-        )
+    if outcome == "optimization" or (outcome != "model_bias" and blamed):
+        return optimization_verdict(ev, blamed, under, outcome)
     why = (
-        "a convex model that converged has reached its global optimum"
+        "only a larger model trains clearly further (probe runs)"
+        if outcome == "model_bias"
+        else "a convex model that converged has reached its global optimum"
         if convex
         else "the optimizer converged with no sign of trouble (gradient, curvature, units)"
     )
     return Finding(
-        "underfitting.model_bias",
-        "warning",
-        0.8,
-        under | {"convex_model": convex},
-        f"The training loss is large and {why}: the model is too simple for the data. Add capacity.",
-        bigger_model(ev),
+        code="underfitting.model_bias",
+        severity="warning",
+        confidence=0.9 if outcome == "model_bias" else 0.7,
+        evidence=under | {"convex_model": convex},
+        recommendation=f"The training loss is large and {why}: the model is too simple for the data. Add capacity.",
+        patch=larger_model(ev.spec),
         kind="verdict",
     )
 
 
-def bigger_model(ev: Evidence) -> dict[str, Any]:
-    m = ev.spec.model
-    if m.arch == "linear":
-        return {"model": {"arch": "mlp", "hidden": [64, 64], "activation": "relu"}}
-    hidden = [min(65_536, 2 * h) for h in m.hidden] or [64]
-    return {"model": {"hidden": [*hidden, hidden[-1]]}}
+def optimization_verdict(
+    ev: Evidence, blamed: list[Finding], under: dict[str, Any], outcome: str | None
+) -> Finding:
+    """The first cause's fix; where no finding names a cause but a probe showed the standard recipe
+    trains the same model clearly further, that recipe."""
+    patch = next((x.patch for x in blamed if x.patch), None)
+    if patch is None:
+        patch = probe_patches(ev.spec)["tuned_optimizer"] if outcome == "optimization" else {}
+    causes = [x.code for x in blamed]
+    said = (
+        f": {', '.join(causes)}. Apply the first cause's fix."
+        if causes
+        else ": the same model trains clearly further with Adam, standardized and shuffled data (probe run)."
+    )
+    return Finding(
+        code="underfitting.optimization",
+        severity="warning",
+        confidence=max([x.confidence for x in blamed], default=0.8),
+        evidence=under | {"causes": causes},
+        recommendation="The training loss is large because optimization is in trouble, not because the model is "
+        "too small" + said,
+        patch=patch,
+        kind="verdict",
+    )
 
 
 def diagnose(ev: Evidence) -> list[Finding]:
     """Verdict first, then findings sorted by severity."""
-    found, verdict, under = findings(ev)
+    reading = read(ev)
+    verdict = reading.verdict
+    if verdict is None and reading.underfit is not None:
+        verdict = underfit_verdict(ev, reading.found, reading.underfit)
     if verdict is None:
-        if under is not None:
-            verdict = underfit_verdict(ev, found, under)
-        else:
-            verdict = Finding(
-                "good_fit",
-                "info",
-                0.8,
-                good_fit_evidence(ev),
-                "Training and validation losses are low and stable; nothing to fix.",
-                kind="verdict",
-            )
+        verdict = Finding(
+            code="good_fit",
+            severity="info",
+            confidence=0.8,
+            evidence=good_fit_evidence(ev),
+            recommendation="Training and validation losses are low and stable; nothing to fix.",
+            kind="verdict",
+        )
     order = {"error": 0, "warning": 1, "info": 2}
-    return [verdict, *sorted(found, key=lambda x: order[x.severity])]
+    return [verdict, *sorted(reading.found, key=lambda x: order[x.severity])]
 
 
 def good_fit_evidence(ev: Evidence) -> dict[str, Any]:
@@ -186,32 +214,12 @@ def good_fit_evidence(ev: Evidence) -> dict[str, Any]:
 def diagnose_job(job_id: str, provisional: bool = False) -> list[Finding]:
     ev, _ = from_database(job_id)
     result = diagnose(ev)
-    verdict = result[0].code
 
     def transaction() -> None:
         with session_scope() as session:
-            session.execute(delete(Diagnosis).where(Diagnosis.job_id == job_id))
-            for x in result:
-                session.add(
-                    Diagnosis(
-                        job_id=job_id,
-                        code=x.code,
-                        kind=x.kind,
-                        severity=x.severity,
-                        confidence=_finite(x.confidence),
-                        evidence=json_safe(x.evidence),
-                        recommendation=x.recommendation,
-                        patch=json_safe(x.patch),
-                        provisional=provisional,
-                    )
-                )
-            session.execute(
-                update(Job).where(Job.id == job_id).values(verdict=None if provisional else verdict)
-            )
+            write_diagnoses(session, job_id, result, provisional=provisional)
+            verdict = None if provisional else result[0].code
+            session.execute(update(Job).where(Job.id == job_id).values(verdict=verdict))
 
     with_retries(transaction)
     return result
-
-
-def _finite(x: float) -> float:
-    return x if math.isfinite(x) else 0.5

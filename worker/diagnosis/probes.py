@@ -1,132 +1,142 @@
-"""Probe runs (``analysis.probes: true``): settle model bias against optimization trouble by experiment.
+"""Probe runs: settle model bias against optimization trouble by experiment, inside the job.
 
-When a job underfits, two small sibling runs are launched from its spec: one with a larger model
-(same optimizer), one with the same model under Adam at its standard rate. When both have finished,
-the parent's verdict is decided from their training losses:
-    the other optimizer reaches a clearly lower training loss with the *same* model → the model could
-    fit; the original optimizer did not get there: optimization trouble;
-    only the larger model does → the model was too small: model bias;
-"clearly" is 30% lower than the parent's final training loss, several times the run-to-run spread
-of a training loss across seeds on these sizes. Otherwise the rules' verdict stands. The probes are
-linked as evidence on the parent's verdict.
+When the rules find the training loss large, two short sibling trainings run in the worker before
+the verdict is written (``analysis.probes``, on by default):
+    ``tuned_optimizer``  the *same* model with a standard recipe: Adam at 3e-3, standardized
+                         features, shuffled rows, the default initialization;
+    ``larger_model``     twice the width and one more layer, ReLU, with the same recipe.
+Each trains on at most ``MAX_ROWS`` of the job's training rows and stops when an eighth of the
+job's own training time is spent (or after 4x the job's epochs), so both together cost at most a
+quarter of the job. Its loss is then measured on all of the job's training rows (and its validation
+rows) and compared with the job's by ``rules.probe_outcome``.
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import math
+import time
 from typing import Any
 
-from sqlalchemy import select
+import numpy as np
+import torch
 
-from models.db import session_scope
 from models.patch import merge_patch
-from models.tables import Diagnosis, Job
-from worker.celery_app import enqueue_job
+from models.spec import JobSpec
+from worker.data import Prepared, Scaler
+from worker.diagnosis.evidence import Evidence
+from worker.diagnosis.recipes import probe_patches
+from worker.diagnosis.rules import facts, underfit_evidence
+from worker.recorders import MemoryRecorder
+from worker.training import StopTraining, Trainer
 
-log = logging.getLogger("saddle.diagnosis")
-CLEARLY_LOWER = 0.7
+MAX_ROWS = 2048
+SHARE_PER_PROBE = 0.125  # of the job's compute; two probes: a quarter
+CPU = torch.device("cpu")
+MAX_EPOCH_FACTOR = 4  # a probe never trains longer than 4x the job's epochs
+QUIET = {
+    "analysis": {"hessian": {"enabled": False}, "diagnostics": False},
+    "curriculum": [],
+    "checkpoints": {"every_epochs": 10_000, "keep_best": False},
+}
 
 
-def probe_patches(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    model = spec.get("model") or {}
-    hidden = model.get("hidden") or [64]
-    larger = (
-        {"model": {"arch": "mlp", "hidden": [64, 64]}}
-        if model.get("arch") == "linear"
-        else {"model": {"hidden": [min(65_536, 2 * h) for h in hidden] + [min(65_536, 2 * hidden[-1])]}}
-    )
+def job_seconds(ev: Evidence) -> float:
+    """The job's own training time (epochs with their evaluations; spectra not counted)."""
+    return float(ev.summary.get("seconds_per_epoch") or 0.0) * ev.epochs_run
+
+
+def wanted(ev: Evidence) -> bool:
+    """Probes run for a finished, finite run whose training loss the rules find large."""
+    if not ev.spec.analysis.probes or ev.summary.get("diverged_step") is not None:
+        return False
+    if ev.spec.init_from is not None or ev.spec.curriculum:
+        return False  # a fine-tune or a curriculum is not retrained from scratch by a probe
+    return math.isfinite(ev.final("train/loss")) and underfit_evidence(ev, facts(ev)) is not None
+
+
+def run_probes(
+    spec: JobSpec, data: Prepared, ev: Evidence, device: torch.device = CPU
+) -> dict[str, Any] | None:
+    """Run the probes the evidence calls for (on the job's device); None when none are wanted."""
+    if not wanted(ev):
+        return None
+    seconds = SHARE_PER_PROBE * job_seconds(ev)
+    runs = {what: probe(spec, data, patch, seconds, device) for what, patch in probe_patches(spec).items()}
     return {
-        "larger_model": larger,
-        "other_optimizer": {"optimizer": {"name": "adam", "lr": 0.001, "momentum": 0.0, "nesterov": False}},
+        "parent_train_loss": ev.final("train/loss"),
+        "budget": f"each probe at most {SHARE_PER_PROBE:.1%} of the job's training time",
+        "runs": runs,
     }
 
 
-def launch_probes(job: Job) -> list[str]:
-    """Insert and enqueue the probe jobs of an underfitting parent; returns their ids."""
-    base = merge_patch(job.spec, {"analysis": {"probes": False, "hessian": {"enabled": False}}})
-    ids = []
-    with session_scope() as session:
-        for what, patch in probe_patches(job.spec).items():
-            spec = merge_patch(base, patch) | {"name": f"{job.name or 'job'}-probe-{what}"[:200]}
-            probe = Job(
-                project_id=job.project_id,
-                name=spec["name"],
-                spec=spec,
-                tags={"probe": what},
-                status="queued",
-                kind="probe",
-                parent_id=job.id,
-            )
-            session.add(probe)
-            session.flush()
-            ids.append(probe.id)
-    for probe_id in ids:
-        enqueue_job(probe_id)
-    return ids
+class Deadline(MemoryRecorder):
+    """Stops a probe's training once its share of the job's time is spent."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.deadline = time.monotonic() + seconds
+
+    def stop_reason(self) -> str | None:
+        return "probe budget spent" if time.monotonic() > self.deadline else None
 
 
-def _final_train_loss(job: Job) -> float | None:
-    return (job.progress or {}).get("train_loss")
+def probe(
+    spec: JobSpec, data: Prepared, patch: dict[str, Any], seconds: float, device: torch.device = CPU
+) -> dict[str, Any]:
+    """One probe, stopped after ``seconds``; its loss on all training rows and on the validation rows."""
+    probe_spec = JobSpec.model_validate(
+        merge_patch(merge_patch(spec.model_dump(mode="json"), patch), QUIET)
+        | {"epochs": MAX_EPOCH_FACTOR * spec.epochs}
+    )
+    rows = _subset(len(data.y_train), spec.seed)
+    scaler = _standardizer(data.X_train[rows])
+    recorder = Deadline(seconds)
+    trainer = Trainer(probe_spec, _training_rows(data, rows, scaler), recorder, device)
+    start = time.monotonic()
+    with contextlib.suppress(StopTraining):  # the budget is spent: measure the model as it is
+        trainer.fit()
+    out: dict[str, Any] = {
+        "patch": patch,
+        "rows": len(rows),
+        "parameters": trainer.n_params,
+        "epochs": trainer.state.epoch,
+        "updates": trainer.state.step,
+        "seconds": round(time.monotonic() - start, 3),
+        "budget_seconds": round(seconds, 3),
+    }
+    if trainer.state.diverged_step is not None:
+        return out | {"train_loss": None, "diverged": True}
+    out["train_loss"] = _loss_on(trainer, scaler.apply(data.X_train), data.y_train)
+    if len(data.y_val):
+        out["val_loss"] = _loss_on(trainer, scaler.apply(data.X_val), data.y_val)
+    return out
 
 
-def conclude(parent_id: str) -> str | None:
-    """Once every probe of ``parent_id`` has finished, decide its verdict from them."""
-    with session_scope() as session:
-        parent = session.get(Job, parent_id)
-        probes = session.scalars(select(Job).where(Job.parent_id == parent_id, Job.kind == "probe")).all()
-        if parent is None or not probes or any(p.status in ("queued", "running") for p in probes):
-            return None
-        base = _final_train_loss(parent)
-        results = {(p.tags or {}).get("probe"): (p.id, p.status, _final_train_loss(p)) for p in probes}
-        if base is None:
-            return None
-        better = {
-            what: loss is not None and loss < CLEARLY_LOWER * base for what, (_, _, loss) in results.items()
-        }
-        if better.get("other_optimizer"):
-            verdict = "underfitting.optimization"
-        elif better.get("larger_model"):
-            verdict = "underfitting.model_bias"
-        else:
-            return parent.verdict
-        evidence = {
-            "parent_train_loss": base,
-            "probes": [
-                {"what": w, "job": j, "status": st, "train_loss": loss}
-                for w, (j, st, loss) in results.items()
-            ],
-            "rule": f"a probe is better when its training loss is below {CLEARLY_LOWER} x the parent's",
-        }
-        row = session.scalars(
-            select(Diagnosis).where(Diagnosis.job_id == parent_id, Diagnosis.kind == "verdict")
-        ).first()
-        if row is not None:
-            changed = row.code != verdict
-            row.code = verdict
-            row.evidence = {**(row.evidence or {}), "probes": evidence}
-            if changed:
-                row.recommendation = "Probe runs decided it: " + (
-                    "the same model trains much further with Adam, so the optimizer, "
-                    "not the model, held it back."
-                    if verdict.endswith("optimization")
-                    else "only a larger model trains much further, so the model is too small."
-                )
-                row.patch = probe_patches(parent.spec)[
-                    "other_optimizer" if verdict.endswith("optimization") else "larger_model"
-                ]
-        parent.verdict = verdict
-        log.info("job %s: probes decided %s", parent_id, verdict)
-        return verdict
+def _subset(n: int, seed: int) -> np.ndarray:
+    if n <= MAX_ROWS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed + 17).choice(n, MAX_ROWS, replace=False))
 
 
-def after_diagnosis(job_id: str) -> None:
-    """Called when a job's final diagnosis is stored: launch probes, or conclude a parent's."""
-    with session_scope() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            return
-        session.expunge(job)
-    if job.kind == "probe" and job.parent_id:
-        conclude(job.parent_id)
-    elif (job.spec.get("analysis") or {}).get("probes") and (job.verdict or "").startswith("underfitting"):
-        launch_probes(job)
+def _standardizer(X: np.ndarray) -> Scaler:
+    # Standardizing rows that already went through the job's (affine) scaling equals standardizing
+    # the raw features: the recipe's scaling, without going back to the raw data.
+    std = X.std(axis=0)
+    return Scaler("standardize", X.mean(axis=0), np.where(std > 1e-12, std, 1.0).astype(np.float32))
+
+
+def _training_rows(data: Prepared, rows: np.ndarray, scaler: Scaler) -> Prepared:
+    """The probe's data: the chosen training rows, standardized; no validation or test rows."""
+    empty_X, empty_y = data.X_train[:0], data.y_train[:0]
+    return Prepared(
+        scaler.apply(data.X_train[rows]), data.y_train[rows], empty_X, empty_y, empty_X, empty_y,
+        data.task, data.data_task, data.n_classes, data.n_outputs, scaler, data.input_shape, dict(data.info),
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def _loss_on(trainer: Trainer, X: np.ndarray, y: np.ndarray) -> float:
+    trainer.model.eval()
+    loss, _ = trainer._split_sums("probe", trainer._tensor(X), trainer._target(y), {})
+    return float(loss) / len(y)

@@ -1,5 +1,6 @@
-"""Reference scores on the job's own data: what chance gives and what a quick non-parametric model
-reaches. "Large loss" is judged against these, never against a constant."""
+"""Reference scores on the job's own data: what chance gives, what a quick non-parametric model
+(k-NN) reaches, and what a constrained model (L2-regularized logistic or ridge regression) reaches
+on held-out rows. "Large loss" and "overfitting" are judged against these, never against a constant."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 from typing import Any
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 
 from worker.data import Prepared
@@ -50,10 +52,26 @@ def reference_scores(data: Prepared, seed: int) -> dict[str, Any]:
         if len(va):
             model = KNeighborsClassifier(n_neighbors=k).fit(X_tr, y_tr)
             out["knn_val_accuracy"] = float((model.predict(X_va) == y_va).mean())
+            out["linear_val_loss"] = linear_classifier_loss(X_tr, y_tr, X_va, y_va, data.n_classes)
     else:
         out["chance_loss"] = chance_loss(y_tr, "regression", 0)
         if len(va):
             model = KNeighborsRegressor(n_neighbors=k).fit(X_tr, y_tr.reshape(len(y_tr), -1))
             pred = model.predict(X_va).reshape(-1)
             out["knn_val_loss"] = float(np.mean((pred - y_va.reshape(-1)) ** 2))
+            ridge = Ridge(alpha=1.0).fit(X_tr, y_tr.reshape(-1))
+            out["linear_val_loss"] = float(np.mean((ridge.predict(X_va) - y_va.reshape(-1)) ** 2))
     return out
+
+
+def linear_classifier_loss(
+    X_tr: np.ndarray, y_tr: np.ndarray, X_va: np.ndarray, y_va: np.ndarray, n: int
+) -> float | None:
+    """Held-out cross-entropy of an L2-regularized logistic regression (the constrained model an
+    overfitting network is compared with); None when the training rows hold a single class."""
+    if len(np.unique(y_tr)) < 2:
+        return None
+    model = LogisticRegression(C=1.0, max_iter=300).fit(X_tr, y_tr)
+    proba = np.full((len(y_va), n), 1e-12)
+    proba[:, model.classes_] = np.clip(model.predict_proba(X_va), 1e-12, 1.0)
+    return float(-np.mean(np.log(proba[np.arange(len(y_va)), y_va])))

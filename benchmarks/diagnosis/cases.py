@@ -1,0 +1,258 @@
+"""The benchmark's runs: every family of the checklist, generated over datasets and seeds.
+
+A family is a way runs go right or wrong (healthy at several sizes; overfitting; model bias;
+optimization trouble of many kinds; mismatch; too few epochs; regressing class labels). It only
+*generates* runs: a run's label is decided by counterfactual reruns (label.py), never by its family.
+Each family is applied to every other dataset (a fixed rotation), at three seeds.
+
+Split: the test split is seed 2 of every dataset plus every seed of two datasets the rules were
+never tuned on (``TEST_DATASETS``); the dev split is the rest. Rules are tuned on dev only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks.diagnosis.datasets import DATASETS, DataCase
+
+SEEDS = (0, 1, 2)
+TEST_SEEDS = (2,)
+TEST_DATASETS = ("breast_cancer", "up_friedman")
+REGRESSION = ("diabetes", "gaussian_regression", "up_friedman")
+# Datasets whose raw features already span a factor > 100 (no transform needed for "unscaled").
+UNSCALED_AS_IS = ("wine", "breast_cancer")
+SMALL = ("iris", "wine")  # under 200 rows: few_rows would leave nothing to hold out
+
+
+@dataclass(frozen=True)
+class Case:
+    family: str
+    dataset: str
+    seed: int
+    spec: dict[str, Any] = field(hash=False, compare=False)
+    data: DataCase = field(hash=False, compare=False)
+
+    @property
+    def id(self) -> str:
+        return f"{self.family}/{self.dataset}/{self.seed}"
+
+    @property
+    def split(self) -> str:
+        return "test" if self.seed in TEST_SEEDS or self.dataset in TEST_DATASETS else "dev"
+
+    @property
+    def config(self) -> str:
+        """The case without its seed: seeds of one config measure the seed-to-seed spread."""
+        return f"{self.family}/{self.dataset}"
+
+    def fingerprint(self) -> str:
+        """What the counterfactual outcomes depend on: the spec without its analysis settings
+        (counterfactual reruns train without spectra or diagnostics) and the data."""
+        body = {k: v for k, v in self.spec.items() if k != "analysis"}
+        return json.dumps([body, self.data.__dict__], sort_keys=True)
+
+
+def mlp(hidden: list[int], activation: str = "relu", **model: Any) -> dict[str, Any]:
+    return {"arch": "mlp", "hidden": hidden, "activation": activation, **model}
+
+
+def spec(
+    name: str,
+    model: dict,
+    optimizer: dict,
+    epochs: int,
+    batch: int = 32,
+    scaling: str = "standardize",
+    **rest: Any,
+) -> dict[str, Any]:
+    data = rest.pop("data", {})
+    return {
+        "name": name,
+        "data": {"scaling": scaling, **data},
+        "model": model,
+        "optimizer": optimizer,
+        "batch_size": batch,
+        "epochs": epochs,
+        # Spectra at init, five or six times during training, at the best checkpoint and the end.
+        "analysis": {"hessian": {"every_epochs": max(10, epochs // 5), "samples": 512}},
+        **rest,
+    }
+
+
+def adam(lr: float) -> dict[str, Any]:
+    return {"name": "adam", "lr": lr}
+
+
+def sgd(lr: float, momentum: float = 0.0) -> dict[str, Any]:
+    return {"name": "sgd", "lr": lr, "momentum": momentum}
+
+
+Family = Callable[[str], tuple[dict[str, Any], DataCase] | None]
+
+
+def plain(build: Callable[[str], dict[str, Any] | None], **data: Any) -> Family:
+    """A family on the dataset as it is (``data`` for DataCase options)."""
+
+    def family(dataset: str) -> tuple[dict[str, Any], DataCase] | None:
+        body = build(dataset)
+        return None if body is None else (body, DataCase(dataset, **data))
+
+    return family
+
+
+def noisy_params(dataset: str) -> tuple[tuple[str, float], ...]:
+    """Noisier versions of the generated sets (long training on noise overfits)."""
+    return {
+        "moons": (("noise", 0.35), ("n_samples", 400)),
+        "circles": (("noise", 0.25), ("n_samples", 400)),
+        "blobs": (("cluster_std", 3.0), ("n_samples", 400)),
+        "gaussian_regression": (("noise", 40.0), ("n_samples", 300)),
+    }.get(dataset, ())
+
+
+def classification(dataset: str) -> bool:
+    return dataset not in REGRESSION
+
+
+FAMILIES: dict[str, Family] = {
+    # ----- healthy runs of several sizes -----
+    "healthy_small": plain(lambda d: spec("healthy-small", mlp([32]), adam(3e-3), 40)),
+    "healthy_wide": plain(
+        lambda d: spec(
+            "healthy-wide",
+            mlp([128, 128]),
+            adam(1e-3),
+            60,
+            64,
+            regularization={"l2": 1e-4, "early_stopping": {"patience": 8}},
+        )
+    ),  # fmt: skip
+    "healthy_sgd": plain(lambda d: spec("healthy-sgd", mlp([64]), sgd(0.02, 0.9), 60)),
+    "healthy_cnn": plain(
+        lambda d: (
+            spec("healthy-cnn", {"arch": "cnn", "channels": [8, 16], "hidden": [32]}, adam(1e-3), 15)
+            if d == "digits"
+            else None
+        )
+    ),
+    # ----- overfitting -----
+    "few_rows": plain(
+        lambda d: (
+            None
+            if d in SMALL
+            else spec("few-rows", mlp([256, 256]), adam(1e-3), 150, 16, data={"train_size": 40})
+        )
+    ),
+    "label_noise": plain(
+        lambda d: spec("label-noise", mlp([128, 128]), adam(1e-3), 100, data={"label_noise": 0.3})
+    ),
+    "excess_capacity": plain(
+        lambda d: (
+            None
+            if d in SMALL
+            else spec("excess-capacity", mlp([512, 512]), adam(1e-3), 80, data={"train_size": 150})
+        )
+    ),
+    "long_noisy": lambda d: (
+        (
+            spec("long-noisy", mlp([128, 128]), adam(3e-3), 150, 16, data={"train_size": 200}),
+            DataCase(d, noisy_params(d)),
+        )
+        if d not in SMALL
+        else None
+    ),
+    # ----- model bias -----
+    "linear": plain(lambda d: spec("linear", {"arch": "linear"}, adam(1e-2), 80)),
+    "identity_stack": plain(lambda d: spec("identity-stack", mlp([64, 64, 64], "identity"), adam(1e-3), 60)),
+    "too_narrow": plain(lambda d: spec("too-narrow", mlp([2], "tanh"), adam(1e-2), 80)),
+    # ----- optimization trouble -----
+    "lr_too_low": plain(
+        lambda d: spec("lr-too-low", mlp([64]), sgd(10.0 ** -(4 + DATASETS.index(d) % 3)), 40)
+    ),
+    "lr_too_high_nan": plain(lambda d: spec("lr-too-high-nan", mlp([64]), sgd(30.0), 20)),
+    "lr_too_high_stuck": plain(lambda d: spec("lr-too-high-stuck", mlp([64, 64]), sgd(5.0), 30)),
+    "zero_init": plain(
+        lambda d: spec("zero-init", mlp([32], "tanh", init={"weights": "zeros"}), sgd(0.05), 40)
+    ),
+    "deep_sigmoid": plain(lambda d: spec("deep-sigmoid", mlp([8] * 8, "sigmoid"), sgd(0.05), 60, 64)),
+    "dead_relu": plain(lambda d: spec("dead-relu", mlp([64, 64], init={"bias": -3.0}), sgd(0.05), 40)),
+    "unscaled": lambda d: (
+        spec("unscaled", mlp([32], "tanh"), sgd(1e-5), 60, 16, scaling="none"),
+        DataCase(d, transform="none" if d in UNSCALED_AS_IS else "unscaled"),
+    ),
+    "unshuffled": lambda d: (
+        spec("unshuffled", mlp([32]), sgd(0.05), 40, 16, data={"shuffle": False}),
+        DataCase(d, transform="sorted"),
+    ),
+    "oscillation": lambda d: (
+        (
+            spec("oscillation", mlp([50]), sgd(0.02, 0.9), 20, 1, data={"label_noise": 0.1}),
+            DataCase(d, noisy_params(d)),
+        )
+        if d in ("iris", "wine", "moons", "circles", "blobs", "diabetes", "breast_cancer")
+        else None
+    ),
+    "plateau": plain(
+        lambda d: spec(
+            "plateau", mlp([32, 32, 32], "tanh", init={"weights": "normal", "std": 0.01}), sgd(0.01), 60
+        )
+    ),
+    "saturated_tanh": plain(
+        lambda d: spec(
+            "saturated-tanh", mlp([32] * 6, "tanh", init={"weights": "normal", "std": 1.0}), sgd(0.01), 40
+        )
+    ),
+    # ----- mismatch: a separate test set from another distribution -----
+    "mismatch_shift": lambda d: (
+        spec("mismatch-shift", mlp([32]), adam(3e-3), 40),
+        DataCase(d, test_shift="shift"),
+    ),
+    "mismatch_rescale": lambda d: (
+        spec("mismatch-rescale", mlp([32]), adam(3e-3), 40),
+        DataCase(d, test_shift="rescale"),
+    ),
+    "mismatch_invert": lambda d: (
+        spec("mismatch-invert", mlp([32]), adam(3e-3), 40),
+        DataCase(d, test_shift="invert"),
+    ),
+    # ----- not converged, label encoding -----
+    "too_few_epochs": plain(lambda d: spec("too-few-epochs", mlp([64]), adam(3e-4), 4)),
+    "regress_classes": plain(
+        lambda d: (
+            spec("regress-classes", mlp([64]), adam(1e-3), 40, data={"task": "regression"})
+            if classification(d)
+            else None
+        )
+    ),
+}
+
+
+def rotation(family_index: int, dataset_index: int) -> bool:
+    """Every other dataset for each family, alternating between families."""
+    return (family_index + dataset_index) % 2 == 0
+
+
+def all_cases() -> list[Case]:
+    cases = []
+    for fi, (family, build) in enumerate(FAMILIES.items()):
+        for di, dataset in enumerate(DATASETS):
+            if family != "healthy_cnn" and not rotation(fi, di):
+                continue
+            made = build(dataset)
+            if made is None:
+                continue
+            body, data = made
+            for seed in SEEDS:
+                cases.append(
+                    Case(
+                        family,
+                        dataset,
+                        seed,
+                        {**body, "seed": seed, "data": {**body["data"], **data.spec_data()}},
+                        data,
+                    )
+                )
+    return cases

@@ -1,0 +1,126 @@
+"""The benchmark's datasets: built-in ones by name, and "uploaded" ones made here as the CSV or NPZ
+bytes a user would upload and parsed by the worker's own loader (``worker.data.load_uploaded``).
+
+Transforms turn a dataset into the situations the checklist is about: rows sorted by label (for
+unshuffled training), columns on wildly different scales, and separate test sets drawn from another
+distribution (shifted, rescaled, with inverted labels).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn import datasets as skd
+
+from worker.data import RawData, load_builtin, load_uploaded
+
+BUILTIN = (
+    "digits",
+    "iris",
+    "wine",
+    "breast_cancer",
+    "diabetes",
+    "moons",
+    "circles",
+    "blobs",
+    "gaussian_regression",
+)
+
+
+def _npz_bytes(X: np.ndarray, y: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, X=X, y=y)
+    return buffer.getvalue()
+
+
+def _csv_bytes(X: np.ndarray, y: np.ndarray, label: str) -> bytes:
+    header = ",".join([f"x{i}" for i in range(X.shape[1])] + [label])
+    rows = [",".join(f"{v:.6g}" for v in row) + f",{t:.6g}" for row, t in zip(X, y, strict=True)]
+    return ("\n".join([header, *rows]) + "\n").encode()
+
+
+def uploaded_quadrants() -> RawData:
+    """An NPZ upload: 4 classes in 12 features, 6 informative, classes in several clusters each."""
+    X, y = skd.make_classification(
+        n_samples=1200, n_features=12, n_informative=6, n_redundant=2, n_classes=4,
+        n_clusters_per_class=2, class_sep=1.2, flip_y=0.0, random_state=7,
+    )  # fmt: skip
+    return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.int64)), None, "classification")
+
+
+def uploaded_friedman() -> RawData:
+    """A CSV upload: Friedman's nonlinear regression benchmark, y = 10 sin(πx₁x₂) + 20(x₃-½)² + ..."""
+    X, y = skd.make_friedman1(n_samples=1000, n_features=8, noise=0.5, random_state=7)
+    return load_uploaded("csv", _csv_bytes(X, y, "target"), "target", "regression")
+
+
+UPLOADED = {"up_quadrants": uploaded_quadrants, "up_friedman": uploaded_friedman}
+DATASETS = (*BUILTIN, *UPLOADED)
+
+
+def dataset_id(name: str) -> str:
+    """A stable 32-hex id standing for an uploaded dataset in the spec (the API's form of it)."""
+    return hashlib.md5(name.encode()).hexdigest()  # noqa: S324 (an identifier, not a secret)
+
+
+@dataclass(frozen=True)
+class DataCase:
+    """Which rows a case trains on: a dataset, its generator parameters, and a transform."""
+
+    dataset: str
+    params: tuple[tuple[str, float], ...] = ()
+    transform: str = "none"  # none | sorted | unscaled
+    test_shift: str = "none"  # none | shift | rescale | invert: a separate test set
+
+    @property
+    def uploaded(self) -> bool:
+        return self.dataset in UPLOADED or self.transform != "none" or self.test_shift != "none"
+
+    def spec_data(self) -> dict:
+        """The spec's ``data`` section (scaling, shuffle etc. are added by the family)."""
+        if not self.uploaded:
+            return {"dataset": self.dataset, **({"params": dict(self.params)} if self.params else {})}
+        out = {"dataset": dataset_id(f"{self.dataset}:{self.params}:{self.transform}")}
+        if self.test_shift != "none":
+            out["test_dataset"] = dataset_id(f"{self.dataset}:{self.params}:{self.test_shift}")
+        return out
+
+
+def load(case: DataCase, seed: int) -> tuple[RawData, RawData | None]:
+    """The raw training data and the separate test set, if the case has one."""
+    if case.dataset in UPLOADED:
+        raw = UPLOADED[case.dataset]()
+    else:
+        raw = load_builtin(case.dataset, dict(case.params), seed)
+    test = shifted_test(raw, case.test_shift, seed) if case.test_shift != "none" else None
+    return transformed(raw, case.transform, seed), test
+
+
+def transformed(raw: RawData, transform: str, seed: int) -> RawData:
+    if transform == "sorted":  # file order by label (or target): what shuffle: false then trains on
+        order = np.argsort(raw.y, kind="stable")
+        return RawData(raw.X[order], raw.y[order], raw.task, raw.n_classes, raw.input_shape)
+    if transform == "unscaled":  # columns multiplied by 10^u, u uniform in [-2, 3]
+        rng = np.random.default_rng(1000 + seed)
+        scales = 10.0 ** rng.uniform(-2, 3, raw.X.shape[1])
+        scales[np.argmin(scales)], scales[np.argmax(scales)] = 1e-2, 1e3  # the full spread, every seed
+        return RawData((raw.X * scales).astype(np.float32), raw.y, raw.task, raw.n_classes, raw.input_shape)
+    return raw
+
+
+def shifted_test(raw: RawData, shift: str, seed: int) -> RawData:
+    """A test set from another distribution: the dataset's rows (a bootstrap sample) moved by two
+    standard deviations per feature, multiplied by 3, or with their labels inverted."""
+    rng = np.random.default_rng(2000 + seed)
+    rows = rng.choice(len(raw.y), size=min(len(raw.y), 400), replace=True)
+    X, y = raw.X[rows].astype(np.float64), raw.y[rows].copy()
+    if shift == "shift":
+        X = X + 2.0 * X.std(axis=0)
+    elif shift == "rescale":
+        X = 3.0 * X
+    elif shift == "invert":
+        y = (raw.n_classes - 1 - y) if raw.task == "classification" else -y
+    return RawData(X.astype(np.float32), y, raw.task, raw.n_classes, raw.input_shape)
