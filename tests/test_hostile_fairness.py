@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from datetime import datetime
 
 import httpx
@@ -20,6 +21,16 @@ from worker.celery_app import enqueue_job
 
 # About a second of training each on this machine's CPU.
 ONE_JOB = tiny_spec(name="flood", epochs=25, batch_size=4)
+
+
+def _fresh_project(label: str) -> tuple[str, str]:
+    """(name, token) of a project of this test alone: the session's projects run other tests' jobs
+    meanwhile, which would count in their turns and quotas."""
+    from api.auth import create_token
+
+    name = f"{label}-{uuid.uuid4().hex[:8]}"
+    with session_scope() as session:
+        return name, create_token(session, name, "fairness")[1]
 
 
 def _client(url: str, token: str) -> httpx.Client:
@@ -58,12 +69,11 @@ def _wait(predicate, timeout: float = 180.0):  # noqa: ANN001, ANN202
     raise AssertionError("timed out")
 
 
-def test_a_flood_in_one_project_does_not_hold_back_another(
-    api_server: str, token: str, other_token: str, worker_process
-) -> None:
+def test_a_flood_in_one_project_does_not_hold_back_another(api_server: str, worker_process) -> None:
     """40 jobs of one project are queued ahead of one job of another; the other's job takes the
     next free slot, so it waits at most the length of one job of the flood."""
-    flood_api, other_api = _client(api_server, token), _client(api_server, other_token)
+    flood_api = _client(api_server, _fresh_project("flood")[1])
+    other_api = _client(api_server, _fresh_project("bystander")[1])
     flood = [flood_api.post("/v1/jobs", json=ONE_JOB).json()["id"] for _ in range(40)]
     try:
         _wait(lambda: sum(t[3] == "running" for t in _times(flood).values()) >= 2)
@@ -140,7 +150,7 @@ def _insert(project_name: str, queue: str, n: int) -> list[str]:
 
 
 def test_a_project_runs_at_most_its_quota_and_the_rest_run_later(quota_worker: str) -> None:
-    mine = _insert(f"test-{RUN_ID}", quota_worker, 4)
+    mine = _insert(_fresh_project("quota")[0], quota_worker, 4)
     most = 0
     try:
 
@@ -162,8 +172,8 @@ def test_a_project_runs_at_most_its_quota_and_the_rest_run_later(quota_worker: s
 
 
 def test_the_quota_leaves_free_slots_to_other_projects(quota_worker: str) -> None:
-    mine = _insert(f"test-{RUN_ID}", quota_worker, 3)
-    theirs = _insert(f"other-{RUN_ID}", quota_worker, 1)
+    mine = _insert(_fresh_project("quota")[0], quota_worker, 3)
+    theirs = _insert(_fresh_project("beside")[0], quota_worker, 1)
     try:
         _wait(lambda: all(t[3] == "succeeded" for t in _times(mine + theirs).values()), timeout=240)
         times = _times(mine + theirs)

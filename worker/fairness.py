@@ -46,7 +46,7 @@ def _waiting(job: Job) -> list[ColumnElement[bool]]:
     """Queued jobs that could use a slot of ``job``'s pool and task now."""
     return [
         Job.status == "queued",
-        Job.queue.is_not_distinct_from(job.queue),
+        Job.queue == job.queue if job.queue is not None else Job.queue.is_(None),  # `=`: ix_jobs_waiting
         Job.cancel_requested.is_(False),
         Job.parked_at.is_(None),
         _same_task(job.kind),
