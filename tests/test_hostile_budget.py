@@ -175,3 +175,12 @@ def test_the_worker_refuses_an_over_budget_row_before_it_allocates(worker_proces
         time.sleep(0.5)
     assert status == "failed", (status, error)
     assert "SADDLE_MAX_DATA_BYTES" in error and "\n" not in error
+
+
+def test_a_space_too_large_to_validate_cheaply_is_refused(api: httpx.Client) -> None:
+    """32 dimensions of 1,000 choices: each value is validated as a spec, 32,000 of them."""
+    space = {
+        f"data.params.{key}": {"type": "choice", "values": [0.1] * 1000} for key in ("noise", "factor")
+    } | {f"tags.k{i}": {"type": "choice", "values": list(range(1000))} for i in range(30)}
+    r = api.post("/v1/sweeps", json=_sweep(tiny_spec(data={"dataset": "circles"}), space, algorithm="random"))
+    _refused(r, "space", "at most 4000")

@@ -26,6 +26,9 @@ from worker import sweeps as engine
 from worker.sweeps import MAX_GRID_POINTS, Dim, SweepSpec
 
 DEFAULT_TRIALS_PAGE = 1_000
+# Each candidate value of a space is validated as a whole spec (~0.1 ms): this bounds one request's
+# validation to well under a second of CPU.
+MAX_SPACE_VALUES = 4_000
 MAX_TRIALS_PAGE = 10_000
 
 
@@ -81,6 +84,9 @@ def plan(session: Session, project: Project, body: SweepSpec) -> int:
         problem = check_path(path)
         if problem:
             raise _invalid(("space", path), problem)
+    values = sum(len(dim.candidates()) for dim in body.space.values())
+    if values > MAX_SPACE_VALUES:
+        raise _invalid(("space",), f"{values} candidate values in all; at most {MAX_SPACE_VALUES}")
     if body.algorithm == "grid":
         size = 1
         for path, dim in body.space.items():
