@@ -182,3 +182,23 @@ def test_the_quota_leaves_free_slots_to_other_projects(quota_worker: str) -> Non
         assert their_start < last_of_mine  # it ran beside the quota'd project, not after it
     finally:
         _cancel_queued(mine + theirs)
+
+
+def test_a_huge_sweep_queues_no_more_than_its_project_may_run(api_server: str) -> None:
+    """max_trials 10,000 with max_concurrency 1,000 used to queue 1,032 jobs at once."""
+    http = _client(api_server, _fresh_project("huge-sweep")[1])
+    body = {
+        "base": tiny_spec(name="huge", epochs=1),
+        "space": {"optimizer.lr": {"type": "loguniform", "low": 0.001, "high": 0.1}},
+        "algorithm": "random",
+        "max_trials": 10_000,
+        "max_concurrency": 1_000,
+    }
+    r = http.post("/v1/sweeps", json=body)
+    assert r.status_code == 201, r.text
+    try:
+        launched = r.json()["progress"]["queued"] + r.json()["progress"]["running"]
+        running_quota = get_settings().max_running_jobs
+        assert 0 < launched <= 2 * running_quota  # the project's running quota plus the lookahead
+    finally:
+        http.post(f"/v1/sweeps/{r.json()['id']}/cancel")
