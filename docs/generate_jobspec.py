@@ -106,7 +106,7 @@ MEANINGS: dict[str, str] = {
     "analysis.hessian.density": "Estimate the spectral density (stochastic Lanczos quadrature).",
     "analysis.hessian.samples": "Training rows the Hessian is taken over.",
     "analysis.hessian.enabled": "false: no spectra at all (the curvature findings then have less evidence).",
-    "analysis.probes": "Allow short probe runs that tell model bias from optimization trouble.",
+    "analysis.probes": "When the training loss is large, short probe runs (a standard recipe, a larger model; at most a quarter of the job's compute) tell model bias from optimization trouble.",
     "analysis.diagnostics": "Per-update gradient norms, per-layer norms and unit statistics: what the diagnosis reads.",
     "resources": "Where and for how long it may run.",
     "resources.device": "auto: the worker's GPU if it has one; cpu or cuda to insist.",
