@@ -61,9 +61,22 @@ def test_every_example_file_is_listed_and_valid() -> None:
     assert listed == files
     for name in ("digits.yaml", "overfit.yaml", "finetune.yaml"):
         JobSpec.model_validate(yaml.safe_load((EXAMPLES / name).read_text()))
-    # The overfitting example is the scenario whose verdict (overfitting) test_scenarios checks.
-    scenario = yaml.safe_load((ROOT / "tests" / "scenarios" / "overfit_small_digits.yaml").read_text())
-    assert yaml.safe_load((EXAMPLES / "overfit.yaml").read_text()) == scenario["spec"]
+
+
+@pytest.mark.usefixtures("worker_process")
+def test_the_quick_start_overfits_and_is_offered_its_remedy(saddle, sdk: Client) -> None:  # noqa: ANN001, F811
+    """README's quick start: submit examples/overfit.yaml --watch, then the remedy it is offered."""
+    watched = saddle("submit", str(EXAMPLES / "overfit.yaml"), "--watch")
+    assert watched.returncode == 0, watched.stderr
+    job_id = watched.stdout.split()[1]
+    assert f"job {job_id} succeeded — verdict: overfitting" in watched.stdout
+    diagnosed = saddle("diagnose", job_id)
+    assert f"apply the fix: saddle remedy {job_id}   (applies overfitting" in diagnosed.stdout
+    remedy = saddle("remedy", job_id, "--json")
+    assert remedy.returncode == 0, remedy.stderr
+    made = json.loads(remedy.stdout)
+    assert "overfitting" in made["applied"] and made["job"]["spec"]["regularization"]["early_stopping"]
+    sdk.cancel(made["job"]["id"])
 
 
 @pytest.mark.usefixtures("worker_process")
