@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import io
 import logging
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from worker.training import Trainer, load_checkpoint
 log = logging.getLogger("saddle.worker")
 
 BATCH = 1024
+GRADIENT_ROWS_PER_SAMPLE = 8
 # The exact spectrum costs one HVP per parameter; Lanczos reaches 1e-4 relative accuracy in tens of
 # HVPs. During training the exact path is kept for models small enough that n HVPs stay cheap.
 EXACT_THRESHOLD = 1000
@@ -60,8 +62,38 @@ def measure(
         exact_threshold=EXACT_THRESHOLD,
     )
     lr = trainer.optimizer.param_groups[0]["lr"]
-    critical = classify_critical_point(result, lr=lr)
+    loss, grad_norm = gradient_on(
+        model, trainer, analysis_batches(trainer, GRADIENT_ROWS_PER_SAMPLE * h.samples)
+    )
+    critical = classify_critical_point(replace(result, loss=loss, grad_norm=grad_norm), lr=lr)
     return {"result": result, "critical": critical, "samples": sum(len(b[1]) for b in batches)}
+
+
+def gradient_on(
+    model: torch.nn.Module, trainer: Trainer, batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[float, float]:
+    """Mean loss and gradient norm over ``batches`` in eval mode (the spectrum's mode). The
+    critical-point test asks whether the gradient is zero; on the Hessian's sample it carries
+    sampling noise that the full gradient does not (a point where the full gradient vanishes shows
+    a sample gradient of order sqrt(variance / samples)), so it is measured on GRADIENT_ROWS_PER_SAMPLE
+    times as many rows, all of them up to that."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    model.eval()
+    total = sum(len(y) for _, y in batches)
+    grads = [torch.zeros_like(p) for p in params]
+    loss_sum = 0.0
+    try:
+        with torch.enable_grad():
+            for X, y in batches:
+                loss = trainer.data_loss(model(X), y) * (len(y) / total)
+                for acc, g in zip(grads, torch.autograd.grad(loss, params, allow_unused=True), strict=True):
+                    if g is not None:
+                        acc.add_(g)
+                loss_sum += float(loss.detach())
+    finally:
+        model.train(was_training)
+    return loss_sum, float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
 
 
 def spectrum_fields(measured: dict[str, Any]) -> dict[str, Any]:

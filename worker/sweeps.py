@@ -71,6 +71,7 @@ from sqlalchemy.orm import Session
 
 from models.budget import budget_problems, uploaded_shape
 from models.db import get_engine, session_scope, with_retries
+from models.findings import Finding, write_diagnoses
 from models.jsonsafe import json_safe
 from models.settings import get_settings
 from models.spec import JobSpec
@@ -1228,21 +1229,18 @@ def _rank_correlation(xs: list[float], ys: list[float]) -> float | None:
 
 @dataclass
 class TrialNote:
-    """A diagnosis a comparison adds to one trial."""
+    """A diagnosis a comparison adds to one trial, and the verdict it implies (if any)."""
 
     job_id: str
-    code: str
-    evidence: dict[str, Any]
-    recommendation: str
-    patch: dict[str, Any]
-    verdict: str | None = None  # the verdict the trial must get, if any
+    finding: Finding
+    verdict: str | None = None
 
 
-def depth_findings(runs: list[Run], sweep_id: str) -> tuple[list[dict[str, Any]], list[TrialNote]]:
+def depth_findings(runs: list[Run], sweep_id: str) -> tuple[list[Finding], list[TrialNote]]:
     """deeper_is_worse: a deeper sibling with clearly higher *training* loss than a shallower one
     cannot be short of capacity (it could copy the shallow net and pass the rest through), so the
     optimizer failed it: its verdict is underfitting.optimization."""
-    findings: list[dict[str, Any]] = []
+    findings: list[Finding] = []
     notes: list[TrialNote] = []
     pairs: list[dict[str, Any]] = []
     for group in _groups([r for r in runs if _finite(r.train_loss)], "model.hidden"):
@@ -1296,27 +1294,29 @@ def depth_findings(runs: list[Run], sweep_id: str) -> tuple[list[dict[str, Any]]
             f"{len(get_path(best.spec, 'model.hidden') or [])} ({_r(best.train_loss)})."
         )
         findings.append(
-            {
-                "code": "depth_comparison",
-                "severity": "info",
-                "conclusion": conclusion,
-                "evidence": {"table": table},
-            }
+            Finding(
+                code="depth_comparison",
+                severity="info",
+                confidence=0.9,
+                evidence={"table": table},
+                recommendation=conclusion,
+            )
         )
     if pairs:
         findings.insert(
             0,
-            {
-                "code": "deeper_is_worse",
-                "severity": "warning",
-                "conclusion": "A deeper model trains worse than a shallower one: that is an optimization problem "
+            Finding(
+                code="deeper_is_worse",
+                severity="warning",
+                confidence=0.8,
+                evidence={"pairs": _table(pairs)},
+                recommendation="A deeper model trains worse than a shallower one: that is an optimization problem "
                 "(vanishing gradients, saturation, poor initialization), not a lack of capacity. Fix the "
                 "optimization of the deep model (normalization, ReLU, a better initialization) or keep the "
                 "shallower depth.",
-                "evidence": {"pairs": _table(pairs)},
-                "trials": sorted({p["deeper"]["job_id"] for p in pairs}),
-                "patch": notes[0].patch,
-            },
+                patch=notes[0].finding.patch,
+                trials=sorted({p["deeper"]["job_id"] for p in pairs}),
+            ),
         )
     return findings, notes
 
@@ -1328,32 +1328,40 @@ def _deeper_note(deep: Run, ref: Run, pair: dict[str, Any], sweep_id: str) -> Tr
         patch["model"]["activation"] = "relu"
     return TrialNote(
         deep.job_id,
-        "deeper_is_worse",
-        {
-            "sweep_id": sweep_id,
-            "train_loss": _r(deep.train_loss),
-            "hidden": get_path(deep.spec, "model.hidden"),
-            "shallower_job_id": ref.job_id,
-            "shallower_hidden": get_path(ref.spec, "model.hidden"),
-            "shallower_train_loss": _r(ref.train_loss),
-            "alternative_patch": {"model": {"hidden": get_path(ref.spec, "model.hidden")}},
-            "pair": pair,
-        },
-        f"This model's training loss ({_r(deep.train_loss)}) is higher than that of its shallower sibling "
-        f"{ref.job_id} ({_r(ref.train_loss)}). A deeper net can represent everything the shallower one "
-        "can, so the optimizer is at fault: add normalization"
-        + (" and use ReLU instead of a saturating activation" if activation in ("sigmoid", "tanh") else "")
-        + ", or keep the shallower depth.",
-        patch,
+        Finding(
+            code="deeper_is_worse",
+            severity="warning",
+            confidence=0.8,
+            evidence={
+                "sweep_id": sweep_id,
+                "train_loss": _r(deep.train_loss),
+                "hidden": get_path(deep.spec, "model.hidden"),
+                "shallower_job_id": ref.job_id,
+                "shallower_hidden": get_path(ref.spec, "model.hidden"),
+                "shallower_train_loss": _r(ref.train_loss),
+                "alternative_patch": {"model": {"hidden": get_path(ref.spec, "model.hidden")}},
+                "pair": pair,
+            },
+            recommendation=f"This model's training loss ({_r(deep.train_loss)}) is higher than that of its "
+            f"shallower sibling {ref.job_id} ({_r(ref.train_loss)}). A deeper net can represent everything the "
+            "shallower one can, so the optimizer is at fault: add normalization"
+            + (
+                " and use ReLU instead of a saturating activation"
+                if activation in ("sigmoid", "tanh")
+                else ""
+            )
+            + ", or keep the shallower depth.",
+            patch=patch,
+        ),
         verdict="underfitting.optimization",
     )
 
 
-def batch_size_findings(runs: list[Run], sweep_id: str) -> tuple[list[dict[str, Any]], list[TrialNote]]:
+def batch_size_findings(runs: list[Run], sweep_id: str) -> tuple[list[Finding], list[TrialNote]]:
     """batch_size_sharpness: λ_max of the final model, test loss and time per epoch against batch
     size. When larger batches reach sharper minima and also test worse, the sharp trials (sharper and
     worse than the smallest batch) get ``sharp_minimum``."""
-    findings: list[dict[str, Any]] = []
+    findings: list[Finding] = []
     notes: list[TrialNote] = []
     for group in _groups(runs, "batch_size"):
         group.sort(key=lambda r: (int(get_path(r.spec, "batch_size") or 0), r.number))
@@ -1409,59 +1417,66 @@ def batch_size_findings(runs: list[Run], sweep_id: str) -> tuple[list[dict[str, 
         if sharp:
             ref = measured[0]
             findings.append(
-                {
-                    "code": "batch_size_sharpness",
-                    "severity": "warning",
-                    "conclusion": f"Larger batches reach sharper minima (λ_max {_r(ref.lambda_max)} at batch "
+                Finding(
+                    code="batch_size_sharpness",
+                    severity="warning",
+                    confidence=0.8,
+                    evidence=evidence,
+                    recommendation=f"Larger batches reach sharper minima (λ_max {_r(ref.lambda_max)} at batch "
                     f"{get_path(ref.spec, 'batch_size')} → up to {_r(max(r.lambda_max or 0.0 for r in sharp))}) "
                     "and generalize worse (test loss "
                     f"{_r(ref.test_loss)} → up to {_r(max(r.test_loss or 0.0 for r in sharp))}). Prefer the "
                     f"smaller batch, or make up for a large one (warm-up, noise, a higher rate).{trade}",
-                    "evidence": evidence,
-                    "trials": [r.job_id for r in sharp],
-                    "patch": {"batch_size": get_path(ref.spec, "batch_size")},
-                }
-            )
-            for r in sharp:
-                notes.append(
-                    TrialNote(
-                        r.job_id,
-                        "sharp_minimum",
-                        {
-                            "sweep_id": sweep_id,
-                            "batch_size": get_path(r.spec, "batch_size"),
-                            "lambda_max": _r(r.lambda_max),
-                            "test_loss": _r(r.test_loss),
-                            "reference": {
-                                "job_id": ref.job_id,
-                                "batch_size": get_path(ref.spec, "batch_size"),
-                                "lambda_max": _r(ref.lambda_max),
-                                "test_loss": _r(ref.test_loss),
-                            },
-                        },
-                        f"At batch size {get_path(r.spec, 'batch_size')} training ended in a sharper minimum "
-                        f"(λ_max {_r(r.lambda_max)}) than at batch size {get_path(ref.spec, 'batch_size')} "
-                        f"(λ_max {_r(ref.lambda_max)}), and its test loss is worse. Use the smaller batch.",
-                        {"batch_size": get_path(ref.spec, "batch_size")},
-                    )
+                    patch={"batch_size": get_path(ref.spec, "batch_size")},
+                    trials=[r.job_id for r in sharp],
                 )
+            )
+            notes += [_sharp_note(r, ref, sweep_id) for r in sharp]
         conclusion = (
             "Larger batches reached sharper minima and tested worse." + trade
             if sharp
             else "No sharpness penalty for larger batches in these runs." + trade
         )
         findings.append(
-            {
-                "code": "batch_size_comparison",
-                "severity": "info",
-                "conclusion": conclusion,
-                "evidence": evidence,
-            }
+            Finding(
+                code="batch_size_comparison",
+                severity="info",
+                confidence=0.9,
+                evidence=evidence,
+                recommendation=conclusion,
+            )
         )
     return findings, notes
 
 
-def learning_rate_findings(runs: list[Run]) -> list[dict[str, Any]]:
+def _sharp_note(r: Run, ref: Run, sweep_id: str) -> TrialNote:
+    return TrialNote(
+        r.job_id,
+        Finding(
+            code="sharp_minimum",
+            severity="warning",
+            confidence=0.8,
+            evidence={
+                "sweep_id": sweep_id,
+                "batch_size": get_path(r.spec, "batch_size"),
+                "lambda_max": _r(r.lambda_max),
+                "test_loss": _r(r.test_loss),
+                "reference": {
+                    "job_id": ref.job_id,
+                    "batch_size": get_path(ref.spec, "batch_size"),
+                    "lambda_max": _r(ref.lambda_max),
+                    "test_loss": _r(ref.test_loss),
+                },
+            },
+            recommendation=f"At batch size {get_path(r.spec, 'batch_size')} training ended in a sharper minimum "
+            f"(λ_max {_r(r.lambda_max)}) than at batch size {get_path(ref.spec, 'batch_size')} "
+            f"(λ_max {_r(ref.lambda_max)}), and its test loss is worse. Use the smaller batch.",
+            patch={"batch_size": get_path(ref.spec, "batch_size")},
+        ),
+    )
+
+
+def learning_rate_findings(runs: list[Run]) -> list[Finding]:
     """learning_rate_range: loss against rate; the usable range is the rates whose best validation
     loss is within 10% of the best one, and the rates that diverged bound it from above."""
     findings = []
@@ -1497,17 +1512,18 @@ def learning_rate_findings(runs: list[Run]) -> list[dict[str, Any]]:
             if diverged:
                 conclusion += f" Diverged at {min(diverged):g} and above."
         findings.append(
-            {
-                "code": "learning_rate_range",
-                "severity": "info",
-                "conclusion": conclusion,
-                "evidence": {
+            Finding(
+                code="learning_rate_range",
+                severity="info",
+                confidence=0.9,
+                evidence={
                     "table": table,
                     "best_lr": best_lr,
                     "usable_range": usable,
                     "diverged_lrs": diverged,
                 },
-            }
+                recommendation=conclusion,
+            )
         )
     return findings
 
@@ -1517,7 +1533,7 @@ def cross_run_findings(session: Session, sweep: Sweep, spec: SweepSpec) -> list[
     depth, depth_notes = depth_findings(runs, sweep.id)
     batch, batch_notes = batch_size_findings(runs, sweep.id)
     apply_notes(session, sweep.id, [r.job_id for r in runs], depth_notes + batch_notes)
-    return depth + batch + learning_rate_findings(runs)
+    return [f.to_dict() for f in depth + batch + learning_rate_findings(runs)]
 
 
 def apply_notes(session: Session, sweep_id: str, job_ids: list[str], notes: list[TrialNote]) -> None:
@@ -1533,18 +1549,7 @@ def apply_notes(session: Session, sweep_id: str, job_ids: list[str], notes: list
     if stale:
         session.execute(delete(Diagnosis).where(Diagnosis.id.in_(stale)))
     for note in notes:
-        session.add(
-            Diagnosis(
-                job_id=note.job_id,
-                code=note.code,
-                kind="finding",
-                severity="warning",
-                confidence=0.8,
-                evidence=json_safe(note.evidence),
-                recommendation=note.recommendation,
-                patch=json_safe(note.patch),
-            )
-        )
+        write_diagnoses(session, note.job_id, [note.finding], replace=False)
         if note.verdict:
             set_verdict(session, note)
 
@@ -1554,16 +1559,15 @@ def set_verdict(session: Session, note: TrialNote) -> None:
     if job is None or job.verdict in (note.verdict, "diverged"):  # divergence is the more specific story
         return
     session.execute(delete(Diagnosis).where(Diagnosis.job_id == job.id, Diagnosis.kind == "verdict"))
-    session.add(
-        Diagnosis(
-            job_id=job.id,
-            code=note.verdict,
-            kind="verdict",
-            severity="warning",
-            confidence=0.8,
-            evidence=json_safe({"previous_verdict": job.verdict, "causes": [note.code], **note.evidence}),
-            recommendation=note.recommendation,
-            patch=json_safe(note.patch),
-        )
+    finding = note.finding
+    verdict = Finding(
+        code=note.verdict,
+        severity="warning",
+        confidence=finding.confidence,
+        evidence={"previous_verdict": job.verdict, "causes": [finding.code], **finding.evidence},
+        recommendation=finding.recommendation,
+        patch=finding.patch,
+        kind="verdict",
     )
+    write_diagnoses(session, job.id, [verdict], replace=False)
     job.verdict = note.verdict

@@ -333,8 +333,8 @@ STUDY_CODES = {
 def study_conclusion(kind: str, findings: list[dict[str, Any]]) -> str | None:
     for code in STUDY_CODES.get(kind, ()):
         for finding in findings:
-            if finding.get("code") == code:
-                return finding.get("conclusion")
+            if finding.get("code") == code:  # sweeps diagnosed before findings had one shape say "conclusion"
+                return finding.get("recommendation") or finding.get("conclusion")
     return None
 
 

@@ -37,7 +37,8 @@ QUIET = {
 
 def prepared(spec: JobSpec, data: DataCase) -> Prepared:
     raw, test = load(data, spec.seed)
-    return prepare(spec.data, raw, spec.seed, test)
+    # The separate test set only where the spec names one (the in-distribution rerun drops it).
+    return prepare(spec.data, raw, spec.seed, test if spec.data.test_dataset else None)
 
 
 def _finite(values: list[float]) -> list[float]:

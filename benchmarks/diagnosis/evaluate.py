@@ -107,11 +107,15 @@ def _floats(values: np.ndarray) -> list[str | float]:
 
 
 def evidence_of(case: Case, cached: dict[str, Any]):  # noqa: ANN201
+    from benchmarks.diagnosis.engine import prepared
     from models.spec import JobSpec
     from worker.diagnosis.evidence import Evidence
     from worker.diagnosis.probes import wanted
+    from worker.diagnosis.reference import reference_scores
 
     spec = JobSpec.model_validate(case.spec)
+    # The reference is recomputed (it takes milliseconds), so a change to it needs no new training.
+    cached["summary"]["reference"] = reference_scores(prepared(spec, case.data), spec.seed)
     arrays = {
         k: {n: np.array(v, dtype=np.float64) for n, v in cached[k].items()}
         for k in ("epoch_series", "step_series")

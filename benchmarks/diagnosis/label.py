@@ -63,7 +63,12 @@ def variants(case: Case) -> dict[str, dict[str, Any]]:
     if (model.get("init") or {}) not in ({}, {"weights": "default"}):
         out["fix_init"] = {"model": {"init": {"weights": "default", "std": None, "bias": None}}}
     if s["data"].get("scaling", "none") == "none":
-        out["fix_scaling"] = {"data": {"scaling": "standardize"}}
+        # Standardized, at the run's rate and at rates a standardized surface allows: a rate chosen
+        # to survive unscaled features is far too low once they are scaled.
+        for factor in (1, 10, 100, 1000):
+            if lr * factor <= 1e3:
+                name = "fix_scaling" if factor == 1 else f"fix_scaling_x{factor}"
+                out[name] = {"data": {"scaling": "standardize"}, "optimizer": {"lr": lr * factor}}
     if s["data"].get("shuffle", True) is False:
         out["fix_shuffle"] = {"data": {"shuffle": True}}
     out["longer"] = {"epochs": epochs * (4 if epochs < 100 else 2)}
@@ -76,6 +81,8 @@ def variants(case: Case) -> dict[str, dict[str, Any]]:
         out[f"larger_adam_{rate:g}"] = _with(
             _with(RECIPE, larger), {"optimizer": {"name": "adam", "lr": rate, "momentum": 0.0}}
         )
+    if len(hidden) >= 2:  # the checklist's test: a shallower model that trains better means optimization
+        out["shallower"] = {"model": {"hidden": hidden[:1], "dropout": 0.0}}
     out["l2"] = {"regularization": {"l2": 1e-2}}
     if hidden and model.get("arch") == "mlp":
         out["dropout"] = {"model": {"dropout": 0.5}}
@@ -99,7 +106,7 @@ def needed(case: Case, entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
     every = variants(case)
     if entry["run"]["diverged"]:
         return {n: p for n, p in every.items() if n in LOWER_RATES}
-    first = {n: p for n, p in every.items() if n not in CONSTRAINED}
+    first = {n: p for n, p in every.items() if n not in CONSTRAINED or n in CONTAINED}
     if any(n not in entry["variants"] for n in first):
         return first
     verdict = label(case, _outcomes_of(case, entry), chance_loss(case.id), partial=True)["verdict"]
@@ -122,7 +129,13 @@ SAME_MODEL = (
     "fix_scaling",
     "fix_shuffle",
     "longer",
+    "fix_scaling_x10",
+    "fix_scaling_x100",
+    "fix_scaling_x1000",
 )
+# A shallower or linear model represents no more than the run's model can (see ``contained``): if
+# one trains better, the run's optimizer fell short, not its capacity.
+CONTAINED = ("shallower", "linear_model")
 LARGER = ("larger_adam_0.001", "larger_adam_0.01")
 CONSTRAINED = ("l2", "dropout", "smaller", "linear_model")
 
@@ -291,8 +304,9 @@ def label(case: Case, outcomes: dict[str, Any], chance: float, partial: bool = F
         material: float = MATERIAL,
         relative: float = RELATIVE,
     ) -> list[str]:
-        # A lower training loss counts only if held-out rows do not get worse: fitting the training
-        # rows further by memorizing them is not what a large training loss is about.
+        # A lower training loss counts only if the model it ends with is at least as good on held-out
+        # rows as the run ever was: fitting training rows further by memorizing them is not what a
+        # large training loss is about.
         return [
             n
             for n in names
@@ -305,7 +319,7 @@ def label(case: Case, outcomes: dict[str, Any], chance: float, partial: bool = F
                 material,
                 relative,
             )
-            and (metric != "train_loss" or number(cfs[n]["best_val_loss"]) <= number(run["best_val_loss"]))
+            and (metric != "train_loss" or number(cfs[n]["val_loss"]) <= number(run["best_val_loss"]))
         ]
 
     why: dict[str, Any] = {"chance_loss": chance}
@@ -320,8 +334,8 @@ def label(case: Case, outcomes: dict[str, Any], chance: float, partial: bool = F
         why["higher_rate"] = beats(HIGHER_RATES)
     if run["diverged"]:
         return {"verdict": "diverged", "findings": sorted(findings), "why": why}
-    findings |= structural_findings(case, run, beats, why)
-    optimization, larger = beats(SAME_MODEL), beats(LARGER)
+    findings |= structural_findings(case, run, beats, outcomes)
+    optimization, larger = beats(SAME_MODEL) + beats(contained(case)), beats(LARGER)
     if optimization:
         verdict = "underfitting.optimization"
         why["better_optimized"] = optimization
@@ -347,6 +361,28 @@ def label(case: Case, outcomes: dict[str, Any], chance: float, partial: bool = F
     if beats(("longer",)) or beats(("longer",), "best_val_loss", 0.02, relative=0.9):
         findings.add("not_converged")
     return {"verdict": verdict, "findings": sorted(findings), "why": why}
+
+
+def contained(case: Case) -> tuple[str, ...]:
+    """The counterfactual models the run's model can represent: its first hidden layer alone, and a
+    linear model unless a hidden layer is narrower than the linear map needs (min(inputs, outputs)):
+    a 2-unit bottleneck cannot copy a 64 → 10 linear model."""
+    model = case.spec["model"]
+    if model.get("arch", "mlp") != "mlp":
+        return ()
+    features, outputs = data_shape(case.id)
+    linear_fits = min(model.get("hidden") or [0]) >= min(features, outputs)
+    return ("shallower", "linear_model") if linear_fits else ("shallower",)
+
+
+@functools.cache
+def data_shape(case_id: str) -> tuple[int, int]:
+    from benchmarks.diagnosis.engine import prepared
+    from models.spec import JobSpec
+
+    case = CASES[case_id]
+    data = prepared(JobSpec.model_validate(case.spec), case.data)
+    return data.X_train.shape[1], data.n_outputs
 
 
 def constrained_halves(run: dict, cfs: dict) -> bool:
@@ -377,7 +413,7 @@ def mismatched(case: Case, run: dict, cfs: dict, chance: float) -> bool:
     return test >= 1.5 * inside and test - inside >= 0.05 * chance
 
 
-def structural_findings(case: Case, run: dict, beats: Any, why: dict[str, Any]) -> set[str]:
+def structural_findings(case: Case, run: dict, beats: Any, outcomes: dict[str, Any]) -> set[str]:
     """Findings whose label is a measurement (more exact than the rules') or a counterfactual."""
     found: set[str] = set()
     spec, measured = case.spec, run.get("measured") or {}
@@ -387,7 +423,7 @@ def structural_findings(case: Case, run: dict, beats: Any, why: dict[str, Any]) 
         "up_friedman",
     ):
         found.add("label_encoding")
-    if beats(("fix_scaling",)):
+    if scaling_helps(case, run, outcomes):
         found.add("ill_conditioned_features")
     if beats(("fix_shuffle",)):
         found.add("unshuffled_data")
@@ -405,7 +441,7 @@ def structural_findings(case: Case, run: dict, beats: Any, why: dict[str, Any]) 
         found.add("critical_point.saddle")
     elif point == "local_minimum":
         found.add("critical_point.local_minimum")
-    if beats(("cosine",), material=0.05) and bounces(run):
+    if oscillates(run, outcomes[case.id]["variants"].get("cosine"), chance_loss(case.id)):
         found.add("oscillation")
     return found
 
@@ -420,11 +456,41 @@ def flat(run: dict) -> bool:
     return point["class"] != "saddle" and number(point["grad_norm"]) <= 0.01 * number(start)
 
 
-def bounces(run: dict) -> bool:
-    """The training loss rose in at least a third of the epochs of the second half."""
+SCALED = ("fix_scaling", "fix_scaling_x10", "fix_scaling_x100", "fix_scaling_x1000")
+
+
+def scaling_helps(case: Case, run: dict, outcomes: dict[str, Any]) -> bool:
+    """Ill-conditioned features: standardized, at its best rate, the model trains clearly better
+    than unscaled at *its* best rate (the run's own or 10-1000x higher) and ends no worse on
+    validation rows than the run's best: the scaling, not the rate, held it back."""
+    cfs = outcomes[case.id]["variants"]
+    unscaled = [run] + [cfs[n] for n in HIGHER_RATES if n in cfs]
+    best_unscaled = min(number(o["train_loss"]) for o in unscaled)
+    chance = chance_loss(case.id)
+    return any(
+        better(best_unscaled, number(cfs[n]["train_loss"]), chance, spread(outcomes, case, n, "train_loss"))
+        and number(cfs[n]["val_loss"]) <= number(run["best_val_loss"])
+        for n in SCALED
+        if n in cfs
+    )
+
+
+def oscillates(run: dict, cosine: dict | None, chance: float) -> bool:
+    """Oscillation: over the second half of training the loss rose in at least a third of the
+    epochs, its epoch-to-epoch changes have a standard deviation of at least 1% of chance, and a
+    cosine-decayed rate ends lower than the run by more than that standard deviation (the bounce is
+    the rate's doing, and settling it gains more than one bounce)."""
     train = np.array(run["train_curve"][1:], dtype=float)
     half = train[len(train) // 2 :]
-    return len(half) >= 4 and float(np.mean(np.diff(half) > 0)) >= 1 / 3
+    if cosine is None or len(half) < 4 or not np.all(np.isfinite(half)):
+        return False
+    changes = np.diff(half)
+    bounce = float(np.std(changes))
+    return (
+        float(np.mean(changes > 0)) >= 1 / 3
+        and bounce >= 0.01 * chance
+        and number(cosine["train_loss"]) < number(run["train_loss"]) - bounce
+    )
 
 
 def all_labels(outcomes: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def read(ev: Evidence) -> Reading:
         for x in (
             rules.learning_rate_too_high(ev, f, div, under is not None),
             rules.label_encoding(ev),
-            rules.unshuffled(ev),
+            rules.unshuffled(ev, under is not None),
         )
         if x
     ]
@@ -55,6 +55,7 @@ def underfit_findings(ev: Evidence, f: Facts, underfit: bool) -> list[Finding]:
     nc = rules.not_converged(ev, f, underfit)
     cps = rules.critical_points(ev, underfit)
     saddle = any(c.code == "critical_point.saddle" for c in cps)
+    flow, units = rules.gradient_flow(ev), rules.units(ev, underfit)
     found = [
         *cps,
         *(
@@ -62,15 +63,18 @@ def underfit_findings(ev: Evidence, f: Facts, underfit: bool) -> list[Finding]:
             for x in (
                 nc,
                 rules.oscillation(ev, f),
-                rules.gradient_flow(ev),
+                flow,
                 rules.ill_conditioned_features(ev, underfit, nc is not None),
                 rules.plateau(ev, f, underfit, saddle),
-                rules.learning_rate_too_low(ev, f, underfit),
             )
             if x
         ),
+        *units,
     ]
-    return found + rules.units(ev, underfit)
+    # A larger step does not revive dead units or leave a saddle: the rate is not the cause then.
+    stuck_elsewhere = saddle or bool(units) or (flow is not None and flow.code == "vanishing_gradients")
+    too_low = rules.learning_rate_too_low(ev, f, underfit, stuck_elsewhere, nc)
+    return found + ([too_low] if too_low else [])
 
 
 def with_likely_cause(ev: Evidence, div: Finding, found: list[Finding]) -> Finding:
@@ -124,6 +128,8 @@ def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) 
     if probes:
         under = under | {"probes": probes}
     convex = ev.spec.model.arch == "linear"
+    if rules.at_linear_optimum(ev, facts(ev)):  # a linear model in disguise that reached its optimum
+        return bias_verdict(ev, under | {"linear_optimum": True}, "it reached the best linear model's loss")
     blamed = sorted((x for x in found if x.blames_optimizer), key=lambda x: cause_rank(ev, x))
     if convex:  # a convex loss has no saddles or bad minima: only "not finished yet" blames the optimizer
         blamed = [
@@ -140,11 +146,15 @@ def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) 
         if convex
         else "the optimizer converged with no sign of trouble (gradient, curvature, units)"
     )
+    return bias_verdict(ev, under | {"convex_model": convex}, why, 0.9 if outcome == "model_bias" else 0.7)
+
+
+def bias_verdict(ev: Evidence, evidence: dict[str, Any], why: str, confidence: float = 0.9) -> Finding:
     return Finding(
         code="underfitting.model_bias",
         severity="warning",
-        confidence=0.9 if outcome == "model_bias" else 0.7,
-        evidence=under | {"convex_model": convex},
+        confidence=confidence,
+        evidence=evidence,
         recommendation=f"The training loss is large and {why}: the model is too simple for the data. Add capacity.",
         patch=larger_model(ev.spec),
         kind="verdict",

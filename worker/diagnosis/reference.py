@@ -1,6 +1,7 @@
 """Reference scores on the job's own data: what chance gives, what a quick non-parametric model
-(k-NN) reaches, and what a constrained model (L2-regularized logistic or ridge regression) reaches
-on held-out rows. "Large loss" and "overfitting" are judged against these, never against a constant."""
+(k-NN) reaches on held-out rows and, cross-validated, on the training rows themselves (label noise
+included), and what a constrained model (L2-regularized logistic or ridge regression) reaches.
+"Large loss" and "overfitting" are judged against these, never against a constant."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 
 from worker.data import Prepared
@@ -52,26 +54,40 @@ def reference_scores(data: Prepared, seed: int) -> dict[str, Any]:
         if len(va):
             model = KNeighborsClassifier(n_neighbors=k).fit(X_tr, y_tr)
             out["knn_val_accuracy"] = float((model.predict(X_va) == y_va).mean())
-            out["linear_val_loss"] = linear_classifier_loss(X_tr, y_tr, X_va, y_va, data.n_classes)
+            folds = KFold(n_splits=min(5, len(y_tr)), shuffle=True, random_state=seed)
+            cv = cross_val_predict(KNeighborsClassifier(n_neighbors=k), X_tr, y_tr, cv=folds)
+            out["knn_cv_accuracy"] = float((cv == y_tr).mean())
+            out["linear_train_loss"], out["linear_val_loss"] = linear_classifier_losses(
+                X_tr, y_tr, X_va, y_va, data.n_classes
+            )
     else:
         out["chance_loss"] = chance_loss(y_tr, "regression", 0)
         if len(va):
             model = KNeighborsRegressor(n_neighbors=k).fit(X_tr, y_tr.reshape(len(y_tr), -1))
             pred = model.predict(X_va).reshape(-1)
             out["knn_val_loss"] = float(np.mean((pred - y_va.reshape(-1)) ** 2))
+            folds = KFold(n_splits=min(5, len(y_tr)), shuffle=True, random_state=seed)
+            cv = cross_val_predict(KNeighborsRegressor(n_neighbors=k), X_tr, y_tr.reshape(-1), cv=folds)
+            out["knn_cv_loss"] = float(np.mean((cv - y_tr.reshape(-1)) ** 2))
             ridge = Ridge(alpha=1.0).fit(X_tr, y_tr.reshape(-1))
+            out["linear_train_loss"] = float(np.mean((ridge.predict(X_tr) - y_tr.reshape(-1)) ** 2))
             out["linear_val_loss"] = float(np.mean((ridge.predict(X_va) - y_va.reshape(-1)) ** 2))
     return out
 
 
-def linear_classifier_loss(
+def linear_classifier_losses(
     X_tr: np.ndarray, y_tr: np.ndarray, X_va: np.ndarray, y_va: np.ndarray, n: int
-) -> float | None:
-    """Held-out cross-entropy of an L2-regularized logistic regression (the constrained model an
-    overfitting network is compared with); None when the training rows hold a single class."""
+) -> tuple[float | None, float | None]:
+    """Training and held-out cross-entropy of an L2-regularized logistic regression: the constrained
+    model an overfitting network is compared with, and the optimum a linear model in disguise
+    reaches. None when the training rows hold a single class."""
     if len(np.unique(y_tr)) < 2:
-        return None
+        return None, None
     model = LogisticRegression(C=1.0, max_iter=300).fit(X_tr, y_tr)
-    proba = np.full((len(y_va), n), 1e-12)
-    proba[:, model.classes_] = np.clip(model.predict_proba(X_va), 1e-12, 1.0)
-    return float(-np.mean(np.log(proba[np.arange(len(y_va)), y_va])))
+
+    def loss(X: np.ndarray, y: np.ndarray) -> float:
+        proba = np.full((len(y), n), 1e-12)
+        proba[:, model.classes_] = np.clip(model.predict_proba(X), 1e-12, 1.0)
+        return float(-np.mean(np.log(proba[np.arange(len(y)), y])))
+
+    return loss(X_tr, y_tr), loss(X_va, y_va)

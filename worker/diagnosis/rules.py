@@ -95,13 +95,15 @@ def knn_margin(p: float, n: int) -> float:
 
 
 def underfit_evidence(ev: Evidence, f: Facts) -> dict[str, Any] | None:
-    """Is the training loss large? Judged against chance and against references on held-out rows.
+    """Is the training loss large? Judged against chance and against a k-NN reference.
 
     A model with enough capacity, well optimized, fits its own training rows at least as well as a
-    k-NN fits rows it has never seen. So training accuracy below the k-NN's held-out accuracy (by
-    more than two standard errors of it, at least 2 points) is a large training loss; for
-    regression, a training MSE above 1.1x the k-NN's held-out MSE. A training loss within 10% of
-    chance (the best constant prediction) is large whatever the reference says.
+    k-NN predicts each of them from the others (5-fold cross-validation on the training rows, so
+    label noise in them is priced in). So training accuracy below the k-NN's cross-validated accuracy
+    by more than two standard errors (at least 2 points) is a large training loss; for regression, a
+    training MSE above 1.1x the k-NN's cross-validated MSE. A training loss within 10% of chance
+    (the best constant prediction) is large whatever the reference says. And a loss below 10% of
+    chance is never large: no fix could lower it by a material share of chance.
     """
     if not len(f.train_loss):
         return None
@@ -113,19 +115,20 @@ def underfit_evidence(ev: Evidence, f: Facts) -> dict[str, Any] | None:
     }
     near_chance = loss >= 0.9 * f.chance
     ref = ev.reference
-    if ev.classification and "knn_val_accuracy" in ref:
+    if ev.classification and "knn_cv_accuracy" in ref:
         acc = ev.final("train/accuracy")
-        p = ref["knn_val_accuracy"]
-        margin = knn_margin(p, ref.get("n_held", 1))
-        out |= {"train_accuracy": _r(acc), "reference_val_accuracy": _r(p), "margin": _r(margin)}
+        p = ref["knn_cv_accuracy"]
+        margin = knn_margin(p, ref.get("n_train", 1))
+        out |= {"train_accuracy": _r(acc), "reference_cv_accuracy": _r(p), "margin": _r(margin)}
         below = acc < p - margin
-    elif "knn_val_loss" in ref:
-        out["reference_val_loss"] = _r(ref["knn_val_loss"])
-        below = loss > 1.1 * ref["knn_val_loss"]
+    elif "knn_cv_loss" in ref:
+        out["reference_cv_loss"] = _r(ref["knn_cv_loss"])
+        below = loss > 1.1 * ref["knn_cv_loss"]
     else:
         below = False
     out["near_chance"] = near_chance
-    return out if (near_chance or below) else None
+    material = loss >= MATERIAL * f.chance
+    return out if material and (near_chance or below) else None
 
 
 def held_out_below_reference(ev: Evidence) -> bool:
@@ -140,11 +143,31 @@ def held_out_below_reference(ev: Evidence) -> bool:
     return True
 
 
+def linear_in_disguise(ev: Evidence) -> bool:
+    """A linear model, or a stack of layers without a nonlinearity (identity activations): the
+    function it computes is linear whatever its depth."""
+    return ev.spec.model.arch == "linear" or (
+        ev.spec.model.arch == "mlp" and ev.spec.model.activation == "identity"
+    )
+
+
+def at_linear_optimum(ev: Evidence, f: Facts) -> bool:
+    """A linear model in disguise whose training loss is within 10% (and 2% of chance) of what a
+    regularized linear model reaches on the same rows: nothing is left for its optimizer to find,
+    whatever curvature its depth adds (a stack of identity layers has saddles at its optimum)."""
+    reference = ev.reference.get("linear_train_loss")
+    if not linear_in_disguise(ev) or reference is None or not len(f.train_loss):
+        return False
+    loss = float(f.train_loss[-1])
+    return loss <= 1.1 * reference + 0.02 * f.chance
+
+
 # ----- probe runs --------------------------------------------------------------------------------
 def probe_outcome(ev: Evidence, f: Facts) -> tuple[str | None, dict[str, Any]]:
     """What the probe runs (worker.diagnosis.probes) showed: "optimization" when the same model with
-    the standard recipe trains clearly lower than the job did, "model_bias" when only the larger
-    model does, "neither" when both ran and neither did, None when there are none to read."""
+    the standard recipe trains clearly lower than the job did (and ends no worse on validation rows
+    than the job's best), "model_bias" when only the larger model does and the same model trained as
+    many epochs as the job, "neither" when both ran and neither did, None otherwise."""
     probes = ev.summary.get("probes") or {}
     runs = probes.get("runs") or {}
     parent = probes.get("parent_train_loss")
@@ -176,7 +199,11 @@ def probe_outcome(ev: Evidence, f: Facts) -> tuple[str | None, dict[str, Any]]:
     }
     if better.get("tuned_optimizer"):
         return "optimization", evidence
-    if better.get("larger_model"):
+    # "Only the larger model does better" proves bias only if the same model had as long as the
+    # job to show it could not: a short probe of a small model can lose to a larger one that
+    # simply learns faster per epoch.
+    tuned = runs.get("tuned_optimizer") or {}
+    if better.get("larger_model") and (tuned.get("epochs") or 0) >= ev.epochs_run:
         return "model_bias", evidence
     return ("neither" if len(better) == len(runs) else None), evidence
 
@@ -219,8 +246,8 @@ def learning_rate_too_high(ev: Evidence, f: Facts, div: Finding | None, under: b
     or momentum SGD with lr·λ_max at initialization beyond 10x the edge of stability 2 (the steps
     overshoot along the top eigenvector by an order of magnitude, which kills ReLU units or pins
     the loss at chance instead of producing NaN), while the training loss is large; or any
-    optimizer whose final training loss is above its value before training (the updates made the
-    model worse).
+    optimizer whose final training loss is above its value before training by 5% of chance (the
+    updates made the model worse).
     """
     lr = ev.spec.optimizer.lr
     lam, spec_row = initial_sharpness(ev)
@@ -228,7 +255,7 @@ def learning_rate_too_high(ev: Evidence, f: Facts, div: Finding | None, under: b
     start, end = (
         (float(f.train_loss[0]), float(f.train_loss[-1])) if len(f.train_loss) else (math.nan, math.nan)
     )
-    worse = math.isfinite(start) and math.isfinite(end) and end > start
+    worse = math.isfinite(start) and math.isfinite(end) and end > start + 0.05 * f.chance
     if not (div or (under and sharp) or worse):
         return None
     suggested = (1.0 / lam) if lam else lr / 10
@@ -259,27 +286,48 @@ def learning_rate_too_high(ev: Evidence, f: Facts, div: Finding | None, under: b
     )
 
 
-def learning_rate_too_low(ev: Evidence, f: Facts, under: bool) -> Finding | None:
-    """Plain SGD whose rate is 100x below the stable limit (lr·λ_max < 0.02 against 2, with the
-    largest λ_max seen) while the training loss is large: each step uses 1% of the step size the
-    curvature allows, however long it runs."""
-    if ev.spec.optimizer.name != "sgd" or not under:
+ADAM_DEFAULT_LR = 1e-3
+ADAPTIVE = ("adam", "adamw", "rmsprop", "adagrad")
+
+
+def learning_rate_too_low(
+    ev: Evidence, f: Facts, under: bool, stuck_elsewhere: bool, nc: Finding | None
+) -> Finding | None:
+    """The rate is far below what the run needs, while the training loss is large.
+
+    Plain or momentum SGD: lr·λ_max < 0.02 against the edge of stability 2, with the largest λ_max
+    seen: each step uses 1% of the step size the curvature allows, however long it runs. Not when
+    something else holds the loss (dead or saturated units, a saddle, vanishing gradients): a larger
+    step does not revive a dead unit. Adaptive optimizers (whose steps do not scale with λ_max): a
+    rate below Adam's standard 1e-3 on a training loss that is still falling steadily at the end.
+    """
+    if not under:
         return None
-    tops = [t for t in (_top(s) for s in ev.spectra) if t is not None]
-    if not tops:
-        return None
-    lam = max(tops)
     lr = ev.spec.optimizer.lr
-    if lam <= 0 or lr * lam >= 0.02:
-        return None
-    suggested = float(f"{min(lr * 100, 0.5 / lam):.2g}")
+    if ev.spec.optimizer.name in ADAPTIVE:
+        if lr >= ADAM_DEFAULT_LR or nc is None:
+            return None
+        suggested = ADAM_DEFAULT_LR * 3
+        evidence: dict[str, Any] = {
+            "lr": lr,
+            "optimizer": ev.spec.optimizer.name,
+            "standard_lr": ADAM_DEFAULT_LR,
+        }
+        said = f"below the standard {ADAM_DEFAULT_LR:g} for {ev.spec.optimizer.name} while the loss is still falling"
+    else:
+        tops = [t for t in (_top(s) for s in ev.spectra) if t is not None]
+        lam = max(tops, default=0.0)
+        if stuck_elsewhere or lam <= 0 or lr * lam >= 0.02:
+            return None
+        suggested = float(f"{min(lr * 100, 0.5 / lam):.2g}")
+        evidence = {"lr": lr, "lambda_max": _r(lam), "lr_times_lambda_max": _r(lr * lam), "stable_limit": 2.0}
+        said = f"far below what the curvature allows (lr·λ_max = {lr * lam:.2g} against a limit of 2)"
     return Finding(
         code="learning_rate.too_low",
         severity="warning",
-        confidence=confidence(lr * lam, 0.02, higher_is_worse=False),
-        evidence={"lr": lr, "lambda_max": _r(lam), "lr_times_lambda_max": _r(lr * lam), "stable_limit": 2.0},
-        recommendation=f"The learning rate {lr:g} is far below what the curvature allows (lr·λ_max = "
-        f"{lr * lam:.2g} against a limit of 2); raise it to about {suggested:g}.",
+        confidence=confidence(lr * lam, 0.02, higher_is_worse=False) if "lambda_max" in evidence else 0.7,
+        evidence=evidence,
+        recommendation=f"The learning rate {lr:g} is {said}; raise it to about {suggested:g}.",
         patch={"optimizer": {"lr": suggested}},
         blames_optimizer=True,
     )
@@ -336,24 +384,29 @@ def oscillation(ev: Evidence, f: Facts) -> Finding | None:
 
 
 def not_converged(ev: Evidence, f: Facts, underfit: bool) -> Finding | None:
-    """Still improving at the end: over the last fifth of training (≥ 3 epochs) the loss fell by more
-    than 2% and fell in most epochs. Judged on training loss when it is large (the optimizer has
-    work left), else on validation loss (more epochs would still generalize better)."""
+    """Still improving at the end, over the last fifth of training (≥ 3 epochs). When the training
+    loss is large: it fell by more than 3% (and 1% of chance) and fell in at least 70% of those
+    epochs: the optimizer has work left. Otherwise, on the validation loss: it fell by at least 15%
+    (and 1% of chance) and in at least 85% of those epochs: more epochs would still generalize
+    better by a margin that matters."""
     series = f.train_loss if underfit else f.val_loss
+    relative, share, steady = (0.03, 0.01, 0.7) if underfit else (0.15, 0.01, 0.85)
     drop = relative_drop(series, f.window)
-    if drop <= 0.02 or len(series) <= f.window:
+    if len(series) <= f.window or drop <= relative:
         return None
+    absolute = float(series[-f.window - 1] - series[-1])
     falling = float(np.mean(np.diff(series[-f.window - 1 :]) < 0))
-    if falling < 0.7:
+    if absolute < share * f.chance or falling < steady:
         return None
     return Finding(
         code="not_converged",
         severity="warning" if underfit else "info",
-        confidence=confidence(drop, 0.02),
+        confidence=confidence(drop, relative),
         evidence={
             "series": "train/loss" if underfit else "val/loss",
             "window_epochs": f.window,
             "relative_drop_in_window": _r(drop),
+            "drop_over_chance": _r(absolute / f.chance),
             "fraction_of_epochs_falling": _r(falling),
         },
         recommendation=f"The {'training' if underfit else 'validation'} loss was still falling when training "
@@ -515,11 +568,12 @@ def label_encoding(ev: Evidence) -> Finding | None:
     )
 
 
-def unshuffled(ev: Evidence) -> Finding | None:
+def unshuffled(ev: Evidence, underfit: bool) -> Finding | None:
     """Training in file order on data sorted by label: neighbouring rows share a label at least half
     the time and twice as often as in a random order (or the target's rank correlation with the row
-    position is ≥ 0.5), so each stretch of minibatches sees one class and the weights chase it."""
-    if ev.spec.data.shuffle:
+    position is ≥ 0.5), so each stretch of minibatches sees one class and the weights chase it.
+    Raised when the training loss is large: a run that fitted anyway was not hurt by the order."""
+    if ev.spec.data.shuffle or not underfit:
         return None
     order = ev.summary.get("data", {}).get("order") or {}
     same, expected = order.get("adjacent_same_label"), order.get("expected_at_random")
@@ -598,23 +652,27 @@ def critical_points(ev: Evidence, underfit: bool) -> list[Finding]:
 
 
 def plateau(ev: Evidence, f: Facts, underfit: bool, saddle: bool) -> Finding | None:
-    """A flat region: large loss, the gradient fell below 1% of its first-epoch size, and the loss
-    moved less than 1% over the end window, without the negative curvature of a saddle."""
-    g = ev.series("train/grad_norm")
-    if not underfit or saddle or len(g) < 2 or g[0] <= 0:
+    """A flat region: the training loss is large, the gradient at the end is below 1% of its size
+    before training, and there is no negative curvature of a saddle to escape along. The gradients
+    are those the spectra measured on the training rows (the critical-point test's), at the initial
+    and the final spectrum; without spectra, the first and last epochs' minibatch gradient norms."""
+    if not underfit or saddle or linear_in_disguise(ev):  # a linear model's only flat place is its optimum
         return None
-    ratio = float(g[-1] / g[0])
-    drop = relative_drop(f.train_loss, f.window)
-    if ratio >= 1e-2 or drop >= 0.01:
+    first, last = _gradient_ends(ev)
+    if first is None or last is None or first <= 0:
+        return None
+    ratio = last / first
+    if ratio >= 1e-2:
         return None
     return Finding(
         code="plateau.flat_surface",
         severity="warning",
         confidence=confidence(ratio, 1e-2, higher_is_worse=False),
         evidence={
-            "grad_norm_first_epoch": _r(float(g[0])),
-            "grad_norm_last_epoch": _r(float(g[-1])),
-            "relative_drop_in_window": _r(drop),
+            "grad_norm_start": _r(first),
+            "grad_norm_end": _r(last),
+            "ratio": _r(ratio),
+            "relative_drop_in_window": _r(relative_drop(f.train_loss, f.window)),
         },
         recommendation="The loss surface is flat here: tiny gradient, almost no progress, no negative curvature. "
         "An adaptive optimizer (Adam) rescales the small gradient.",
@@ -623,14 +681,27 @@ def plateau(ev: Evidence, f: Facts, underfit: bool, saddle: bool) -> Finding | N
     )
 
 
+def _gradient_ends(ev: Evidence) -> tuple[float | None, float | None]:
+    def norm(s: dict[str, Any]) -> float | None:
+        g = (s.get("critical_point") or {}).get("grad_norm")
+        return float(g) if g is not None and math.isfinite(g) else None
+
+    initial = next((norm(s) for s in ev.spectra if s.get("reason") == "initial"), None)
+    final = next((norm(s) for s in reversed(ev.spectra) if s.get("reason") == "final"), None)
+    if initial is not None and final is not None:
+        return initial, final
+    g = ev.series("train/grad_norm")
+    return (float(g[0]), float(g[-1])) if len(g) >= 2 else (None, None)
+
+
 # ----- verdicts after a small training loss ----------------------------------------------------------
 def overfitting(ev: Evidence, f: Facts) -> Finding | None:
     """Overfitting, in either of two forms.
 
     (a) The U-curve: the validation loss rose from its best to the end by at least 10% of the best
-    and by more than 3x its epoch-to-epoch noise after the best, the best epoch lies before the last
-    fifth of training, and the training loss is lower at the end than at the best epoch. Not when
-    early stopping already ended the run near its best.
+    and by more than 3x its epoch-to-epoch noise after the best, and the training loss is lower at
+    the end than at the best epoch. Early stopping that ended such a run kept its best checkpoint,
+    but the model still overfits (a stronger regularizer is the fix).
     (b) A gap that never rose: the best validation loss is at least twice what a constrained model
     (an L2-regularized logistic or ridge regression on the same rows) reaches on validation, by at
     least 5% of the chance-level loss, while the training loss is below a quarter of it.
@@ -642,14 +713,7 @@ def overfitting(ev: Evidence, f: Facts) -> Finding | None:
     rise = float(val[-1] - val[best])
     after = val[best:]
     noise = float(np.std(np.diff(after))) if len(after) >= 3 else 0.0
-    late = best >= len(val) - 1 - max(1, (len(val) - 1) // 5)
-    u_curve = (
-        not ev.summary.get("stopped_early")
-        and not late
-        and rise >= 0.1 * val[best]
-        and rise >= 3 * noise
-        and train[-1] < train[best]
-    )
+    u_curve = rise >= 0.1 * val[best] and rise >= 3 * noise and train[-1] < train[best]
     constrained = ev.reference.get("linear_val_loss")
     gap = (
         constrained is not None
