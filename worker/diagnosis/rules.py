@@ -128,7 +128,28 @@ def underfit_evidence(ev: Evidence, f: Facts) -> dict[str, Any] | None:
         below = False
     out["near_chance"] = near_chance
     material = loss >= MATERIAL * f.chance
-    return out if material and (near_chance or below) else None
+    # The model a user keeps is the best checkpoint: if it does as well as the k-NN on validation
+    # rows, the large final loss is a bad last bounce, not a model that cannot fit.
+    best_fine = not best_checkpoint_below_reference(ev, f)
+    out["best_checkpoint_below_reference"] = not best_fine
+    return out if material and (near_chance or below) and not best_fine else None
+
+
+def best_checkpoint_below_reference(ev: Evidence, f: Facts) -> bool:
+    """Is the best checkpoint worse than the references on validation rows: accuracy below the
+    k-NN's (two standard errors), or loss above 1.1x the regularized linear model's (for regression,
+    the better of the k-NN's and the linear model's)?"""
+    ref = ev.reference
+    best_loss = float(np.min(f.val_loss)) if len(f.val_loss) else math.inf
+    linear = ref.get("linear_val_loss")
+    if ev.classification and "knn_val_accuracy" in ref:
+        acc = ev.series("val/accuracy")
+        p = ref["knn_val_accuracy"]
+        below_knn = not len(acc) or float(np.max(acc)) < p - knn_margin(p, ref.get("n_held", 1))
+        return below_knn or (linear is not None and best_loss > 1.1 * linear)
+    if "knn_val_loss" in ref:
+        return best_loss > 1.1 * min(ref["knn_val_loss"], linear if linear is not None else math.inf)
+    return True
 
 
 def held_out_below_reference(ev: Evidence) -> bool:
@@ -497,6 +518,9 @@ def units(ev: Evidence, underfit: bool) -> list[Finding]:
             )
         )
     sat = {k: v for k, v in ev.unit_fractions("saturated").items() if v >= 0.5}
+    # Saturation blames the optimizer when the setup drove the units there (unscaled inputs, a large
+    # initialization); units of a bottleneck saturate because the model is too small to do otherwise.
+    driven = ev.spec.data.scaling == "none" or ev.spec.model.init.std is not None
     if sat:
         patch = (
             {"data": {"scaling": "standardize"}}
@@ -512,7 +536,7 @@ def units(ev: Evidence, underfit: bool) -> list[Finding]:
                 recommendation="Most units of a layer sit at the flat ends of their activation, where the "
                 "derivative is nearly zero. Scale the inputs, or use ReLU.",
                 patch=patch,
-                blames_optimizer=underfit,
+                blames_optimizer=underfit and driven,
             )
         )
     return found
