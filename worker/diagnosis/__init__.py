@@ -71,8 +71,8 @@ def underfit_findings(ev: Evidence, f: Facts, underfit: bool) -> list[Finding]:
         ),
         *units,
     ]
-    # A larger step does not revive dead units or leave a saddle: the rate is not the cause then.
-    stuck_elsewhere = saddle or bool(units) or (flow is not None and flow.code == "vanishing_gradients")
+    # A larger step does not revive dead or saturated units: the rate is not the cause then.
+    stuck_elsewhere = bool(units)
     too_low = rules.learning_rate_too_low(ev, f, underfit, stuck_elsewhere, nc)
     return found + ([too_low] if too_low else [])
 

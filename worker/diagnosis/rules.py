@@ -264,15 +264,18 @@ def learning_rate_too_high(ev: Evidence, f: Facts, div: Finding | None, under: b
     """The rate is past what the loss surface allows.
 
     A diverged run always says so (a lower rate keeps the loss finite). Without divergence: plain
-    or momentum SGD with lr·λ_max at initialization beyond 10x the edge of stability 2 (the steps
-    overshoot along the top eigenvector by an order of magnitude, which kills ReLU units or pins
-    the loss at chance instead of producing NaN), while the training loss is large; or any
+    or momentum SGD with lr·λ_max at initialization beyond twice the edge of stability (2, or
+    2(1 + β) with momentum β: the steps overshoot along the top eigenvector, which kills ReLU units
+    or pins the loss at chance instead of producing NaN), while the training loss is large; or any
     optimizer whose final training loss is above its value before training by 5% of chance (the
     updates made the model worse).
     """
     lr = ev.spec.optimizer.lr
     lam, spec_row = initial_sharpness(ev)
-    sharp = lam is not None and ev.spec.optimizer.name == "sgd" and lr * lam > 10 * EDGE_OF_STABILITY
+    momentum = ev.spec.optimizer.momentum
+    # Heavy-ball momentum moves the edge to 2(1 + β): beyond twice that, steps overshoot badly.
+    edge = EDGE_OF_STABILITY * (1 + momentum)
+    sharp = lam is not None and ev.spec.optimizer.name == "sgd" and lr * lam > 2 * edge
     start, end = (
         (float(f.train_loss[0]), float(f.train_loss[-1])) if len(f.train_loss) else (math.nan, math.nan)
     )
@@ -318,8 +321,8 @@ def learning_rate_too_low(
 
     Plain or momentum SGD: lr·λ_max < 0.02 against the edge of stability 2, with the largest λ_max
     seen: each step uses 1% of the step size the curvature allows, however long it runs. Not when
-    something else holds the loss (dead or saturated units, a saddle, vanishing gradients): a larger
-    step does not revive a dead unit. Adaptive optimizers (whose steps do not scale with λ_max): a
+    dead or saturated units hold the loss: a larger step does not revive them (it does move a
+    network off a saddle or a flat stretch faster). Adaptive optimizers (whose steps do not scale with λ_max): a
     rate below Adam's standard 1e-3 on a training loss that is still falling steadily at the end.
     """
     if not under:
