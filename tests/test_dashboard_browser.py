@@ -9,6 +9,7 @@ Remedy, and lands on the new job. Screenshots go to the test's tmp dir (paths pr
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from saddle.client import Client
+from saddle.client import ApiError, Client
 from tests.conftest import tiny_spec
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -306,7 +307,8 @@ def test_remedy_buttons_only_for_what_the_api_accepts(
         ),
     )
     assert sdk.job(new_id)["parent_id"] == job_id
-    sdk.cancel(new_id)
+    with contextlib.suppress(ApiError):  # cleanup only: a fast worker may have finished it already
+        sdk.cancel(new_id)
 
 
 def test_a_token_the_server_does_not_know_is_not_called_revoked(browser: Any, api_server: str) -> None:

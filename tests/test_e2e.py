@@ -79,9 +79,20 @@ def test_spectra_are_taken_during_training_and_on_demand(sdk: Client) -> None:
     reasons = [s["reason"] for s in spectra]
     assert reasons[0] == "initial" and "periodic" in reasons and "final" in reasons
     for s in spectra:
-        assert s["method"] in ("exact", "lanczos") and s["hvps"] >= 1 and s["seconds"] >= 0 and s["samples"] == 64
+        assert (
+            s["method"] in ("exact", "lanczos")
+            and s["hvps"] >= 1
+            and s["seconds"] >= 0
+            and s["samples"] == 64
+        )
         assert s["top"] == sorted(s["top"], reverse=True) and s["grad_norm"] >= 0
-        assert s["critical_point"]["class"] in ("not_critical", "local_minimum", "saddle", "local_maximum", "flat")
+        assert s["critical_point"]["class"] in (
+            "not_critical",
+            "local_minimum",
+            "saddle",
+            "local_maximum",
+            "flat",
+        )
     last = next(c for c in sdk.checkpoints(job["id"]) if c["kind"] == "last")
     url = f"/v1/jobs/{job['id']}/checkpoints/{last['id']}/spectrum"
     response = sdk.http.post(url, json={"top_k": 2, "bottom_k": 2, "density": True})

@@ -25,7 +25,9 @@ def test_probes_run_inside_an_underfitting_job_within_a_quarter_of_its_time(sdk:
     verdict = verdict_of(sdk, job["id"])
     probes = {p["what"]: p for p in verdict["evidence"]["probes"]["probes"]}
     assert set(probes) == {"tuned_optimizer", "larger_model"}
-    assert verdict["evidence"]["probes"]["parent_train_loss"] == pytest.approx(job["progress"]["train_loss"], rel=1e-3)
+    assert verdict["evidence"]["probes"]["parent_train_loss"] == pytest.approx(
+        job["progress"]["train_loss"], rel=1e-3
+    )
     runs = job["summary"]["probes"]["runs"]
     assert runs["larger_model"]["patch"]["model"]["arch"] == "mlp" and runs["larger_model"]["train_loss"] > 0
     # Inside the job: no sibling jobs, and each probe's budget an eighth of the job's training time.

@@ -31,7 +31,9 @@ SCENARIOS = scenario_files()
 
 @pytest.fixture(scope="module")
 def finished(sdk: Client, worker_process) -> dict[str, dict]:
-    submitted = {name: sdk.submit(yaml.safe_load(path.read_text())["spec"]) for name, path in SCENARIOS.items()}
+    submitted = {
+        name: sdk.submit(yaml.safe_load(path.read_text())["spec"]) for name, path in SCENARIOS.items()
+    }
     return {name: sdk.wait(job["id"], poll_seconds=1.0, timeout=1500) for name, job in submitted.items()}
 
 
@@ -61,7 +63,10 @@ def test_remedy_resubmits_the_fix_and_shows_whether_it_helped(finished: dict[str
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["applied"] == ["underfitting.optimization"]
-    assert body["job"]["spec"]["model"]["init"]["weights"] == "default" and body["job"]["parent_id"] == parent["id"]
+    assert (
+        body["job"]["spec"]["model"]["init"]["weights"] == "default"
+        and body["job"]["parent_id"] == parent["id"]
+    )
     child = sdk.wait(body["job"]["id"], timeout=300)
     assert child["status"] == "succeeded" and child["verdict"] == "good_fit"
     side_by_side = sdk.http.get(f"/v1/jobs/{parent['id']}/remedies").json()

@@ -266,7 +266,9 @@ def diagnose_safely(job_id: str, provisional: bool = False) -> None:
         log.exception("job %s: diagnosis failed", job_id)
 
 
-def probe_safely(job_claim: Claim, spec: JobSpec, data: Prepared, device: torch.device) -> dict[str, Any] | None:
+def probe_safely(
+    job_claim: Claim, spec: JobSpec, data: Prepared, device: torch.device
+) -> dict[str, Any] | None:
     """The probe runs, where the stored evidence calls for them (worker.diagnosis.probes); a probe
     that fails leaves the verdict to the rules."""
     try:
