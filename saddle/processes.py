@@ -61,13 +61,17 @@ def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+        if answers(url):
+            return
         time.sleep(0.2)
     raise TimeoutError(f"{url} did not become ready within {timeout} s")
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def wait_api_ready(url: str, log_path: Path, process: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -78,12 +82,8 @@ def wait_api_ready(url: str, log_path: Path, process: subprocess.Popen, timeout:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ApiExited(process.returncode, last_error(log_path))
-        if log_path.exists() and b"Uvicorn running on" in log_path.read_bytes():
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+        if log_path.exists() and b"Uvicorn running on" in log_path.read_bytes() and answers(url):
+            return
         time.sleep(0.2)
     raise TimeoutError(f"{url} did not become ready within {timeout} s; see {log_path}")
 

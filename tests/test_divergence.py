@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
 import sqlite3
-import subprocess
-import sys
 
 import pytest
-import yaml
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from saddle.client import Client
-from saddle.processes import free_port
 from tests.conftest import tiny_spec
+from tests.test_embedded import run_demo_job
 from worker.failures import describe_failure
 
 # SGD at a rate 10 on standardized digits: NaN within the first epochs (the public scenario).
@@ -51,18 +47,7 @@ def test_a_diverged_run_on_postgres_gets_its_verdict(sdk: Client) -> None:
 def test_a_diverged_run_on_the_embedded_default_gets_its_verdict(tmp_path) -> None:
     """SQLite turned NaN into NULL under a NOT NULL column: the job failed with an IntegrityError
     and its SQL in `error`. Now the demo (SQLite, filesystem broker, real worker) diagnoses it."""
-    spec_file = tmp_path / "diverge.yaml"
-    spec_file.write_text(yaml.safe_dump(DIVERGING))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SADDLE_")}
-    command = [sys.executable, "-m", "saddle.cli", "demo", "--exit", "--port", str(free_port())]
-    result = subprocess.run(
-        [*command, "--spec", str(spec_file)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_demo_job(tmp_path, DIVERGING)
     assert result.returncode == 0, result.stdout + result.stderr
     db = sqlite3.connect(tmp_path / ".saddle" / "saddle.db")
     try:

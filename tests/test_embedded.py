@@ -26,28 +26,19 @@ from saddle.processes import free_port
 from tests.conftest import tiny_spec
 
 
-def test_demo_runs_a_job_end_to_end_without_postgres_or_redis(tmp_path) -> None:
-    spec_file = tmp_path / "tiny.yaml"
-    spec_file.write_text(yaml.safe_dump(tiny_spec(name="embedded", epochs=3)))
+def run_demo_job(folder: Path, spec: dict) -> subprocess.CompletedProcess:
+    """`saddle demo --exit` in ``folder`` (its own .saddle, SQLite, filesystem broker) on ``spec``."""
+    spec_file = folder / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SADDLE_")}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "saddle.cli",
-            "demo",
-            "--exit",
-            "--port",
-            str(free_port()),
-            "--spec",
-            str(spec_file),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    command = [sys.executable, "-m", "saddle.cli", "demo", "--exit", "--port", str(free_port())]
+    return subprocess.run(
+        [*command, "--spec", str(spec_file)], cwd=folder, env=env, capture_output=True, text=True, timeout=300
     )
+
+
+def test_demo_runs_a_job_end_to_end_without_postgres_or_redis(tmp_path) -> None:
+    result = run_demo_job(tmp_path, tiny_spec(name="embedded", epochs=3))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "succeeded" in result.stdout and "API: http://127.0.0.1:" in result.stdout
     assert (tmp_path / ".saddle" / "saddle.db").exists()

@@ -15,19 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn import datasets as skd
 
+from models.spec import BUILTIN_DATASETS
 from worker.data import RawData, load_builtin, load_uploaded
 
-BUILTIN = (
-    "digits",
-    "iris",
-    "wine",
-    "breast_cancer",
-    "diabetes",
-    "moons",
-    "circles",
-    "blobs",
-    "gaussian_regression",
-)
+BUILTIN = BUILTIN_DATASETS
 
 
 def _npz_bytes(X: np.ndarray, y: np.ndarray) -> bytes:

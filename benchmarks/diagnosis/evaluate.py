@@ -29,17 +29,10 @@ import numpy as np
 
 from benchmarks.diagnosis.cases import Case, all_cases
 from benchmarks.diagnosis.label import LABELS, number
+from models.codes import VERDICTS
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
-VERDICTS = (
-    "good_fit",
-    "underfitting.model_bias",
-    "underfitting.optimization",
-    "overfitting",
-    "mismatch",
-    "diverged",
-)
 TARGETS = {"accuracy": 0.95, "precision": 0.9, "recall": 0.85, "healthy_warnings": 0.02, "remedies": 0.85}
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.diagnosis.cases import Case, all_cases
+from worker.diagnosis.rules import rose_from_best
 
 HERE = Path(__file__).resolve().parent
 OUTCOMES = HERE / "outcomes.json"
@@ -342,8 +343,8 @@ def label(case: Case, outcomes: dict[str, Any], chance: float, partial: bool = F
     elif larger:
         verdict = "underfitting.model_bias"
         why["larger_model"] = larger
-    elif u_curve(run):
-        verdict, why["u_curve"] = "overfitting", u_curve(run)
+    elif u_curve(case, run):
+        verdict, why["u_curve"] = "overfitting", u_curve(case, run)
     elif partial:
         verdict = "not underfitting"
     elif beats(CONSTRAINED, "best_val_loss", 0.05) and constrained_halves(run, cfs):
@@ -370,19 +371,20 @@ def contained(case: Case) -> tuple[str, ...]:
     model = case.spec["model"]
     if model.get("arch", "mlp") != "mlp":
         return ()
-    features, outputs = data_shape(case.id)
+    features, outputs, _ = data_shape(case.id)
     linear_fits = min(model.get("hidden") or [0]) >= min(features, outputs)
     return ("shallower", "linear_model") if linear_fits else ("shallower",)
 
 
 @functools.cache
-def data_shape(case_id: str) -> tuple[int, int]:
+def data_shape(case_id: str) -> tuple[int, int, int]:
+    """(features, outputs, validation rows) of a case's prepared data."""
     from benchmarks.diagnosis.engine import prepared
     from models.spec import JobSpec
 
     case = CASES[case_id]
     data = prepared(JobSpec.model_validate(case.spec), case.data)
-    return data.X_train.shape[1], data.n_outputs
+    return data.X_train.shape[1], data.n_outputs, len(data.y_val)
 
 
 def constrained_halves(run: dict, cfs: dict) -> bool:
@@ -391,18 +393,11 @@ def constrained_halves(run: dict, cfs: dict) -> bool:
     return number(run["best_val_loss"]) >= 2 * best
 
 
-def u_curve(run: dict) -> dict[str, float] | None:
-    """Overfitting (a): validation loss rose ≥ 10% from its best, beyond 3x its epoch-to-epoch
-    noise after the best, while the training loss kept falling."""
+def u_curve(case: Case, run: dict) -> dict[str, float] | None:
+    """Overfitting (a): measured on the run's own curves by the rules' own test
+    (``rules.rose_from_best``, the issue's definition plus the validation rows' sampling noise)."""
     val, train = np.array(run["val_curve"], dtype=float), np.array(run["train_curve"], dtype=float)
-    if len(val) < 5 or not np.all(np.isfinite(val)):
-        return None
-    best = int(np.argmin(val))
-    rise = float(val[-1] - val[best])
-    noise = float(np.std(np.diff(val[best:]))) if len(val) - best >= 3 else 0.0
-    if rise >= 0.1 * val[best] and rise >= 3 * noise and train[-1] < train[best]:
-        return {"best_epoch": best, "rise": rise / val[best], "noise": noise}
-    return None
+    return rose_from_best(val, train, data_shape(case.id)[2])
 
 
 def mismatched(case: Case, run: dict, cfs: dict, chance: float) -> bool:

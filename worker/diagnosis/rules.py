@@ -733,13 +733,41 @@ def _gradient_ends(ev: Evidence) -> tuple[float | None, float | None]:
 
 
 # ----- verdicts after a small training loss ----------------------------------------------------------
+def rose_from_best(val: np.ndarray, train: np.ndarray, n_val: int) -> dict[str, float] | None:
+    """The U-curve: the validation loss rose from its best to the end by at least 10% of the best,
+    by more than 3x its epoch-to-epoch noise after the best and by more than two standard errors of
+    a loss measured on ``n_val`` rows (about loss / sqrt(n_val): a 10% rise on 30 validation rows is
+    within what another draw of 30 rows would give), while the training loss kept falling.
+    Returns the rise's figures, or None."""
+    if len(val) < 5 or not np.all(np.isfinite(val)):
+        return None
+    best = int(np.argmin(val))
+    rise = float(val[-1] - val[best])
+    noise = float(np.std(np.diff(val[best:]))) if len(val) - best >= 3 else 0.0
+    standard_error = float(val[best]) / math.sqrt(max(1, n_val))
+    if (
+        rise >= 0.1 * val[best]
+        and rise >= 3 * noise
+        and rise >= 2 * standard_error
+        and train[-1] < train[best]
+    ):
+        return {
+            "best_epoch": best,
+            "rise": rise / val[best],
+            "noise": noise,
+            "standard_error": standard_error,
+        }
+    return None
+
+
 def overfitting(ev: Evidence, f: Facts) -> Finding | None:
     """Overfitting, in either of two forms.
 
-    (a) The U-curve: the validation loss rose from its best to the end by at least 10% of the best
-    and by more than 3x its epoch-to-epoch noise after the best, and the training loss is lower at
-    the end than at the best epoch. Early stopping that ended such a run kept its best checkpoint,
-    but the model still overfits (a stronger regularizer is the fix).
+    (a) The U-curve (``rose_from_best``): the validation loss rose from its best to the end by at
+    least 10% of the best, beyond its epoch-to-epoch noise and the sampling noise of the validation
+    rows, and the training loss is lower at the end than at the best epoch. Early stopping that
+    ended such a run kept its best checkpoint, but the model still overfits (a stronger regularizer
+    is the fix).
     (b) A gap that never rose: the best validation loss is at least twice what a constrained model
     (an L2-regularized logistic or ridge regression on the same rows) reaches on validation, by at
     least 5% of the chance-level loss, while the training loss is below a quarter of it.
@@ -751,7 +779,7 @@ def overfitting(ev: Evidence, f: Facts) -> Finding | None:
     rise = float(val[-1] - val[best])
     after = val[best:]
     noise = float(np.std(np.diff(after))) if len(after) >= 3 else 0.0
-    u_curve = rise >= 0.1 * val[best] and rise >= 3 * noise and train[-1] < train[best]
+    u_curve = rose_from_best(val, train, (ev.summary.get("data") or {}).get("n_val") or len(val)) is not None
     constrained = ev.reference.get("linear_val_loss")
     gap = (
         constrained is not None
