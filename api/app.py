@@ -15,6 +15,7 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from api.limits import RequestLimits
 from api.routers import dashboard, datasets, health, jobs, observability, studies, sweeps
 from api.schemas import ERROR_RESPONSES
+from dispatch.reaper import Reaper
 from models.settings import get_settings
 
 log = logging.getLogger("saddle.api")
@@ -66,8 +67,6 @@ def value_not_storable(_: Request, exc: DataError) -> JSONResponse:
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     """Each API process runs a reaper thread that re-queues jobs whose worker or broker was lost."""
-    from worker.reaper import Reaper
-
     reaper = Reaper() if get_settings().reaper_seconds > 0 else None
     if reaper:
         reaper.start()

@@ -348,7 +348,7 @@ class Generator:
 
 
 def generate(n_jobs: int, series_points: int, seed: int) -> Data:
-    from worker.sweeps import SweepSpec
+    from sweeps.spec import SweepSpec
 
     reference = datetime.now(UTC).replace(microsecond=0)
     g = Generator(seed, reference)

@@ -78,7 +78,7 @@ class Project(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # When a worker last started one of its jobs: projects take turns for free worker slots, the
-    # one served longest ago first (worker.fairness).
+    # one served longest ago first (dispatch.fairness).
     last_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
@@ -163,7 +163,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Set when a delivery found its project at SADDLE_MAX_RUNNING_JOBS: the job waits without a
-    # message until one of its project's jobs ends (worker.fairness.release sends it again).
+    # message until one of its project's jobs ends (dispatch.fairness.release sends it again).
     parked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
@@ -209,7 +209,7 @@ Index(
 
 class SweepTrial(Base):
     """One trial of a sweep: what Optuna knows about it. Each scheduling step rebuilds an in-memory
-    Optuna study from these rows, so no process holds sweep state (see ``worker.sweeps``)."""
+    Optuna study from these rows, so no process holds sweep state (see ``sweeps``)."""
 
     __tablename__ = "sweep_trials"
 
@@ -221,7 +221,7 @@ class SweepTrial(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSONType)  # dotted spec path -> value
     # The sampler's and pruner's per-trial memory (GridSampler's grid_id, successive-halving rungs).
     system_attrs: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
-    state: Mapped[str] = mapped_column(String(16), default="running")  # see worker.sweeps.TRIAL_STATES
+    state: Mapped[str] = mapped_column(String(16), default="running")  # see sweeps.spec.TRIAL_STATES
     value: Mapped[float | None] = mapped_column(Float)  # the objective, once complete
     intermediate: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)  # epoch -> metric value
     error: Mapped[str | None] = mapped_column(Text)

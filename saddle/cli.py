@@ -214,7 +214,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_reaper(args: argparse.Namespace) -> int:
-    from worker.reaper import Reaper
+    from dispatch.reaper import Reaper
 
     configure_logging(args.log_format)
     reaper = Reaper(args.interval)

@@ -94,10 +94,17 @@ def test_openapi_and_readiness(client: TestClient) -> None:
     assert ready.status_code == 200, ready.json()
 
 
-def test_api_never_imports_torch() -> None:
+def test_api_never_imports_torch_nor_the_worker() -> None:
+    """The API process loads no torch and nothing of the worker but the Celery app it enqueues on."""
+    import json
     import subprocess
     import sys
 
-    code = "import api.app, sys; print('torch' in sys.modules)"
+    code = (
+        "import api.app, json, sys; "
+        "print(json.dumps(['torch' in sys.modules, sorted(m for m in sys.modules if m.startswith('worker'))]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    torch_loaded, worker_modules = json.loads(out.stdout)
+    assert not torch_loaded
+    assert worker_modules == ["worker", "worker.celery_app"]

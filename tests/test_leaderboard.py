@@ -14,8 +14,8 @@ from models.db import session_scope
 from models.metrics import Point, write_points
 from models.tables import Job, Project, Sweep, SweepTrial
 from saddle.client import Client
+from sweeps.spec import SweepSpec
 from tests.conftest import RUN_ID, tiny_spec
-from worker.sweeps import SweepSpec
 
 
 def _wait(http: httpx.Client, sweep_id: str, timeout: float = 240) -> dict[str, Any]:

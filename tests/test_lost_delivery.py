@@ -17,12 +17,12 @@ from datetime import UTC, datetime, timedelta
 import redis
 from sqlalchemy import select, update
 
+from dispatch.reaper import _job_of, requeue_stale_running, requeue_unclaimed_deliveries
 from models.db import session_scope
 from models.settings import get_settings
 from models.tables import Job, Project
 from tests.conftest import REDIS_URL, RUN_ID, SERVICE_ENV
 from worker.celery_app import RUN_JOB, app
-from worker.reaper import _job_of, requeue_stale_running, requeue_unclaimed_deliveries
 
 RESERVE_AND_DIE = """
 import os, sys

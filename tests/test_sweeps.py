@@ -11,8 +11,8 @@ import pytest
 
 from saddle import processes
 from saddle.client import Client
+from sweeps.scheduler import lookahead
 from tests.conftest import SERVICE_ENV, TMP, tiny_spec
-from worker.sweeps import lookahead
 
 pytestmark = pytest.mark.usefixtures("worker_process")
 

@@ -19,13 +19,14 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from dispatch import fairness
 from models.budget import spec_problems
 from models.db import session_scope, with_retries
 from models.jsonsafe import json_safe
 from models.settings import get_settings
 from models.spec import JobSpec
 from models.tables import FINISHED_STATUSES, Job, new_id, utcnow
-from worker import fairness, sweeps
+from sweeps import runtime as sweeps
 
 log = logging.getLogger("saddle.worker")
 
@@ -81,7 +82,7 @@ class DatabaseAway(Exception):
 
 def claim(job_id: str, admit: Admit | None = None) -> Claim | None:
     """Take a job for this worker: ``job_id``, or the queued job whose project's turn it is (see
-    worker.fairness; the claim names which). None when none must run here.
+    dispatch.fairness; the claim names which). None when none must run here.
 
     A database outage is waited out; one that outlasts the retries raises DatabaseAway."""
     passed_over: list[tuple[str, str, str | None]] = []

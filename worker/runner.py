@@ -18,6 +18,7 @@ from models.metrics import Point, delete_after, write_points
 from models.settings import get_settings
 from models.spec import BUILTIN_DATASETS, JobSpec
 from models.tables import Checkpoint, Dataset, utcnow
+from sweeps.runtime import admit_trial, is_trial, on_job_finished
 from worker.data import Prepared, RawData, load_builtin, load_uploaded, prepare
 from worker.diagnosis import diagnose_job
 from worker.diagnosis.evidence import from_database
@@ -26,7 +27,6 @@ from worker.diagnosis.reference import reference_scores
 from worker.failures import describe_failure, one_line
 from worker.finetune import initialize_from_parent
 from worker.lifecycle import Claim, Heartbeat, LeaseLost, fenced_update, finish, run_claimed
-from worker.sweeps import admit_trial, is_trial, on_job_finished
 from worker.training import StopTraining, Trainer, resolve_device
 
 log = logging.getLogger("saddle.worker")

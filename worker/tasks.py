@@ -12,11 +12,11 @@ import billiard.process
 from celery.exceptions import Reject
 from celery.signals import task_prerun, worker_shutting_down
 
+from sweeps.runtime import connect_signals
 from worker.celery_app import ON_DEMAND_SPECTRUM, RUN_JOB, app
 from worker.curvature import on_demand_spectrum
 from worker.lifecycle import DatabaseAway, ShuttingDown, stop_for_shutdown
 from worker.runner import run_job
-from worker.sweeps import connect_signals
 from worker.timing import BATCH_TIMING_TASK, run_study
 
 # Sent by a worker's main process to its pool processes when it starts shutting down. Not SIGTERM:
@@ -52,7 +52,7 @@ def on_demand_spectrum_task(job_id: str, checkpoint_id: int, settings: dict) -> 
     return requeue_unclaimed(on_demand_spectrum, job_id, checkpoint_id, settings)
 
 
-# A sweep trial's worker also runs its pruning watcher (see worker.sweeps).
+# A sweep trial's worker also runs its pruning watcher (see sweeps.runtime).
 connect_signals()
 
 

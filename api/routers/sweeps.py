@@ -1,5 +1,5 @@
 """/v1/sweeps and the one-call studies /v1/studies/depth and /v1/studies/batch-size: thin handlers
-over api.services.sweeps (scheduling, pruning and findings are in worker.sweeps)."""
+over api.services.sweeps (scheduling, pruning and findings are in the sweeps package)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from api.deps import ProjectDep, SessionDep
 from api.services import leaderboard as board
 from api.services import sweeps as svc
 from models.settings import get_settings
-from worker.sweeps import SweepSpec
+from sweeps.spec import SweepSpec
 
 router = APIRouter(prefix="/v1", tags=["sweeps"])
 

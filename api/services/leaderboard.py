@@ -1,6 +1,6 @@
 """A sweep's leaderboard: its trials ranked by the sweep's objective, best first.
 
-A trial is ranked once it completed with a finite objective (the value ``worker.sweeps`` recorded
+A trial is ranked once it completed with a finite objective (the value ``sweeps.scheduler`` recorded
 for it: the objective metric at the best epoch, or at the last one). Each entry carries the sampled
 parameters, the objective, a few summary metrics of its job, the last value of the validation and
 test series, the verdict and the status. One statement reads the page; the last values are index
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from api.services.sweeps import get_sweep, progress
 from models.tables import Job, MetricPoint, Project, SweepTrial
-from worker.sweeps import sweep_spec
+from sweeps.spec import sweep_spec
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500

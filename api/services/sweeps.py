@@ -1,6 +1,6 @@
 """Sweep and study operations as plain functions; every query carries the caller's project.
 
-The scheduling itself (Optuna, launching trials, pruning, findings) lives in ``worker.sweeps``, which
+The scheduling itself (Optuna, launching trials, pruning, findings) lives in the ``sweeps`` package, which
 is torch-free; this module validates requests, creates sweeps, and shapes what the API returns.
 """
 
@@ -20,10 +20,11 @@ from api.services.finetune import check_init_from, check_parent_exists
 from api.services.idempotency import check_same_body, commit_or_winner
 from api.services.jobs import check_budget, check_datasets_exist, check_queue_room, request_hash
 from api.services.query import decode_keyset, encode_keyset
+from models.patch import set_path
 from models.spec import MAX_TAGS, JobSpec
 from models.tables import Job, Project, Sweep, SweepTrial, new_id
-from worker import sweeps as engine
-from worker.sweeps import MAX_GRID_POINTS, Dim, SweepSpec
+from sweeps import scheduler
+from sweeps.spec import MAX_GRID_POINTS, SWEEP_STATUSES, Dim, SweepSpec, sweep_spec
 
 DEFAULT_TRIALS_PAGE = 1_000
 # Each candidate value of a space is validated as a whole spec (~0.1 ms): this bounds one request's
@@ -122,8 +123,8 @@ def plan(session: Session, project: Project, body: SweepSpec) -> int:
         for value in dim.candidates():
             payload = copy.deepcopy(base)
             for other, first in firsts.items():
-                engine.set_path(payload, other, first)
-            engine.set_path(payload, path, value)
+                set_path(payload, other, first)
+            set_path(payload, path, value)
             try:
                 spec = JobSpec.model_validate(payload)
             except ValidationError as exc:
@@ -214,9 +215,9 @@ def create_sweep(
     )
     if winner is not None:
         return _replay(winner, digest), False
-    job_ids = engine.schedule(session, sweep.id)
+    job_ids = scheduler.schedule(session, sweep_id=sweep.id)
     session.commit()
-    engine.enqueue(job_ids)
+    scheduler.enqueue(job_ids)
     return sweep, True
 
 
@@ -256,7 +257,7 @@ def _progress(sweep: Sweep, counted: list[tuple[str, int]]) -> dict[str, int]:
 
 
 def _best(session: Session, sweep: Sweep, mode: str) -> dict[str, Any] | None:
-    best = engine.best_trial(session, sweep.id, mode)
+    best = scheduler.best_trial(session, sweep_id=sweep.id, mode=mode)
     if best is None:
         return None
     return {"job_id": best.job_id, "number": best.number, "value": best.value, "params": best.params}
@@ -270,7 +271,7 @@ def sweep_view(
     session: Session, sweep: Sweep, trials_after: int = -1, trials_limit: int = DEFAULT_TRIALS_PAGE
 ) -> dict[str, Any]:
     """The sweep with its progress, best trial, one page of the trials table and its findings."""
-    spec = engine.sweep_spec(sweep)
+    spec = sweep_spec(sweep)
     rows = session.execute(
         select(
             SweepTrial.number,
@@ -348,9 +349,9 @@ def read_sweep(
         # worker, or its queued trials wait for one (deferred trials have no message until a step
         # sends them again). A scheduling step here is harmless (it is idempotent) and skips the
         # sweep if a worker holds its lock right now.
-        job_ids = engine.schedule(session, sweep.id, skip_locked=True)
+        job_ids = scheduler.schedule(session, sweep_id=sweep.id, skip_locked=True)
         session.commit()
-        engine.enqueue(job_ids)
+        scheduler.enqueue(job_ids)
         session.refresh(sweep)
         view = sweep_view(session, sweep, trials_after, trials_limit)
     return view
@@ -361,8 +362,8 @@ def list_sweeps(
 ) -> tuple[list[dict[str, Any]], str | None]:
     stmt = select(Sweep).where(Sweep.project_id == project.id)
     if status:
-        if status not in engine.SWEEP_STATUSES:
-            raise HTTPException(422, f"status: must be one of {', '.join(engine.SWEEP_STATUSES)}")
+        if status not in SWEEP_STATUSES:
+            raise HTTPException(422, f"status: must be one of {', '.join(SWEEP_STATUSES)}")
         stmt = stmt.where(Sweep.status == status)
     if cursor:
         created, sweep_id = decode_keyset(cursor)
@@ -405,7 +406,7 @@ def cancel_sweep(session: Session, project: Project, sweep_id: str) -> Sweep:
         raise HTTPException(404, f"sweep {sweep_id} not found")
     if sweep.status != "running":
         raise HTTPException(409, f"sweep {sweep_id} has already finished ({sweep.status})")
-    engine.cancel(session, sweep)
+    scheduler.cancel(session, sweep)
     session.commit()
     return sweep
 

@@ -1,4 +1,4 @@
-"""sweep trials: the sampler state of each sweep trial (see worker.sweeps)
+"""sweep trials: the sampler state of each sweep trial (see sweeps)
 
 Revision ID: 0002_sweeps
 Revises: 0001

@@ -7,7 +7,7 @@ Create Date: 2026-12-02 14:30:00
 ``projects.last_started_at`` orders projects for free worker slots (the one served longest ago
 first); ``jobs.parked_at`` marks a queued job whose delivery found its project at its running quota
 (it is sent again when one of the project's jobs ends); ``ix_jobs_waiting`` is the partial index
-over queued jobs that every claim's fair turn reads (see worker.fairness).
+over queued jobs that every claim's fair turn reads (see dispatch.fairness).
 """
 
 from collections.abc import Sequence

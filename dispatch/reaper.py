@@ -28,10 +28,11 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
+from dispatch import fairness
 from models.db import session_scope
 from models.settings import get_settings
 from models.tables import Job, utcnow
-from worker import fairness, sweeps
+from sweeps.scheduler import step_idle_sweeps
 from worker.celery_app import RUN_JOB, TASK_FOR_KIND, enqueue_job
 
 log = logging.getLogger("saddle.reaper")
@@ -150,7 +151,7 @@ class Reaper(threading.Thread):
         # them; its worker may have died first), and sweeps that could not launch while their
         # project's queue was full.
         fairness.release()
-        sweeps.step_idle_sweeps()
+        step_idle_sweeps()
         try:
             requeue_unclaimed_deliveries()
         except Exception as exc:  # the broker is away: the next round looks again
