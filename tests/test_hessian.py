@@ -195,7 +195,7 @@ def test_not_critical_at_init() -> None:
 
 def test_exact_path_matches_reference() -> None:
     model, loss_fn, X, y = checkpoint("random_sgd")
-    result = spectrum(model, loss_fn, [(X, y)], top_k=3, bottom_k=2)
+    result = spectrum(model, loss_fn, [(X, y)], top_k=3, bottom_k=2, exact_threshold=10**6)
     H = reference(model, loss_fn, X, y)
     evals = torch.linalg.eigvalsh(H).numpy()
     assert result.method == "exact" and result.hvps == result.n_params
@@ -328,3 +328,25 @@ def test_to_dict_is_json_safe() -> None:
     model, loss_fn, X, y = linear_saddle()
     no_vec = spectrum(model, loss_fn, [(X, y)], exact_threshold=0, keep_vectors=False)
     assert no_vec.escape_direction is None
+
+
+@pytest.mark.parametrize("hidden", [0, 3, 10])
+def test_the_default_method_is_never_the_costlier_one(hidden: int) -> None:
+    """At its defaults ``spectrum`` picks the full Hessian only where it costs fewer HVPs than
+    Lanczos would need (a 30-parameter linear model), Lanczos above (235 and 760 parameters); either
+    way its HVP count is within 1.5x of the cheaper method forced, and the answer agrees with it."""
+    torch.manual_seed(0)
+    X = torch.randn(256, 2 if hidden == 0 else 64)
+    y = torch.randint(0, 10, (256,))
+    model = (
+        nn.Linear(2, 10)
+        if hidden == 0
+        else nn.Sequential(nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, 10))
+    )
+    n = sum(p.numel() for p in model.parameters())
+    default = spectrum(model, cross_entropy, [(X, y)], trace=False, seed=1)
+    exact = spectrum(model, cross_entropy, [(X, y)], trace=False, seed=1, exact_threshold=10**9)
+    lanczos = spectrum(model, cross_entropy, [(X, y)], trace=False, seed=1, exact_threshold=0)
+    assert default.method == ("exact" if n <= 60 else "lanczos")
+    assert default.hvps <= 1.5 * min(exact.hvps, lanczos.hvps)
+    assert np.allclose(default.top, exact.top, rtol=1e-3)
