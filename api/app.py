@@ -16,6 +16,7 @@ from api.limits import RequestLimits
 from api.routers import dashboard, datasets, health, jobs, observability, studies, sweeps
 from api.schemas import ERROR_RESPONSES
 from dispatch.reaper import Reaper
+from models.errors import Conflict, DomainError, Invalid, NotFound, QuotaExceeded, TooLarge
 from models.settings import get_settings
 
 log = logging.getLogger("saddle.api")
@@ -38,6 +39,28 @@ def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     ]
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return JSONResponse({"detail": summary, "errors": jsonable_encoder(errors)}, status_code=422)
+
+
+STATUS_OF: dict[type[DomainError], int] = {
+    NotFound: 404,
+    Invalid: 422,
+    Conflict: 409,
+    TooLarge: 413,
+    QuotaExceeded: 429,
+}
+
+
+def domain_error(request: Request, exc: DomainError) -> JSONResponse:
+    """The one place a service's error becomes an HTTP answer: ``{"detail": message}`` with its
+    status; an ``Invalid`` that names its field reads like a schema error."""
+    if isinstance(exc, Invalid) and exc.loc is not None:
+        return validation_error(
+            request,
+            RequestValidationError([{"loc": ("body", *exc.loc), "msg": exc.message, "type": "value_error"}]),
+        )
+    status = next(code for kind, code in STATUS_OF.items() if isinstance(exc, kind))
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QuotaExceeded) else None
+    return JSONResponse({"detail": exc.message}, status_code=status, headers=headers)
 
 
 def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
@@ -87,6 +110,7 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(DomainError, domain_error)
     app.add_exception_handler(OperationalError, database_unavailable)
     app.add_exception_handler(DBAPIError, database_unavailable)
     app.add_exception_handler(DataError, value_not_storable)

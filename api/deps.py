@@ -1,4 +1,5 @@
-"""Request-scoped dependencies: one database session per request and the caller's project."""
+"""Request-scoped dependencies: one database session per request, the caller's project, and the
+objects a path names, fetched within that project (another project's answer 404 like missing ones)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from fastapi import Depends, Header, HTTPException
 from sqlalchemy.orm import Session
 
 from api.auth import TokenRefused, project_for_token
+from api.services.jobs import get_job, require_job
+from api.services.sweeps import get_sweep
 from models.db import session_scope
-from models.tables import Project
+from models.tables import Job, Project, Sweep
 
 
 def get_session() -> Iterator[Session]:
@@ -43,3 +46,21 @@ def project_without_session(authorization: Annotated[str | None, Header()] = Non
 
 
 ProjectOnlyDep = Annotated[Project, Depends(project_without_session)]
+
+
+def owned_job(job_id: str, session: SessionDep, project: ProjectDep) -> Job:
+    return get_job(session, project=project, job_id=job_id)
+
+
+def owned_job_id(job_id: str, session: SessionDep, project: ProjectDep) -> str:
+    """The path's job id once it is known to be the caller's; reads the id only (not the JSON columns)."""
+    return require_job(session, project=project, job_id=job_id)
+
+
+def owned_sweep(sweep_id: str, session: SessionDep, project: ProjectDep) -> Sweep:
+    return get_sweep(session, project=project, sweep_id=sweep_id)
+
+
+OwnedJob = Annotated[Job, Depends(owned_job)]
+OwnedJobId = Annotated[str, Depends(owned_job_id)]
+OwnedSweep = Annotated[Sweep, Depends(owned_sweep)]

@@ -845,7 +845,7 @@ def explain(meta: dict[str, Any], project_id: str) -> None:
         event.listen(engine, "before_cursor_execute", capture)
         try:
             with session_scope() as session:
-                query.list_jobs(session, project_id, params, None, 50)
+                query.list_jobs(session, project_id=project_id, params=params, cursor=None, limit=50)
         finally:
             event.remove(engine, "before_cursor_execute", capture)
         statement, parameters = next(c for c in captured if "FROM jobs" in c[0])  # the page's query

@@ -14,6 +14,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from models.findings import Finding, write_diagnoses
+from models.numeric import is_finite, rounded
 from models.patch import get_path, set_path
 from models.tables import Diagnosis, Job, MetricPoint, Spectrum, SweepTrial
 from sweeps.spec import canonical
@@ -63,7 +64,7 @@ class Run:
         return self.at_best("test/loss")
 
 
-def load_runs(session: Session, sweep_id: str) -> list[Run]:
+def load_runs(session: Session, *, sweep_id: str) -> list[Run]:
     rows = session.execute(
         select(SweepTrial.number, SweepTrial.value, Job.id, Job.spec, Job.summary, Job.verdict)
         .join(Job, Job.id == SweepTrial.job_id)
@@ -125,16 +126,8 @@ def _table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows[::stride] if stride > 1 else rows
 
 
-def _finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
-
-
 def _clearly_worse(loss: float, reference: float) -> bool:
     return loss - reference > max(WORSE_ABSOLUTE, WORSE_RELATIVE * abs(reference))
-
-
-def _r(x: float | None, digits: int = 4) -> float | None:
-    return None if not _finite(x) else float(f"{x:.{digits}g}")
 
 
 def _rank_correlation(xs: list[float], ys: list[float]) -> float | None:
@@ -164,7 +157,7 @@ def depth_findings(runs: list[Run], sweep_id: str) -> tuple[list[Finding], list[
     findings: list[Finding] = []
     notes: list[TrialNote] = []
     pairs: list[dict[str, Any]] = []
-    for group in _groups([r for r in runs if _finite(r.train_loss)], "model.hidden"):
+    for group in _groups([r for r in runs if is_finite(r.train_loss)], "model.hidden"):
         if len({len(get_path(r.spec, "model.hidden") or []) for r in group}) < 2:
             continue  # widths differ, depths do not
         group.sort(key=lambda r: (len(get_path(r.spec, "model.hidden") or []), r.number))
@@ -174,9 +167,9 @@ def depth_findings(runs: list[Run], sweep_id: str) -> tuple[list[Finding], list[
                     "job_id": r.job_id,
                     "hidden": get_path(r.spec, "model.hidden"),
                     "depth": len(get_path(r.spec, "model.hidden") or []),
-                    "train_loss": _r(r.train_loss),
-                    "val_loss": _r(r.val_loss),
-                    "test_loss": _r(r.test_loss),
+                    "train_loss": rounded(r.train_loss),
+                    "val_loss": rounded(r.val_loss),
+                    "test_loss": rounded(r.test_loss),
                     "verdict": r.verdict,
                 }
                 for r in group
@@ -195,12 +188,12 @@ def depth_findings(runs: list[Run], sweep_id: str) -> tuple[list[Finding], list[
                 "deeper": {
                     "job_id": deep.job_id,
                     "hidden": get_path(deep.spec, "model.hidden"),
-                    "train_loss": _r(deep.train_loss),
+                    "train_loss": rounded(deep.train_loss),
                 },
                 "shallower": {
                     "job_id": ref.job_id,
                     "hidden": get_path(ref.spec, "model.hidden"),
-                    "train_loss": _r(ref.train_loss),
+                    "train_loss": rounded(ref.train_loss),
                 },
             }
             worse_here.append(pair)
@@ -212,7 +205,7 @@ def depth_findings(runs: list[Run], sweep_id: str) -> tuple[list[Finding], list[
             "sibling — optimization trouble, not model bias."
             if worse_here
             else f"Training loss does not get worse with depth; the lowest is at depth "
-            f"{len(get_path(best.spec, 'model.hidden') or [])} ({_r(best.train_loss)})."
+            f"{len(get_path(best.spec, 'model.hidden') or [])} ({rounded(best.train_loss)})."
         )
         findings.append(
             Finding(
@@ -255,16 +248,16 @@ def _deeper_note(deep: Run, ref: Run, pair: dict[str, Any], sweep_id: str) -> Tr
             confidence=0.8,
             evidence={
                 "sweep_id": sweep_id,
-                "train_loss": _r(deep.train_loss),
+                "train_loss": rounded(deep.train_loss),
                 "hidden": get_path(deep.spec, "model.hidden"),
                 "shallower_job_id": ref.job_id,
                 "shallower_hidden": get_path(ref.spec, "model.hidden"),
-                "shallower_train_loss": _r(ref.train_loss),
+                "shallower_train_loss": rounded(ref.train_loss),
                 "alternative_patch": {"model": {"hidden": get_path(ref.spec, "model.hidden")}},
                 "pair": pair,
             },
-            recommendation=f"This model's training loss ({_r(deep.train_loss)}) is higher than that of its "
-            f"shallower sibling {ref.job_id} ({_r(ref.train_loss)}). A deeper net can represent everything the "
+            recommendation=f"This model's training loss ({rounded(deep.train_loss)}) is higher than that of its "
+            f"shallower sibling {ref.job_id} ({rounded(ref.train_loss)}). A deeper net can represent everything the "
             "shallower one can, so the optimizer is at fault: add normalization"
             + (
                 " and use ReLU instead of a saturating activation"
@@ -291,27 +284,27 @@ def batch_size_findings(runs: list[Run], sweep_id: str) -> tuple[list[Finding], 
                 {
                     "job_id": r.job_id,
                     "batch_size": get_path(r.spec, "batch_size"),
-                    "lambda_max": _r(r.lambda_max),
-                    "test_loss": _r(r.test_loss),
-                    "val_loss": _r(r.val_loss),
-                    "train_loss": _r(r.train_loss),
-                    "seconds_per_epoch": _r(r.summary.get("seconds_per_epoch")),
-                    "ms_per_update": _r(r.summary.get("ms_per_update")),
+                    "lambda_max": rounded(r.lambda_max),
+                    "test_loss": rounded(r.test_loss),
+                    "val_loss": rounded(r.val_loss),
+                    "train_loss": rounded(r.train_loss),
+                    "seconds_per_epoch": rounded(r.summary.get("seconds_per_epoch")),
+                    "ms_per_update": rounded(r.summary.get("ms_per_update")),
                 }
                 for r in group
             ]
         )
-        measured = [r for r in group if _finite(r.lambda_max) and _finite(r.test_loss)]
+        measured = [r for r in group if is_finite(r.lambda_max) and is_finite(r.test_loss)]
         sizes = [float(get_path(r.spec, "batch_size")) for r in measured]
         rho_sharp = _rank_correlation(sizes, [r.lambda_max or 0.0 for r in measured])
         rho_test = _rank_correlation(sizes, [r.test_loss or 0.0 for r in measured])
         small, large = group[0], group[-1]
         t_small, t_large = small.summary.get("seconds_per_epoch"), large.summary.get("seconds_per_epoch")
-        speedup = t_small / t_large if _finite(t_small) and _finite(t_large) and t_large else None
+        speedup = t_small / t_large if is_finite(t_small) and is_finite(t_large) and t_large else None
         evidence = {
             "table": table,
-            "rank_correlation": {"lambda_max": _r(rho_sharp), "test_loss": _r(rho_test)},
-            "epoch_speedup_largest_vs_smallest": _r(speedup),
+            "rank_correlation": {"lambda_max": rounded(rho_sharp), "test_loss": rounded(rho_test)},
+            "epoch_speedup_largest_vs_smallest": rounded(speedup),
         }
         sharp: list[Run] = []
         if (
@@ -343,10 +336,10 @@ def batch_size_findings(runs: list[Run], sweep_id: str) -> tuple[list[Finding], 
                     severity="warning",
                     confidence=0.8,
                     evidence=evidence,
-                    recommendation=f"Larger batches reach sharper minima (λ_max {_r(ref.lambda_max)} at batch "
-                    f"{get_path(ref.spec, 'batch_size')} → up to {_r(max(r.lambda_max or 0.0 for r in sharp))}) "
+                    recommendation=f"Larger batches reach sharper minima (λ_max {rounded(ref.lambda_max)} at batch "
+                    f"{get_path(ref.spec, 'batch_size')} → up to {rounded(max(r.lambda_max or 0.0 for r in sharp))}) "
                     "and generalize worse (test loss "
-                    f"{_r(ref.test_loss)} → up to {_r(max(r.test_loss or 0.0 for r in sharp))}). Prefer the "
+                    f"{rounded(ref.test_loss)} → up to {rounded(max(r.test_loss or 0.0 for r in sharp))}). Prefer the "
                     f"smaller batch, or make up for a large one (warm-up, noise, a higher rate).{trade}",
                     patch={"batch_size": get_path(ref.spec, "batch_size")},
                     trials=[r.job_id for r in sharp],
@@ -380,18 +373,18 @@ def _sharp_note(r: Run, ref: Run, sweep_id: str) -> TrialNote:
             evidence={
                 "sweep_id": sweep_id,
                 "batch_size": get_path(r.spec, "batch_size"),
-                "lambda_max": _r(r.lambda_max),
-                "test_loss": _r(r.test_loss),
+                "lambda_max": rounded(r.lambda_max),
+                "test_loss": rounded(r.test_loss),
                 "reference": {
                     "job_id": ref.job_id,
                     "batch_size": get_path(ref.spec, "batch_size"),
-                    "lambda_max": _r(ref.lambda_max),
-                    "test_loss": _r(ref.test_loss),
+                    "lambda_max": rounded(ref.lambda_max),
+                    "test_loss": rounded(ref.test_loss),
                 },
             },
             recommendation=f"At batch size {get_path(r.spec, 'batch_size')} training ended in a sharper minimum "
-            f"(λ_max {_r(r.lambda_max)}) than at batch size {get_path(ref.spec, 'batch_size')} "
-            f"(λ_max {_r(ref.lambda_max)}), and its test loss is worse. Use the smaller batch.",
+            f"(λ_max {rounded(r.lambda_max)}) than at batch size {get_path(ref.spec, 'batch_size')} "
+            f"(λ_max {rounded(ref.lambda_max)}), and its test loss is worse. Use the smaller batch.",
             patch={"batch_size": get_path(ref.spec, "batch_size")},
         ),
     )
@@ -408,14 +401,14 @@ def learning_rate_findings(runs: list[Run]) -> list[Finding]:
                 {
                     "job_id": r.job_id,
                     "lr": get_path(r.spec, "optimizer.lr"),
-                    "train_loss": _r(r.train_loss),
-                    "val_loss": _r(r.val_loss),
+                    "train_loss": rounded(r.train_loss),
+                    "val_loss": rounded(r.val_loss),
                     "verdict": r.verdict,
                 }
                 for r in group
             ]
         )
-        ok = [r for r in group if _finite(r.val_loss) and r.verdict != "diverged"]
+        ok = [r for r in group if is_finite(r.val_loss) and r.verdict != "diverged"]
         ok_ids = {r.job_id for r in ok}
         diverged = [float(get_path(r.spec, "optimizer.lr")) for r in group if r.job_id not in ok_ids]
         if not ok:
@@ -429,7 +422,7 @@ def learning_rate_findings(runs: list[Run]) -> list[Finding]:
                 if (r.val_loss or math.inf) <= 1.1 * (best.val_loss or 0.0) + 1e-12
             ]
             usable = [min(good), max(good)]
-            conclusion = f"Best rate {best_lr:g} (validation loss {_r(best.val_loss)}); rates from {usable[0]:g} to {usable[1]:g} come within 10% of it."
+            conclusion = f"Best rate {best_lr:g} (validation loss {rounded(best.val_loss)}); rates from {usable[0]:g} to {usable[1]:g} come within 10% of it."
             if diverged:
                 conclusion += f" Diverged at {min(diverged):g} and above."
         findings.append(
@@ -450,14 +443,14 @@ def learning_rate_findings(runs: list[Run]) -> list[Finding]:
 
 
 def cross_run_findings(session: Session, *, sweep_id: str) -> list[dict[str, Any]]:
-    runs = load_runs(session, sweep_id)
+    runs = load_runs(session, sweep_id=sweep_id)
     depth, depth_notes = depth_findings(runs, sweep_id)
     batch, batch_notes = batch_size_findings(runs, sweep_id)
-    apply_notes(session, sweep_id, [r.job_id for r in runs], depth_notes + batch_notes)
+    apply_notes(session, sweep_id=sweep_id, job_ids=[r.job_id for r in runs], notes=depth_notes + batch_notes)
     return [f.to_dict() for f in depth + batch + learning_rate_findings(runs)]
 
 
-def apply_notes(session: Session, sweep_id: str, job_ids: list[str], notes: list[TrialNote]) -> None:
+def apply_notes(session: Session, *, sweep_id: str, job_ids: list[str], notes: list[TrialNote]) -> None:
     """Write the comparisons' diagnoses on the trials (replacing this sweep's earlier ones), and the
     verdict they imply. The verdict row that the single-run engine wrote is replaced, keeping what it
     said as ``previous_verdict``, so a job's verdict and its verdict row always agree."""
@@ -472,10 +465,10 @@ def apply_notes(session: Session, sweep_id: str, job_ids: list[str], notes: list
     for note in notes:
         write_diagnoses(session, note.job_id, [note.finding], replace=False)
         if note.verdict:
-            set_verdict(session, note)
+            set_verdict(session, note=note)
 
 
-def set_verdict(session: Session, note: TrialNote) -> None:
+def set_verdict(session: Session, *, note: TrialNote) -> None:
     job = session.get(Job, note.job_id)
     if job is None or job.verdict in (note.verdict, "diverged"):  # divergence is the more specific story
         return

@@ -151,7 +151,7 @@ def _admission_statements() -> tuple[Any, Any, Any]:
 _ADMISSION = _admission_statements()
 
 
-def admit_trial(session: Session, job: Job) -> bool:
+def admit_trial(session: Session, *, job: Job) -> bool:
     """The worker's claim asks this in its transaction, with the job row locked, before the job
     counts as started (``worker.lifecycle``): False when the job is a trial of a sweep that already
     runs ``max_concurrency`` trials. The trial is then ``deferred``, the delivery skipped, and a later
@@ -172,7 +172,7 @@ def admit_trial(session: Session, job: Job) -> bool:
     if row is None:  # a trial job whose row is gone: let it run
         return True
     trial_id, number, state, sweep_status = row[:4]
-    spec = spec_of(conn, job.sweep_id)[0]
+    spec = spec_of(conn, sweep_id=job.sweep_id)[0]
     if state in ("queued", "deferred") and sweep_status == "running":
         new_state = conn.execute(
             admit_or_defer, {"b_trial": trial_id, "b_sweep": job.sweep_id, "b_cap": spec.max_concurrency}
@@ -223,13 +223,15 @@ class PruneWatcher(threading.Thread):
         with session_scope() as session:
             series = {
                 e: v
-                for e, v in objective_series(session, self.job_id, self.spec.objective.metric).items()
+                for e, v in objective_series(
+                    session, job_id=self.job_id, metric=self.spec.objective.metric
+                ).items()
                 if e >= 1
             }
             if len(series) <= self.reported:
                 return False
             self.reported = len(series)
-            views = load_views(session, self.sweep_id)
+            views = load_views(session, sweep_id=self.sweep_id)
             if self.number >= len(views) or views[self.number].state != "running":
                 return True
             views[self.number].intermediate = {str(e): v for e, v in series.items()}

@@ -44,11 +44,11 @@ def trial_spec(sweep: Sweep, spec: SweepSpec, number: int, params: dict[str, Any
     return payload
 
 
-def launch(session: Session, sweep: Sweep, spec: SweepSpec, *, first: int, k: int) -> list[str]:
+def launch(session: Session, *, sweep: Sweep, spec: SweepSpec, first: int, k: int) -> list[str]:
     """Insert k trials (jobs and trial rows) numbered from ``first``; returns the job ids to enqueue.
     A sampled point whose spec does not validate becomes a failed trial without a job."""
     # Random sampling needs no history: skipping the rebuild keeps a step O(1) at 10,000 trials.
-    views = [] if spec.algorithm == "random" else load_views(session, sweep.id)
+    views = [] if spec.algorithm == "random" else load_views(session, sweep_id=sweep.id)
     job_ids: list[str] = []
     trials: list[SweepTrial] = []
     shapes: dict[str, tuple[int, int] | None] = {}
@@ -131,7 +131,7 @@ _OUTCOME = (
 )
 
 
-def objective_series(conn: Session | Connection, job_id: str, metric: str) -> dict[int, float]:
+def objective_series(conn: Session | Connection, *, job_id: str, metric: str) -> dict[int, float]:
     rows = conn.execute(_OBJECTIVE_SERIES, {"b_job": job_id, "b_metric": metric}).all()
     return {int(epoch): float(value) for epoch, value in rows}
 
@@ -197,7 +197,7 @@ class Pending:
         return sum(state in ADMITTED for state in self.states)
 
 
-def sync_trials(conn: Connection, sweep_id: str, spec: SweepSpec) -> Pending:
+def sync_trials(conn: Connection, *, sweep_id: str, spec: SweepSpec) -> Pending:
     """Record the end of every trial whose job ended, and count the ones that have not.
 
     The job's diagnosis is stored before it turns succeeded (worker.runner), so any step may record
@@ -211,7 +211,7 @@ def sync_trials(conn: Connection, sweep_id: str, spec: SweepSpec) -> Pending:
             if state == "deferred":
                 out.deferred.append((trial_id, job_id))
             continue
-        series = {} if status is None else objective_series(conn, job_id, spec.objective.metric)
+        series = {} if status is None else objective_series(conn, job_id=job_id, metric=spec.objective.metric)
         outcome = trial_outcome(state=state, status=status, summary=summary, series=series, spec=spec)
         conn.execute(_OUTCOME, {"b_trial": trial_id} | {f"b_{key}": value for key, value in outcome.items()})
     top = rows[0][-1] if rows else conn.scalar(_LAST_NUMBER, {"b_sweep": sweep_id})
@@ -243,7 +243,7 @@ def schedule(
     if sweep is None:
         return []
     spec = sweep_spec(sweep)
-    state = sync_trials(session.connection(), sweep.id, spec)
+    state = sync_trials(session.connection(), sweep_id=sweep.id, spec=spec)
     if sweep.status != "running":
         return []
     # Deferred trials go back to the broker while there is room for them to run.
@@ -257,16 +257,16 @@ def schedule(
     settings = get_settings()
     concurrency = min(spec.max_concurrency, settings.max_running_jobs)
     target = concurrency + lookahead(concurrency, spec.algorithm)
-    quota = settings.max_queued_jobs - _queued_jobs(session, sweep.project_id)
+    quota = settings.max_queued_jobs - _queued_jobs(session, project_id=sweep.project_id)
     while (room := min(target - pending, total - launched, quota)) > 0:
         # A point whose spec is invalid becomes a failed trial without a job: sample again.
-        new = launch(session, sweep, spec, first=launched, k=room)
+        new = launch(session, sweep=sweep, spec=spec, first=launched, k=room)
         job_ids += new
         launched += room
         pending += len(new)
         quota -= len(new)
     if pending == 0 and launched >= total:
-        close(session, sweep, spec, status="succeeded")
+        close(session, sweep=sweep, spec=spec, status="succeeded")
     return job_ids
 
 
@@ -275,11 +275,11 @@ def record(job_id: str, sweep_id: str) -> bool:
     the statements): record the ended trials, then look whether the sweep needs the full step. True
     when it does not."""
     with get_engine().begin() as conn:
-        spec, total = spec_of(conn, sweep_id)
+        spec, total = spec_of(conn, sweep_id=sweep_id)
         sweep_status = conn.scalar(select(_S.c.status).where(_S.c.id == sweep_id))
         if sweep_status is None:
             return False
-        state = sync_trials(conn, sweep_id, spec)
+        state = sync_trials(conn, sweep_id=sweep_id, spec=spec)
         if sweep_status != "running":
             return True  # cancelled: the cancel closed it; nothing more to launch
         if state.deferred and state.busy < spec.max_concurrency:
@@ -320,7 +320,7 @@ def step_idle_sweeps() -> int:
     return len(idle)
 
 
-def _queued_jobs(session: Session, project_id: str) -> int:
+def _queued_jobs(session: Session, *, project_id: str) -> int:
     return int(
         session.scalar(
             select(func.count()).select_from(Job).where(Job.project_id == project_id, Job.status == "queued")
@@ -348,7 +348,7 @@ def best_trial(session: Session, *, sweep_id: str, mode: str) -> SweepTrial | No
     ).one_or_none()
 
 
-def close(session: Session, sweep: Sweep, spec: SweepSpec, *, status: str) -> None:
+def close(session: Session, *, sweep: Sweep, spec: SweepSpec, status: str) -> None:
     """End the sweep: best trial and findings. A sweep with no complete trial failed."""
     best = best_trial(session, sweep_id=sweep.id, mode=spec.objective.mode or "min")
     sweep.best_job_id = best.job_id if best else None
@@ -362,7 +362,7 @@ def close(session: Session, sweep: Sweep, spec: SweepSpec, *, status: str) -> No
         sweep.findings = []
 
 
-def cancel(session: Session, sweep: Sweep) -> None:
+def cancel(session: Session, *, sweep: Sweep) -> None:
     """Cancel a locked, running sweep: queued trials end now, running ones stop at their next beat."""
     now = utcnow()
     session.execute(
@@ -374,5 +374,5 @@ def cancel(session: Session, sweep: Sweep) -> None:
         update(Job).where(Job.sweep_id == sweep.id, Job.status == "running").values(cancel_requested=True)
     )
     spec = sweep_spec(sweep)
-    sync_trials(session.connection(), sweep.id, spec)
-    close(session, sweep, spec, status="cancelled")
+    sync_trials(session.connection(), sweep_id=sweep.id, spec=spec)
+    close(session, sweep=sweep, spec=spec, status="cancelled")

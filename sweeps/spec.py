@@ -166,7 +166,7 @@ def sweep_spec(sweep: Sweep) -> SweepSpec:
     return _cache_spec(sweep.id, sweep.config)[0]
 
 
-def spec_of(conn: Connection, sweep_id: str) -> tuple[SweepSpec, int]:
+def spec_of(conn: Connection, *, sweep_id: str) -> tuple[SweepSpec, int]:
     """The sweep's request and size by id, read from the database once per process."""
     cached = _spec_cache.get(sweep_id)
     if cached is None:

@@ -64,7 +64,7 @@ class TrialView:
     system_attrs: dict[str, Any]
 
 
-def load_views(session: Session, sweep_id: str) -> list[TrialView]:
+def load_views(session: Session, *, sweep_id: str) -> list[TrialView]:
     rows = session.execute(
         select(
             SweepTrial.number,

@@ -101,7 +101,7 @@ def test_the_queued_jobs_quota_is_a_429_naming_the_setting(
 
     with session_scope() as session:  # other tests may have left jobs queued: the limit counts them
         project = session.scalars(select(Project).where(Project.name == f"test-{RUN_ID}")).one()
-        already = queued_jobs(session, project.id)
+        already = queued_jobs(session, project_id=project.id)
     monkeypatch.setattr(get_settings(), "max_queued_jobs", already + 2)
     monkeypatch.setattr(get_settings(), "queue", f"no-worker-{RUN_ID}")  # so they stay queued
     made = []

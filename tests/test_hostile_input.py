@@ -140,13 +140,18 @@ def test_nul_in_paths_and_query_strings_is_422(api: httpx.Client) -> None:
 
 
 def test_integers_past_the_database_range_are_422(api: httpx.Client) -> None:
+    # Real objects: a path naming no object of the project answers 404 before its query is read.
     job_id = api.post("/v1/jobs", json=tiny_spec(name="ints")).json()["id"]
     api.post(f"/v1/jobs/{job_id}/cancel")
+    space = {"optimizer.lr": {"type": "choice", "values": [0.1]}}
+    sweep = api.post("/v1/sweeps", json={"base": tiny_spec(), "space": space, "algorithm": "grid"})
+    sweep_id = sweep.json()["id"]
+    api.post(f"/v1/sweeps/{sweep_id}/cancel")
     for method, url in [
         ("POST", f"/v1/jobs/{job_id}/checkpoints/{2**63}/spectrum"),
         ("POST", f"/v1/jobs/{job_id}/checkpoints/{2**64 + 5}/spectrum"),
         ("GET", f"/v1/jobs/{job_id}/metrics?step_min={2**63}"),
-        ("GET", f"/v1/sweeps/{'0' * 32}?trials_after={2**31}"),
+        ("GET", f"/v1/sweeps/{sweep_id}?trials_after={2**31}"),
     ]:
         r = api.request(method, url)
         assert r.status_code == 422, (url, r.text)

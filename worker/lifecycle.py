@@ -72,7 +72,7 @@ def heartbeat_is_fresh(job: Job) -> bool:
 
 # Asked inside the claim's transaction, the job row locked, before the job counts as started: False
 # leaves it queued and skips this delivery (a sweep's trial while its sweep runs max_concurrency).
-Admit = Callable[[Any, Job], bool]
+Admit = Callable[..., bool]  # admit(session, *, job) -> whether the claim may run the job
 
 
 class DatabaseAway(Exception):
@@ -118,7 +118,7 @@ def _claim(
                 if passed_over is not None:
                     passed_over.append((job.id, job.kind, job.queue))
                 job = turn
-        if admit is not None and not admit(session, job):
+        if admit is not None and not admit(session, job=job):
             return None
         now = utcnow()
         if job.cancel_requested:  # cancelled while queued: it never starts

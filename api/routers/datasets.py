@@ -66,7 +66,9 @@ async def upload_dataset(
 def _validate_and_store(project, file: UploadFile, name: str, label: str | None, task: str):  # noqa: ANN001, ANN202
     # One byte past the cap is enough to know the upload is too large without reading all of it.
     payload = file.file.read(svc.size_cap() + 1)
-    return svc.create_dataset(project, name, payload, file.filename, label, task)
+    return svc.create_dataset(
+        project=project, name=name, payload=payload, filename=file.filename, label=label, task=task
+    )
 
 
 _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
@@ -95,16 +97,16 @@ async def upload_slot() -> AsyncIterator[None]:
 def list_datasets(
     session: SessionDep, project: ProjectDep, limit: Annotated[int, Query(ge=1)] = 100
 ) -> list[DatasetOut]:
-    rows = svc.list_datasets(session, project, min(limit, get_settings().max_page_size))
+    rows = svc.list_datasets(session, project=project, limit=min(limit, get_settings().max_page_size))
     return [DatasetOut.model_validate(r) for r in rows]
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
 def get_dataset(dataset_id: str, session: SessionDep, project: ProjectDep) -> DatasetOut:
-    return DatasetOut.model_validate(svc.get_dataset(session, project, dataset_id))
+    return DatasetOut.model_validate(svc.get_dataset(session, project=project, dataset_id=dataset_id))
 
 
 @router.delete("/{dataset_id}", status_code=204)
 def delete_dataset(dataset_id: str, session: SessionDep, project: ProjectDep) -> Response:
-    svc.delete_dataset(session, project, dataset_id)
+    svc.delete_dataset(session, project=project, dataset_id=dataset_id)
     return Response(status_code=204)

@@ -7,9 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
-from api.deps import ProjectDep, SessionDep
+from api.deps import OwnedJob, OwnedJobId, ProjectDep, SessionDep
 from api.schemas import (
     CheckpointOut,
     DiagnosisOut,
@@ -24,7 +23,6 @@ from api.services import jobs as svc
 from models.metrics import read_series
 from models.settings import get_settings
 from models.spec import JobSpec
-from models.tables import Diagnosis
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -42,7 +40,7 @@ def submit_job(
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
-    job, created = svc.create_job(session, project, spec, idempotency_key)
+    job, created = svc.create_job(session, project=project, spec=spec, idempotency_key=idempotency_key)
     if not created:
         response.status_code = 200
     return JobOut.model_validate(job)
@@ -69,7 +67,11 @@ def list_jobs(
     operator suffix (__lt, __lte, __gt, __gte, __ne, __in), e.g. `spec.optimizer.lr__lt=0.01`."""
     limit = min(limit, get_settings().max_page_size)
     rows, next_cursor = query.list_jobs(
-        session, project.id, list(request.query_params.multi_items()), cursor, limit
+        session,
+        project_id=project.id,
+        params=list(request.query_params.multi_items()),
+        cursor=cursor,
+        limit=limit,
     )
     page = JobPage(items=[JobOut.model_validate(j) for j in rows], next_cursor=next_cursor)
     # Serialized by pydantic in one pass: FastAPI's second validation and json.dumps of 50 jobs
@@ -87,33 +89,30 @@ def compare_jobs(
     ] = None,
 ) -> dict[str, Any]:
     """Spec differences of several jobs and their per-epoch series aligned by epoch."""
-    return compare.compare(session, project, [i for i in ids.split(",") if i], name)
+    return compare.compare(session, project=project, job_ids=[i for i in ids.split(",") if i], names=name)
 
 
 @router.get("/{job_id}", response_model=JobDetailOut)
-def get_job(job_id: str, session: SessionDep, project: ProjectDep) -> JobDetailOut:
-    job = svc.get_job(session, project, job_id)
+def get_job(job: OwnedJob, session: SessionDep) -> JobDetailOut:
     out = JobOut.model_validate(job)
-    return JobDetailOut(**vars(out), remedy=remedies.remedy_offer(session, job))
+    return JobDetailOut(**vars(out), remedy=remedies.remedy_offer(session, job=job))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
 def cancel_job(job_id: str, session: SessionDep, project: ProjectDep) -> JobOut:
-    return JobOut.model_validate(svc.cancel_job(session, project, job_id))
+    return JobOut.model_validate(svc.cancel_job(session, project=project, job_id=job_id))
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsOut)
 def get_metrics(
-    job_id: str,
+    job_id: OwnedJobId,
     session: SessionDep,
-    project: ProjectDep,
     name: Annotated[list[str] | None, Query(description="series names, e.g. val/loss; repeatable")] = None,
     split: Annotated[str | None, Query(description="only series of this split: train, val, test")] = None,
     step_min: Step = None,
     step_max: Step = None,
     max_points: Annotated[int, Query(ge=2, le=MAX_INT64)] = 2000,
 ) -> ORJSONResponse:
-    svc.require_job(session, project, job_id)
     max_points = min(max_points, get_settings().max_metric_points)
     series = read_series(
         session, job_id, name, f"{split}/" if split else None, step_min, step_max, max_points
@@ -124,22 +123,18 @@ def get_metrics(
 
 
 @router.get("/{job_id}/checkpoints", response_model=list[CheckpointOut])
-def list_checkpoints(job_id: str, session: SessionDep, project: ProjectDep) -> list[CheckpointOut]:
-    return [CheckpointOut.model_validate(c) for c in svc.list_checkpoints(session, project, job_id)]
+def list_checkpoints(job_id: OwnedJobId, session: SessionDep) -> list[CheckpointOut]:
+    return [CheckpointOut.model_validate(c) for c in svc.list_checkpoints(session, job_id=job_id)]
 
 
 @router.get("/{job_id}/spectra", response_model=list[SpectrumOut])
-def list_spectra(job_id: str, session: SessionDep, project: ProjectDep) -> list[SpectrumOut]:
-    return [SpectrumOut.model_validate(s) for s in svc.list_spectra(session, project, job_id)]
+def list_spectra(job_id: OwnedJobId, session: SessionDep) -> list[SpectrumOut]:
+    return [SpectrumOut.model_validate(s) for s in svc.list_spectra(session, job_id=job_id)]
 
 
 @router.get("/{job_id}/diagnoses", response_model=list[DiagnosisOut])
-def list_diagnoses(job_id: str, session: SessionDep, project: ProjectDep) -> list[DiagnosisOut]:
-    svc.get_job(session, project, job_id)
-    rows = session.scalars(
-        select(Diagnosis).where(Diagnosis.job_id == job_id).order_by(Diagnosis.kind.desc(), Diagnosis.id)
-    )
-    return [DiagnosisOut.model_validate(d) for d in rows]
+def list_diagnoses(job_id: OwnedJobId, session: SessionDep) -> list[DiagnosisOut]:
+    return [DiagnosisOut.model_validate(d) for d in svc.list_diagnoses(session, job_id=job_id)]
 
 
 class RemedyRequest(BaseModel):
@@ -160,7 +155,7 @@ class RemedyOut(BaseModel):
     "/{job_id}/remedy", status_code=201, response_model=RemedyOut, responses={200: {"model": RemedyOut}}
 )
 def remedy(
-    job_id: str,
+    parent: OwnedJob,
     session: SessionDep,
     project: ProjectDep,
     response: Response,
@@ -170,15 +165,17 @@ def remedy(
     """201 with the new remedy job; 200 with the same job when this remedy (the same parent and
     fixes, or the same Idempotency-Key) was already made."""
     findings = body.findings if body else None
-    job, what, created = remedies.create_remedy(session, project, job_id, findings, idempotency_key)
+    job, what, created = remedies.create_remedy(
+        session, project=project, parent=parent, codes=findings, idempotency_key=idempotency_key
+    )
     if not created:
         response.status_code = 200
     return RemedyOut(job=JobOut.model_validate(job), **what)
 
 
 @router.get("/{job_id}/remedies")
-def list_remedies(job_id: str, session: SessionDep, project: ProjectDep) -> dict[str, Any]:
-    return remedies.compare_with_remedies(session, project, job_id)
+def list_remedies(parent: OwnedJob, session: SessionDep) -> dict[str, Any]:
+    return remedies.compare_with_remedies(session, parent=parent)
 
 
 class SpectrumRequest(BaseModel):
@@ -195,14 +192,13 @@ class SpectrumRequest(BaseModel):
 
 @router.post("/{job_id}/checkpoints/{checkpoint_id}/spectrum", status_code=202)
 def request_spectrum(
-    job_id: str,
+    job_id: OwnedJobId,
     checkpoint_id: Annotated[int, Path(ge=1, le=MAX_INT64)],
     session: SessionDep,
-    project: ProjectDep,
     body: Annotated[SpectrumRequest | None, Body()] = None,
 ) -> dict[str, Any]:
     settings = (body or SpectrumRequest()).model_dump(exclude_none=True)
-    svc.request_spectrum(session, project, job_id, checkpoint_id, settings)
+    svc.request_spectrum(session, job_id=job_id, checkpoint_id=checkpoint_id, settings=settings)
     return {
         "status": "queued",
         "job_id": job_id,

@@ -44,16 +44,16 @@ class BatchTimingRequest(BaseModel):
 
 
 def create_batch_timing(
-    session: Session, project: Project, body: BatchTimingRequest, idempotency_key: str | None
+    session: Session, *, project: Project, body: BatchTimingRequest, idempotency_key: str | None
 ) -> tuple[Job, bool]:
     # The worker reads the study's parameters from the summary: the database, not the message, holds them.
     study = {"kind": "batch_size_timing", "batch_sizes": body.batch_sizes, "epochs": body.epochs}
     spec = body.spec if body.spec.name else body.spec.model_copy(update={"name": "batch-size-timing"})
     return create_job(
         session,
-        project,
-        spec,
-        idempotency_key,
+        project=project,
+        spec=spec,
+        idempotency_key=idempotency_key,
         request=body.model_dump(mode="json"),
         kind="study",
         summary={"study": study},
@@ -68,7 +68,7 @@ def batch_size_timing(
     response: Response,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> JobOut:
-    job, created = create_batch_timing(session, project, body, idempotency_key)
+    job, created = create_batch_timing(session, project=project, body=body, idempotency_key=idempotency_key)
     if not created:
         response.status_code = 200
     return JobOut.model_validate(job)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import BaseModel
 
-from api.deps import ProjectDep, SessionDep
+from api.deps import OwnedSweep, ProjectDep, SessionDep
 from api.services import leaderboard as board
 from api.services import sweeps as svc
 from models.settings import get_settings
@@ -95,7 +95,7 @@ def _json(view: dict[str, Any], status_code: int = 200) -> Response:
 
 def _created(session: SessionDep, sweep_and_created: tuple[Any, bool]) -> Response:
     sweep, created = sweep_and_created
-    return _json(svc.sweep_view(session, sweep), 201 if created else 200)
+    return _json(svc.sweep_view(session, sweep=sweep), 201 if created else 200)
 
 
 @router.post("/sweeps", status_code=201, response_model=SweepOut, responses={200: {"model": SweepOut}})
@@ -105,7 +105,9 @@ def create_sweep(
     project: ProjectDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    return _created(session, svc.create_sweep(session, project, body, idempotency_key))
+    return _created(
+        session, svc.create_sweep(session, project=project, body=body, idempotency_key=idempotency_key)
+    )
 
 
 @router.get("/sweeps", response_model=SweepPage)
@@ -117,37 +119,35 @@ def list_sweeps(
     limit: Annotated[int, Query(ge=1)] = 50,
 ) -> SweepPage:
     items, next_cursor = svc.list_sweeps(
-        session, project, status, cursor, min(limit, get_settings().max_page_size)
+        session, project=project, status=status, cursor=cursor, limit=min(limit, get_settings().max_page_size)
     )
     return SweepPage(items=[SweepSummaryOut.model_validate(i) for i in items], next_cursor=next_cursor)
 
 
 @router.get("/sweeps/{sweep_id}", response_model=SweepOut)
 def get_sweep(
-    sweep_id: str,
+    sweep: OwnedSweep,
     session: SessionDep,
-    project: ProjectDep,
     # Trial numbers are 32-bit in the database (sweeps run at most 10,000 trials).
     trials_after: Annotated[
         int, Query(ge=-1, le=2**31 - 1, description="list trials numbered above this")
     ] = -1,
     trials_limit: Annotated[int, Query(ge=0, le=svc.MAX_TRIALS_PAGE)] = svc.DEFAULT_TRIALS_PAGE,
 ) -> Response:
-    return _json(svc.read_sweep(session, project, sweep_id, trials_after, trials_limit))
+    return _json(svc.read_sweep(session, sweep=sweep, trials_after=trials_after, trials_limit=trials_limit))
 
 
 @router.get("/sweeps/{sweep_id}/leaderboard", response_model=board.LeaderboardOut)
 def sweep_leaderboard(
-    sweep_id: str,
+    sweep: OwnedSweep,
     session: SessionDep,
-    project: ProjectDep,
     limit: Annotated[
         int, Query(ge=1, le=board.MAX_LIMIT, description="entries to return")
     ] = board.DEFAULT_LIMIT,
 ) -> Response:
     """The sweep's completed trials ranked by its objective, best first: params, objective value,
     key summary metrics, last validation and test values, verdict and status."""
-    view = board.leaderboard(session, project, sweep_id, limit)
+    view = board.leaderboard(session, sweep=sweep, limit=limit)
     return Response(
         board.LeaderboardOut.model_validate(view).model_dump_json(), media_type="application/json"
     )
@@ -155,7 +155,7 @@ def sweep_leaderboard(
 
 @router.post("/sweeps/{sweep_id}/cancel", response_model=SweepOut)
 def cancel_sweep(sweep_id: str, session: SessionDep, project: ProjectDep) -> Response:
-    return _json(svc.sweep_view(session, svc.cancel_sweep(session, project, sweep_id)))
+    return _json(svc.sweep_view(session, sweep=svc.cancel_sweep(session, project=project, sweep_id=sweep_id)))
 
 
 @router.post("/studies/depth", status_code=201, response_model=SweepOut, responses={200: {"model": SweepOut}})
@@ -166,7 +166,9 @@ def depth_study(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """A grid sweep over model.hidden; GET /v1/sweeps/{id} gives the comparison and conclusion."""
-    return _created(session, svc.create_depth_study(session, project, body, idempotency_key))
+    return _created(
+        session, svc.create_depth_study(session, project=project, body=body, idempotency_key=idempotency_key)
+    )
 
 
 @router.post(
@@ -179,4 +181,7 @@ def batch_size_study(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """A grid sweep over batch_size: λ_max, test loss and time per epoch against batch size."""
-    return _created(session, svc.create_batch_size_study(session, project, body, idempotency_key))
+    return _created(
+        session,
+        svc.create_batch_size_study(session, project=project, body=body, idempotency_key=idempotency_key),
+    )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import HTTPException
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from models.errors import Invalid, NotFound
 from models.metrics import read_series
 from models.tables import Job, Project
 
@@ -35,7 +35,7 @@ def spec_diff(specs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
-def aligned(session: Session, job_ids: list[str], names: list[str]) -> dict[str, Any]:
+def aligned(session: Session, *, job_ids: list[str], names: list[str]) -> dict[str, Any]:
     """Per series name: the union of epochs, and each job's value at each epoch (null where missing)."""
     per_job = {
         job_id: {s.name: s for s in read_series(session, job_id, names, max_points=100_000)}
@@ -54,16 +54,16 @@ def aligned(session: Session, job_ids: list[str], names: list[str]) -> dict[str,
 
 
 def compare(
-    session: Session, project: Project, job_ids: list[str], names: list[str] | None
+    session: Session, *, project: Project, job_ids: list[str], names: list[str] | None
 ) -> dict[str, Any]:
     if not 2 <= len(job_ids) <= MAX_JOBS:
-        raise HTTPException(422, f"ids: give 2 to {MAX_JOBS} job ids")
+        raise Invalid(f"ids: give 2 to {MAX_JOBS} job ids")
     jobs = session.scalars(select(Job).where(Job.project_id == project.id, Job.id.in_(job_ids))).all()
     missing = sorted(set(job_ids) - {j.id for j in jobs})
     if missing:
-        raise HTTPException(404, f"jobs not found: {', '.join(missing)}")
+        raise NotFound(f"jobs not found: {', '.join(missing)}")
     return {
         "jobs": [{"id": j.id, "name": j.name, "status": j.status, "verdict": j.verdict} for j in jobs],
         "spec_diff": spec_diff({j.id: j.spec for j in jobs}),
-        "series": aligned(session, [j.id for j in jobs], names or list(DEFAULT_SERIES)),
+        "series": aligned(session, job_ids=[j.id for j in jobs], names=names or list(DEFAULT_SERIES)),
     }

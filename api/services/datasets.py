@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from fastapi import HTTPException
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from models.artifacts import get_store, key_for_dataset
 from models.db import session_scope
+from models.errors import Conflict, Invalid, NotFound, TooLarge
 from models.settings import get_settings
 from models.tables import Dataset, Job, Project, new_id
 
@@ -337,17 +337,17 @@ def resolve_task(requested: str, labels: LabelStats | Any) -> str:
 
 # ----- storage and queries ---------------------------------------------------------------------
 def create_dataset(
-    project: Project, name: str, payload: bytes, filename: str | None, label: str | None, task: str
+    *, project: Project, name: str, payload: bytes, filename: str | None, label: str | None, task: str
 ) -> Dataset:
     """Validate the upload (no database connection is held meanwhile: a slow parse must not starve
     other requests of the pool), then store the bytes and write the row in a session of its own."""
     if len(payload) > size_cap():
-        raise HTTPException(413, f"file: {len(payload)} bytes, over the dataset limit of {size_cap()}")
+        raise TooLarge(f"file: {len(payload)} bytes, over the dataset limit of {size_cap()}")
     try:
         parsed = parse_upload(payload, filename, label)
         decided = resolve_task(task, parsed.labels)
     except DatasetError as exc:
-        raise HTTPException(422, str(exc)) from None
+        raise Invalid(str(exc)) from None
     row = Dataset(
         id=new_id(),
         project_id=project.id,
@@ -363,11 +363,11 @@ def create_dataset(
     )
     row.artifact = key_for_dataset(row.id, parsed.fmt)
     with session_scope() as session:
-        _store_then_commit(session, row, parsed.payload)
+        _store_then_commit(session, row=row, payload=parsed.payload)
     return row
 
 
-def _store_then_commit(session: Session, row: Dataset, payload: bytes) -> None:
+def _store_then_commit(session: Session, *, row: Dataset, payload: bytes) -> None:
     store = get_store()
     store.put_bytes(row.artifact, payload)
     try:
@@ -379,21 +379,20 @@ def _store_then_commit(session: Session, row: Dataset, payload: bytes) -> None:
         raise
 
 
-def list_datasets(session: Session, project: Project, limit: int) -> list[Dataset]:
+def list_datasets(session: Session, *, project: Project, limit: int) -> list[Dataset]:
     stmt = select(Dataset).where(Dataset.project_id == project.id)
     return list(session.scalars(stmt.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit)))
 
 
-def get_dataset(session: Session, project: Project, dataset_id: str) -> Dataset:
-    row = session.scalars(
-        select(Dataset).where(Dataset.id == dataset_id, Dataset.project_id == project.id)
-    ).one_or_none()
+def get_dataset(session: Session, *, project: Project, dataset_id: str, for_update: bool = False) -> Dataset:
+    stmt = select(Dataset).where(Dataset.id == dataset_id, Dataset.project_id == project.id)
+    row = session.scalars(stmt.with_for_update() if for_update else stmt).one_or_none()
     if row is None:
-        raise HTTPException(404, f"dataset {dataset_id} not found")
+        raise NotFound(f"dataset {dataset_id} not found")
     return row
 
 
-def jobs_using(session: Session, project: Project, dataset_id: str) -> list[str]:
+def jobs_using(session: Session, *, project: Project, dataset_id: str) -> list[str]:
     """Queued or running jobs of the project whose spec reads the dataset (as data or test set)."""
     data = Job.spec["data"]
     stmt = select(Job.id).where(
@@ -404,16 +403,12 @@ def jobs_using(session: Session, project: Project, dataset_id: str) -> list[str]
     return list(session.scalars(stmt.limit(10)))
 
 
-def delete_dataset(session: Session, project: Project, dataset_id: str) -> None:
+def delete_dataset(session: Session, *, project: Project, dataset_id: str) -> None:
     # Lock the row so two deletes (or a delete and a re-check) do not interleave.
-    row = session.scalars(
-        select(Dataset).where(Dataset.id == dataset_id, Dataset.project_id == project.id).with_for_update()
-    ).one_or_none()
-    if row is None:
-        raise HTTPException(404, f"dataset {dataset_id} not found")
-    users = jobs_using(session, project, dataset_id)
+    row = get_dataset(session, project=project, dataset_id=dataset_id, for_update=True)
+    users = jobs_using(session, project=project, dataset_id=dataset_id)
     if users:
-        raise HTTPException(409, f"dataset {dataset_id} is used by queued or running job(s) {users}")
+        raise Conflict(f"dataset {dataset_id} is used by queued or running job(s) {users}")
     artifact = row.artifact
     session.delete(row)
     session.commit()

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from fastapi import HTTPException
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+
+from models.errors import Invalid
 
 Row = TypeVar("Row")
 
@@ -15,10 +16,10 @@ Row = TypeVar("Row")
 def check_same_body(stored_hash: str | None, digest: str) -> None:
     """Same key, different body: refused, so a retried request can never mean two things."""
     if stored_hash != digest:
-        raise HTTPException(422, "Idempotency-Key was already used with a different request body")
+        raise Invalid("Idempotency-Key was already used with a different request body")
 
 
-def commit_or_winner(session: Session, find_existing: Callable[[], Row | None]) -> Row | None:
+def commit_or_winner(session: Session, *, find_existing: Callable[[], Row | None]) -> Row | None:
     """Commit the new row; if a concurrent request with the same key committed first (the unique
     (project, key) constraint fires), return that request's row instead."""
     try:

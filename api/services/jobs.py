@@ -7,16 +7,16 @@ import json
 import logging
 from typing import Any
 
-from fastapi import HTTPException
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.services.finetune import check_init_from
 from api.services.idempotency import check_same_body, commit_or_winner
 from models.budget import budget_problems
+from models.errors import Conflict, Invalid, NotFound, QuotaExceeded
 from models.settings import get_settings
 from models.spec import JobSpec
-from models.tables import FINISHED_STATUSES, Checkpoint, Dataset, Job, Project, Spectrum, utcnow
+from models.tables import FINISHED_STATUSES, Checkpoint, Dataset, Diagnosis, Job, Project, Spectrum, utcnow
 from worker.celery_app import enqueue_job, enqueue_spectrum
 
 log = logging.getLogger("saddle.api")
@@ -26,8 +26,8 @@ def request_hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def check_datasets_exist(session: Session, project: Project, spec: JobSpec) -> tuple[int, int] | None:
-    """422 for an uploaded dataset id that is not this project's; returns (rows, features) of data.dataset."""
+def check_datasets_exist(session: Session, *, project: Project, spec: JobSpec) -> tuple[int, int] | None:
+    """Invalid for an uploaded dataset id that is not this project's; returns (rows, features) of data.dataset."""
     shape = None
     for field, value in (("data.dataset", spec.data.dataset), ("data.test_dataset", spec.data.test_dataset)):
         if value is None or len(value) != 32:
@@ -38,7 +38,7 @@ def check_datasets_exist(session: Session, project: Project, spec: JobSpec) -> t
             )
         ).first()
         if row is None:
-            raise HTTPException(422, f"{field}: no uploaded dataset {value} in this project")
+            raise Invalid(f"{field}: no uploaded dataset {value} in this project")
         if field == "data.dataset":
             shape = (row[0], row[1])
     return shape
@@ -47,31 +47,30 @@ def check_datasets_exist(session: Session, project: Project, spec: JobSpec) -> t
 def check_budget(spec: JobSpec, uploaded: tuple[int, int] | None) -> None:
     problems = budget_problems(spec, uploaded)
     if problems:
-        raise HTTPException(422, "; ".join(problems))
+        raise Invalid("; ".join(problems))
 
 
-def admit_spec(session: Session, project: Project, spec: JobSpec) -> None:
+def admit_spec(session: Session, *, project: Project, spec: JobSpec) -> None:
     """What a spec must satisfy before a job may exist, whichever route creates it (jobs, sweeps and
     studies, remedies, fine-tunes): its uploaded datasets and its init_from job are this project's,
-    and it fits the budget (models.budget). A 422 naming the field otherwise."""
-    check_budget(spec, check_datasets_exist(session, project, spec))
-    check_init_from(session, project, spec)
+    and it fits the budget (models.budget). ``Invalid`` naming the field otherwise."""
+    check_budget(spec, check_datasets_exist(session, project=project, spec=spec))
+    check_init_from(session, project=project, spec=spec)
 
 
-def check_queue_room(session: Session, project: Project, adding: int = 1) -> None:
-    """429 when the project already has SADDLE_MAX_QUEUED_JOBS jobs waiting."""
+def check_queue_room(session: Session, *, project: Project, adding: int = 1) -> None:
+    """QuotaExceeded when the project already has SADDLE_MAX_QUEUED_JOBS jobs waiting."""
     limit = get_settings().max_queued_jobs
-    queued = queued_jobs(session, project.id)
+    queued = queued_jobs(session, project_id=project.id)
     if queued + adding > limit:
-        raise HTTPException(
-            429,
+        raise QuotaExceeded(
             f"project quota: {queued:,} jobs queued; at most {limit:,} may wait at once "
             "(SADDLE_MAX_QUEUED_JOBS); retry when some have started",
-            headers={"Retry-After": "30"},
+            retry_after=30,
         )
 
 
-def queued_jobs(session: Session, project_id: str) -> int:
+def queued_jobs(session: Session, *, project_id: str) -> int:
     return session.scalar(
         select(func.count()).select_from(Job).where(Job.project_id == project_id, Job.status == "queued")
     )
@@ -79,6 +78,7 @@ def queued_jobs(session: Session, project_id: str) -> int:
 
 def create_job(
     session: Session,
+    *,
     project: Project,
     spec: JobSpec,
     idempotency_key: str | None = None,
@@ -91,11 +91,11 @@ def create_job(
     payload = spec.model_dump(mode="json")
     digest = request_hash(request if request is not None else payload)
     if idempotency_key:
-        existing = find_by_idempotency_key(session, project, idempotency_key)
+        existing = find_by_idempotency_key(session, project=project, key=idempotency_key)
         if existing is not None:
             return _replay(existing, digest), False
-    admit_spec(session, project, spec)
-    check_queue_room(session, project)
+    admit_spec(session, project=project, spec=spec)
+    check_queue_room(session, project=project)
     if spec.init_from is not None:
         fields.setdefault("parent_id", spec.init_from.job)  # the fine-tuned job records its parent
     job = Job(
@@ -110,7 +110,8 @@ def create_job(
     )
     session.add(job)
     winner = commit_or_winner(
-        session, lambda: find_by_idempotency_key(session, project, idempotency_key or "")
+        session,
+        find_existing=lambda: find_by_idempotency_key(session, project=project, key=idempotency_key or ""),
     )
     if winner is not None:
         return _replay(winner, digest), False
@@ -123,7 +124,7 @@ def _replay(job: Job, digest: str) -> Job:
     return job
 
 
-def find_by_idempotency_key(session: Session, project: Project, key: str) -> Job | None:
+def find_by_idempotency_key(session: Session, *, project: Project, key: str) -> Job | None:
     return session.scalars(
         select(Job).where(Job.project_id == project.id, Job.idempotency_key == key)
     ).one_or_none()
@@ -137,43 +138,50 @@ def enqueue(job_id: str, kind: str = "train") -> None:
         log.exception("could not enqueue job %s; it stays queued in the database", job_id)
 
 
-def require_job(session: Session, project: Project, job_id: str) -> None:
-    """404 unless the job exists in this project; reads the id only (not the JSON columns)."""
+def require_job(session: Session, *, project: Project, job_id: str) -> str:
+    """The id, if the job exists in this project; reads the id only (not the JSON columns)."""
     found = session.scalar(select(Job.id).where(Job.id == job_id, Job.project_id == project.id))
     if found is None:
-        raise HTTPException(404, f"job {job_id} not found")
+        raise NotFound(f"job {job_id} not found")
+    return found
 
 
-def get_job(session: Session, project: Project, job_id: str) -> Job:
-    job = session.scalars(select(Job).where(Job.id == job_id, Job.project_id == project.id)).one_or_none()
+def get_job(session: Session, *, project: Project, job_id: str, for_update: bool = False) -> Job:
+    stmt = select(Job).where(Job.id == job_id, Job.project_id == project.id)
+    job = session.scalars(stmt.with_for_update() if for_update else stmt).one_or_none()
     if job is None:
-        raise HTTPException(404, f"job {job_id} not found")
+        raise NotFound(f"job {job_id} not found")
     return job
 
 
-def cancel_job(session: Session, project: Project, job_id: str) -> Job:
-    job = session.scalars(
-        select(Job).where(Job.id == job_id, Job.project_id == project.id).with_for_update()
-    ).one_or_none()
-    if job is None:
-        raise HTTPException(404, f"job {job_id} not found")
+def cancel_job(session: Session, *, project: Project, job_id: str) -> Job:
+    job = get_job(session, project=project, job_id=job_id, for_update=True)
     if job.status in FINISHED_STATUSES:
-        raise HTTPException(409, f"job {job_id} has already finished ({job.status})")
+        raise Conflict(f"job {job_id} has already finished ({job.status})")
     job.cancel_requested = True
     if job.status == "queued":  # never started: it ends now, and a late delivery will skip it
         job.status, job.finished_at = "cancelled", utcnow()
     return job
 
 
-def list_checkpoints(session: Session, project: Project, job_id: str) -> list[Checkpoint]:
-    get_job(session, project, job_id)
+def list_checkpoints(session: Session, *, job_id: str) -> list[Checkpoint]:
+    """``job_id`` is the caller's (``api.deps.OwnedJobId``)."""
     return list(
         session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step))
     )
 
 
-def list_spectra(session: Session, project: Project, job_id: str) -> list[dict[str, Any]]:
-    get_job(session, project, job_id)
+def list_diagnoses(session: Session, *, job_id: str) -> list[Diagnosis]:
+    """The verdict first, then the findings. ``job_id`` is the caller's (``api.deps.OwnedJobId``)."""
+    return list(
+        session.scalars(
+            select(Diagnosis).where(Diagnosis.job_id == job_id).order_by(Diagnosis.kind.desc(), Diagnosis.id)
+        )
+    )
+
+
+def list_spectra(session: Session, *, job_id: str) -> list[dict[str, Any]]:
+    """``job_id`` is the caller's (``api.deps.OwnedJobId``)."""
     rows = session.scalars(
         select(Spectrum).where(Spectrum.job_id == job_id).order_by(Spectrum.step, Spectrum.id)
     )
@@ -186,13 +194,11 @@ def list_spectra(session: Session, project: Project, job_id: str) -> list[dict[s
     ]
 
 
-def request_spectrum(
-    session: Session, project: Project, job_id: str, checkpoint_id: int, settings: dict[str, Any]
-) -> None:
-    get_job(session, project, job_id)
+def request_spectrum(session: Session, *, job_id: str, checkpoint_id: int, settings: dict[str, Any]) -> None:
+    """``job_id`` is the caller's (``api.deps.OwnedJobId``)."""
     found = session.scalar(
         select(Checkpoint.id).where(Checkpoint.id == checkpoint_id, Checkpoint.job_id == job_id)
     )
     if found is None:
-        raise HTTPException(404, f"checkpoint {checkpoint_id} of job {job_id} not found")
+        raise NotFound(f"checkpoint {checkpoint_id} of job {job_id} not found")
     enqueue_spectrum(job_id, checkpoint_id, settings)

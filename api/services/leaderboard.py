@@ -9,7 +9,6 @@ probes of the metric table's primary key, so a 500-entry page costs a few millis
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Any
 
@@ -17,8 +16,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.services.sweeps import get_sweep, progress
-from models.tables import Job, MetricPoint, Project, SweepTrial
+from api.services.sweeps import progress
+from models.numeric import finite_or_none
+from models.tables import Job, MetricPoint, Sweep, SweepTrial
 from sweeps.spec import sweep_spec
 
 DEFAULT_LIMIT = 50
@@ -59,14 +59,8 @@ class LeaderboardOut(BaseModel):
     entries: list[LeaderboardEntry]
 
 
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def leaderboard(
-    session: Session, project: Project, sweep_id: str, limit: int = DEFAULT_LIMIT
-) -> dict[str, Any]:
-    sweep = get_sweep(session, project, sweep_id)  # 404 outside the caller's project
+def leaderboard(session: Session, *, sweep: Sweep, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
+    """``sweep`` is the caller's (``api.deps.OwnedSweep``)."""
     spec = sweep_spec(sweep)
     mode = spec.objective.mode or "min"
     ranked = (
@@ -120,7 +114,7 @@ def leaderboard(
             "status": status,
             "verdict": verdict,
             "summary": {k: (summary or {}).get(k) for k in SUMMARY_KEYS},
-            "final": {name: _finite(v) for name, v in zip(FINAL_SERIES, finals, strict=True)},
+            "final": {name: finite_or_none(v) for name, v in zip(FINAL_SERIES, finals, strict=True)},
             "finished_at": finished_at,
         }
         for rank, (
@@ -140,7 +134,7 @@ def leaderboard(
         "name": sweep.name,
         "status": sweep.status,
         "objective": spec.objective.model_dump(),
-        "progress": progress(session, sweep),
+        "progress": progress(session, sweep=sweep),
         "ranked": session.scalar(select(func.count()).select_from(SweepTrial).where(*ranked)) or 0,
         "entries": entries,
     }

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from fastapi import HTTPException
 from sqlalchemy import (
     ColumnElement,
     Select,
@@ -41,8 +40,10 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Session
 
 from models.codes import FINDINGS, VERDICTS
+from models.errors import Invalid
 from models.tables import JOB_STATUSES, Diagnosis, Job
 
 OPERATORS = ("lt", "lte", "gt", "gte", "ne", "in")
@@ -92,7 +93,7 @@ class JobQuery:
 
 
 def parse(params: list[tuple[str, str]]) -> JobQuery:
-    """Query-string pairs → JobQuery; 422 naming the parameter for anything it does not understand."""
+    """Query-string pairs → JobQuery; ``Invalid`` naming the parameter for anything it does not understand."""
     q = JobQuery()
     for key, value in params:
         if key in ("status", "name", "verdict", "sweep", "sort", "kind", "parent"):
@@ -108,23 +109,20 @@ def parse(params: list[tuple[str, str]]) -> JobQuery:
         else:
             path, _, op = key.partition("__")
             if not PATH.match(path) or (op and op not in OPERATORS):
-                raise HTTPException(
-                    422,
+                raise Invalid(
                     f"{key}: unknown filter; use {sorted(RESERVED)} or a dotted spec./summary./progress. "
                     f"path with an optional __{'|__'.join(OPERATORS)} suffix",
                 )
             q.paths.append((path, op or "eq", value))
     if q.status and q.status not in JOB_STATUSES:
-        raise HTTPException(422, f"status: must be one of {', '.join(JOB_STATUSES)}")
+        raise Invalid(f"status: must be one of {', '.join(JOB_STATUSES)}")
     if q.verdict and q.verdict not in VERDICTS:
-        raise HTTPException(422, f"verdict: unknown verdict {q.verdict!r}; one of {', '.join(VERDICTS)}")
+        raise Invalid(f"verdict: unknown verdict {q.verdict!r}; one of {', '.join(VERDICTS)}")
     unknown = [code for code in q.finding if code not in FINDINGS]
     if unknown:
-        raise HTTPException(422, f"finding: unknown code(s) {unknown}; one of {', '.join(FINDINGS)}")
+        raise Invalid(f"finding: unknown code(s) {unknown}; one of {', '.join(FINDINGS)}")
     if q.sort and not (q.sort.lstrip("-") == "created_at" or PATH.match(q.sort.lstrip("-"))):
-        raise HTTPException(
-            422, "sort: created_at or a dotted spec./summary./progress. path, '-' for descending"
-        )
+        raise Invalid("sort: created_at or a dotted spec./summary./progress. path, '-' for descending")
     return q
 
 
@@ -132,7 +130,7 @@ def _datetime(key: str, value: str) -> datetime:
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise HTTPException(422, f"{key}: not an ISO 8601 date-time") from None
+        raise Invalid(f"{key}: not an ISO 8601 date-time") from None
 
 
 def json_element(path: str):  # noqa: ANN201
@@ -176,7 +174,7 @@ def path_condition(path: str, op: str, raw: str, dialect: str = "postgresql"):  
     number = _number(raw)
     if op in ("lt", "lte", "gt", "gte"):
         if number is None:
-            raise HTTPException(422, f"{path}__{op}: needs a finite number, got {raw!r}")
+            raise Invalid(f"{path}__{op}: needs a finite number, got {raw!r}")
         target = number_at(path, dialect)
         return {
             "lt": target < number,
@@ -304,8 +302,14 @@ def apply(stmt: Select, q: JobQuery, dialect: str = "postgresql") -> Select:
     return stmt
 
 
-def page(  # noqa: ANN001
-    session, stmt: Select, q: JobQuery, cursor: str | None, limit: int, dialect: str = "postgresql"
+def page(
+    session: Session,
+    *,
+    stmt: Select,
+    q: JobQuery,
+    cursor: str | None,
+    limit: int,
+    dialect: str = "postgresql",
 ) -> tuple[list[Job], str | None]:
     """One page in the query's order with a keyset cursor: newest first by default, else by the sort
     key (nulls last) and then the id, both in the sort's direction."""
@@ -350,7 +354,7 @@ def _unb64(cursor: str) -> str:
     try:
         return base64.urlsafe_b64decode(cursor.encode()).decode()
     except Exception:
-        raise HTTPException(422, "cursor: not a cursor returned by this API") from None
+        raise Invalid("cursor: not a cursor returned by this API") from None
 
 
 def encode_keyset(row: Any) -> str:
@@ -366,7 +370,7 @@ def decode_keyset(cursor: str) -> tuple[datetime, str]:
         assert kind == "k" and JOB_ID.match(job_id)  # ids are 32 hex digits: no text reaches SQL
         return datetime.fromisoformat(created), job_id
     except Exception:
-        raise HTTPException(422, "cursor: not a cursor returned by this API") from None
+        raise Invalid("cursor: not a cursor returned by this API") from None
 
 
 def encode_sorted(job: Job, value: Any) -> str:
@@ -387,14 +391,15 @@ def decode_sorted(cursor: str, nullable: bool) -> tuple[Any, str]:
         assert kind == "s" and nullable and (not value or math.isfinite(float(value)))
         return (float(value) if value else None), job_id
     except Exception:
-        raise HTTPException(422, "cursor: not a cursor returned by this API (or from another sort)") from None
+        raise Invalid("cursor: not a cursor returned by this API (or from another sort)") from None
 
 
 def list_jobs(
-    session,
+    session: Session,
+    *,
     project_id: str,
     params: list[tuple[str, str]],
-    cursor: str | None,  # noqa: ANN001
+    cursor: str | None,
     limit: int,
 ) -> tuple[list[Job], str | None]:
     q = parse(params)
@@ -410,4 +415,4 @@ def list_jobs(
         # plan from one ANALYZE sample to the next; now it combines its indexes (20-35 ms) every time.
         session.execute(PLANNER_SETTINGS)
     stmt = apply(select(Job).where(Job.project_id == project_id), q, dialect)
-    return page(session, stmt, q, cursor, limit, dialect)
+    return page(session, stmt=stmt, q=q, cursor=cursor, limit=limit, dialect=dialect)

@@ -7,11 +7,8 @@ is torch-free; this module validates requests, creates sweeps, and shapes what t
 from __future__ import annotations
 
 import copy
-import math
 from typing import Annotated, Any, get_args, get_origin
 
-from fastapi import HTTPException
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
@@ -20,6 +17,8 @@ from api.services.finetune import check_init_from, check_parent_exists
 from api.services.idempotency import check_same_body, commit_or_winner
 from api.services.jobs import check_budget, check_datasets_exist, check_queue_room, request_hash
 from api.services.query import decode_keyset, encode_keyset
+from models.errors import Conflict, DomainError, Invalid, NotFound
+from models.numeric import finite_or_none
 from models.patch import set_path
 from models.spec import MAX_TAGS, JobSpec
 from models.tables import Job, Project, Sweep, SweepTrial, new_id
@@ -31,11 +30,6 @@ DEFAULT_TRIALS_PAGE = 1_000
 # validation to well under a second of CPU.
 MAX_SPACE_VALUES = 4_000
 MAX_TRIALS_PAGE = 10_000
-
-
-def _invalid(loc: tuple[str, ...], message: str) -> RequestValidationError:
-    """A 422 in the app's usual shape, naming the field (e.g. ``space.optimizer.lr``)."""
-    return RequestValidationError([{"loc": ("body", *loc), "msg": message, "type": "value_error"}])
 
 
 # ----- validation -------------------------------------------------------------------------------
@@ -75,48 +69,50 @@ def check_path(path: str) -> str | None:
     return None
 
 
-def plan(session: Session, project: Project, body: SweepSpec) -> int:
+def plan(session: Session, *, project: Project, body: SweepSpec) -> int:
     """Validate what pydantic cannot see alone and return how many trials the sweep will run.
 
     Every candidate value (each choice, both bounds of a range) is set on the base spec and the
-    result validated as a JobSpec, so a value that can only give invalid trials is a 422 now, not a
+    result validated as a JobSpec, so a value that can only give invalid trials is refused now, not a
     failed trial later."""
     for path in body.space:
         problem = check_path(path)
         if problem:
-            raise _invalid(("space", path), problem)
+            raise Invalid(loc=("space", path), message=problem)
     values = sum(len(dim.candidates()) for dim in body.space.values())
     if values > MAX_SPACE_VALUES:
-        raise _invalid(("space",), f"{values} candidate values in all; at most {MAX_SPACE_VALUES}")
+        raise Invalid(loc=("space",), message=f"{values} candidate values in all; at most {MAX_SPACE_VALUES}")
     if body.algorithm == "grid":
         size = 1
         for path, dim in body.space.items():
             points = dim.grid()
             if points is None:
-                raise _invalid(
-                    ("space", path),
-                    f"grid needs choice or int dimensions; {dim.type} is continuous (use random or tpe)",
+                raise Invalid(
+                    loc=("space", path),
+                    message=f"grid needs choice or int dimensions; {dim.type} is continuous (use random or tpe)",
                 )
             size *= len(points)
         if size > MAX_GRID_POINTS:
-            raise _invalid(("space",), f"the grid has {size} points; at most {MAX_GRID_POINTS}")
+            raise Invalid(loc=("space",), message=f"the grid has {size} points; at most {MAX_GRID_POINTS}")
         if body.max_trials is not None and body.max_trials > size:
-            raise _invalid(("max_trials",), f"{body.max_trials} exceeds the grid's {size} points")
+            raise Invalid(loc=("max_trials",), message=f"{body.max_trials} exceeds the grid's {size} points")
         total = body.max_trials or size
     elif body.max_trials is None:
-        raise _invalid(("max_trials",), f"required for algorithm {body.algorithm}")
+        raise Invalid(loc=("max_trials",), message=f"required for algorithm {body.algorithm}")
     else:
         total = body.max_trials
 
     if len(body.base.tags) > MAX_TAGS - 2:  # each trial's job adds the tags sweep and trial
-        raise _invalid(("base", "tags"), f"at most {MAX_TAGS - 2} tags: trials add 'sweep' and 'trial'")
+        raise Invalid(
+            loc=("base", "tags"), message=f"at most {MAX_TAGS - 2} tags: trials add 'sweep' and 'trial'"
+        )
     check = _SpecCheck(session, project)
     try:  # the base's own datasets and parent first, so their errors name the base
-        check_datasets_exist(session, project, body.base)
+        check_datasets_exist(session, project=project, spec=body.base)
         if body.base.init_from is not None:
-            check_parent_exists(session, project, body.base.init_from.job)
-    except HTTPException as exc:
-        raise _invalid(("base",), str(exc.detail)) from None
+            check_parent_exists(session, project=project, job_id=body.base.init_from.job)
+    except DomainError as exc:
+        raise Invalid(loc=("base",), message=exc.message) from None
     base = body.base.model_dump(mode="json")
     firsts = {path: dim.candidates()[0] for path, dim in body.space.items()}
     for path, dim in body.space.items():
@@ -130,13 +126,14 @@ def plan(session: Session, project: Project, body: SweepSpec) -> int:
             except ValidationError as exc:
                 err = exc.errors()[0]
                 where = ".".join(str(p) for p in err["loc"]) or "spec"
-                raise _invalid(
-                    ("space", path), f"value {value!r} gives an invalid spec: {where}: {err['msg']}"
+                raise Invalid(
+                    loc=("space", path),
+                    message=f"value {value!r} gives an invalid spec: {where}: {err['msg']}",
                 ) from None
             try:
                 check(spec)
-            except HTTPException as exc:
-                raise _invalid(("space", path), f"value {value!r}: {exc.detail}") from None
+            except DomainError as exc:
+                raise Invalid(loc=("space", path), message=f"value {value!r}: {exc.message}") from None
     return total
 
 
@@ -153,19 +150,19 @@ class _SpecCheck:
     def __call__(self, spec: JobSpec) -> None:
         datasets = (spec.data.dataset, spec.data.test_dataset)
         if datasets not in self.shapes:
-            self.shapes[datasets] = check_datasets_exist(self.session, self.project, spec)
+            self.shapes[datasets] = check_datasets_exist(self.session, project=self.project, spec=spec)
         check_budget(spec, self.shapes[datasets])
         if spec.init_from is not None:
             key = (
                 spec.init_from.model_dump_json() + spec.model.model_dump_json() + spec.data.model_dump_json()
             )
             if key not in self.parents:
-                check_init_from(self.session, self.project, spec)
+                check_init_from(self.session, project=self.project, spec=spec)
                 self.parents.add(key)
 
 
 # ----- create, read, list, cancel -----------------------------------------------------------------
-def find_by_idempotency_key(session: Session, project: Project, key: str) -> Sweep | None:
+def find_by_idempotency_key(session: Session, *, project: Project, key: str) -> Sweep | None:
     return session.scalars(
         select(Sweep).where(Sweep.project_id == project.id, Sweep.idempotency_key == key)
     ).one_or_none()
@@ -178,6 +175,7 @@ def _replay(sweep: Sweep, digest: str) -> Sweep:
 
 def create_sweep(
     session: Session,
+    *,
     project: Project,
     body: SweepSpec,
     idempotency_key: str | None = None,
@@ -187,11 +185,11 @@ def create_sweep(
     payload = body.model_dump(mode="json")
     digest = request_hash({"kind": kind, **payload})
     if idempotency_key:
-        existing = find_by_idempotency_key(session, project, idempotency_key)
+        existing = find_by_idempotency_key(session, project=project, key=idempotency_key)
         if existing is not None:
             return _replay(existing, digest), False
-    total = plan(session, project, body)
-    check_queue_room(session, project)  # its first trial must be able to wait in the queue
+    total = plan(session, project=project, body=body)
+    check_queue_room(session, project=project)  # its first trial must be able to wait in the queue
     sweep_id = new_id()
     sweep = Sweep(
         id=sweep_id,
@@ -211,7 +209,8 @@ def create_sweep(
     )
     session.add(sweep)
     winner = commit_or_winner(
-        session, lambda: find_by_idempotency_key(session, project, idempotency_key or "")
+        session,
+        find_existing=lambda: find_by_idempotency_key(session, project=project, key=idempotency_key or ""),
     )
     if winner is not None:
         return _replay(winner, digest), False
@@ -221,12 +220,11 @@ def create_sweep(
     return sweep, True
 
 
-def get_sweep(session: Session, project: Project, sweep_id: str) -> Sweep:
-    sweep = session.scalars(
-        select(Sweep).where(Sweep.id == sweep_id, Sweep.project_id == project.id)
-    ).one_or_none()
+def get_sweep(session: Session, *, project: Project, sweep_id: str, for_update: bool = False) -> Sweep:
+    stmt = select(Sweep).where(Sweep.id == sweep_id, Sweep.project_id == project.id)
+    sweep = session.scalars(stmt.with_for_update() if for_update else stmt).one_or_none()
     if sweep is None:
-        raise HTTPException(404, f"sweep {sweep_id} not found")
+        raise NotFound(f"sweep {sweep_id} not found")
     return sweep
 
 
@@ -238,7 +236,7 @@ def trial_status(state: str, job_status: str | None) -> str:
     return job_status or "failed"
 
 
-def progress(session: Session, sweep: Sweep) -> dict[str, int]:
+def progress(session: Session, *, sweep: Sweep) -> dict[str, int]:
     rows = session.execute(
         select(SweepTrial.state, Job.status, func.count())
         .outerjoin(Job, Job.id == SweepTrial.job_id)
@@ -256,19 +254,15 @@ def _progress(sweep: Sweep, counted: list[tuple[str, int]]) -> dict[str, int]:
     return {"done": done, **out, "total": int(sweep.config["total"])}
 
 
-def _best(session: Session, sweep: Sweep, mode: str) -> dict[str, Any] | None:
+def _best(session: Session, *, sweep: Sweep, mode: str) -> dict[str, Any] | None:
     best = scheduler.best_trial(session, sweep_id=sweep.id, mode=mode)
     if best is None:
         return None
     return {"job_id": best.job_id, "number": best.number, "value": best.value, "params": best.params}
 
 
-def _finite(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
-
-
 def sweep_view(
-    session: Session, sweep: Sweep, trials_after: int = -1, trials_limit: int = DEFAULT_TRIALS_PAGE
+    session: Session, *, sweep: Sweep, trials_after: int = -1, trials_limit: int = DEFAULT_TRIALS_PAGE
 ) -> dict[str, Any]:
     """The sweep with its progress, best trial, one page of the trials table and its findings."""
     spec = sweep_spec(sweep)
@@ -293,7 +287,7 @@ def sweep_view(
             "job_id": job_id,
             "number": number,
             "params": params,
-            "objective": _finite(value),
+            "objective": finite_or_none(value),
             "verdict": verdict,
             "status": trial_status(state, status),
             "error": error,
@@ -311,8 +305,8 @@ def sweep_view(
         "pruner": spec.pruner.type,
         "max_trials": int(sweep.config["total"]),
         "max_concurrency": spec.max_concurrency,
-        "progress": progress(session, sweep),
-        "best": _best(session, sweep, spec.objective.mode or "min"),
+        "progress": progress(session, sweep=sweep),
+        "best": _best(session, sweep=sweep, mode=spec.objective.mode or "min"),
         "trials": trials,
         "next_trials_after": (trials[-1]["number"] if trials else trials_after)
         if len(rows) > trials_limit
@@ -339,11 +333,9 @@ def study_conclusion(kind: str, findings: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def read_sweep(
-    session: Session, project: Project, sweep_id: str, trials_after: int, trials_limit: int
-) -> dict[str, Any]:
-    sweep = get_sweep(session, project, sweep_id)
-    view = sweep_view(session, sweep, trials_after, trials_limit)
+def read_sweep(session: Session, *, sweep: Sweep, trials_after: int, trials_limit: int) -> dict[str, Any]:
+    """``sweep`` is the caller's (``api.deps.OwnedSweep``)."""
+    view = sweep_view(session, sweep=sweep, trials_after=trials_after, trials_limit=trials_limit)
     if sweep.status == "running" and view["progress"]["running"] == 0:
         # Nothing runs, yet the sweep is not closed: a trial's step is due or was lost with its
         # worker, or its queued trials wait for one (deferred trials have no message until a step
@@ -353,17 +345,22 @@ def read_sweep(
         session.commit()
         scheduler.enqueue(job_ids)
         session.refresh(sweep)
-        view = sweep_view(session, sweep, trials_after, trials_limit)
+        view = sweep_view(session, sweep=sweep, trials_after=trials_after, trials_limit=trials_limit)
     return view
 
 
 def list_sweeps(
-    session: Session, project: Project, status: str | None = None, cursor: str | None = None, limit: int = 50
+    session: Session,
+    *,
+    project: Project,
+    status: str | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
 ) -> tuple[list[dict[str, Any]], str | None]:
     stmt = select(Sweep).where(Sweep.project_id == project.id)
     if status:
         if status not in SWEEP_STATUSES:
-            raise HTTPException(422, f"status: must be one of {', '.join(SWEEP_STATUSES)}")
+            raise Invalid(f"status: must be one of {', '.join(SWEEP_STATUSES)}")
         stmt = stmt.where(Sweep.status == status)
     if cursor:
         created, sweep_id = decode_keyset(cursor)
@@ -398,15 +395,11 @@ def list_sweeps(
     return items, encode_keyset(rows[limit - 1]) if len(rows) > limit else None
 
 
-def cancel_sweep(session: Session, project: Project, sweep_id: str) -> Sweep:
-    sweep = session.scalars(
-        select(Sweep).where(Sweep.id == sweep_id, Sweep.project_id == project.id).with_for_update()
-    ).one_or_none()
-    if sweep is None:
-        raise HTTPException(404, f"sweep {sweep_id} not found")
+def cancel_sweep(session: Session, *, project: Project, sweep_id: str) -> Sweep:
+    sweep = get_sweep(session, project=project, sweep_id=sweep_id, for_update=True)
     if sweep.status != "running":
-        raise HTTPException(409, f"sweep {sweep_id} has already finished ({sweep.status})")
-    scheduler.cancel(session, sweep)
+        raise Conflict(f"sweep {sweep_id} has already finished ({sweep.status})")
+    scheduler.cancel(session, sweep=sweep)
     session.commit()
     return sweep
 
@@ -463,26 +456,30 @@ def _study_spec(body: StudyBase, name: str, path: str, values: list[Any]) -> Swe
 
 
 def create_depth_study(
-    session: Session, project: Project, body: DepthStudy, idempotency_key: str | None
+    session: Session, *, project: Project, body: DepthStudy, idempotency_key: str | None
 ) -> tuple[Sweep, bool]:
     choices = body.hidden_choices()
     if len({len(h) for h in choices}) < 2:
-        raise _invalid(("depths",), "needs at least two different depths")
+        raise Invalid(loc=("depths",), message="needs at least two different depths")
     if body.base.model.arch != "mlp":
-        raise _invalid(("base", "model", "arch"), "a depth study varies model.hidden of an mlp")
+        raise Invalid(loc=("base", "model", "arch"), message="a depth study varies model.hidden of an mlp")
     spec = _study_spec(body, "depth-study", "model.hidden", choices)
-    return create_sweep(session, project, spec, idempotency_key, kind="study.depth")
+    return create_sweep(
+        session, project=project, body=spec, idempotency_key=idempotency_key, kind="study.depth"
+    )
 
 
 def create_batch_size_study(
-    session: Session, project: Project, body: BatchSizeStudy, idempotency_key: str | None
+    session: Session, *, project: Project, body: BatchSizeStudy, idempotency_key: str | None
 ) -> tuple[Sweep, bool]:
     if len(body.batch_sizes) < 2:
-        raise _invalid(("batch_sizes",), "needs at least two different batch sizes")
+        raise Invalid(loc=("batch_sizes",), message="needs at least two different batch sizes")
     if not body.base.analysis.hessian.enabled:
-        raise _invalid(
-            ("base", "analysis", "hessian", "enabled"),
-            "the batch-size study compares λ_max, which needs the Hessian spectra",
+        raise Invalid(
+            loc=("base", "analysis", "hessian", "enabled"),
+            message="the batch-size study compares λ_max, which needs the Hessian spectra",
         )
     spec = _study_spec(body, "batch-size-study", "batch_size", list(body.batch_sizes))
-    return create_sweep(session, project, spec, idempotency_key, kind="study.batch_size")
+    return create_sweep(
+        session, project=project, body=spec, idempotency_key=idempotency_key, kind="study.batch_size"
+    )
