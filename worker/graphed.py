@@ -160,23 +160,21 @@ class GraphedEpochs:
         graph.replay()
 
     def _update(self, stage: Stage, buf: _StageBuffers, rows: torch.Tensor) -> None:
-        """One update, positioned by the device counter; the same kernels eager or captured."""
+        """The trainer's update (``Trainer.update``), positioned by the device counter; the same
+        kernels eager or captured."""
         t = self.trainer
-        t.optimizer.zero_grad(set_to_none=True)
         idx = buf.order.index_select(0, self.counter * t.spec.batch_size + rows)
-        loss = t.data_loss(t.model(stage.X.index_select(0, idx)), stage.y.index_select(0, idx))
-        total = loss + t.l2_penalty() if t.spec.regularization.l2 > 0 else loss
-        total.backward()
+
         # Row k of the buffers is written through a mask rather than index_copy_: elementwise kernels
         # are capturable under torch.use_deterministic_algorithms too, and cost a few microseconds.
         # A graph cannot branch on the counter, so the norms are computed on every update and kept
         # where the update is a measured one (no row matches otherwise).
-        if t.spec.analysis.diagnostics:
-            grads = [p.grad for p in t.trainable if p.grad is not None]
-            row = torch.stack(torch._foreach_norm(grads))
-            buf.norms.copy_(torch.where((buf.measured == self.counter)[:, None], row, buf.norms))
-        if t.spec.regularization.grad_clip:
-            torch.nn.utils.clip_grad_norm_(t.trainable, t.spec.regularization.grad_clip)
-        t.optimizer.step()
+        def measure(norms: torch.Tensor) -> None:
+            buf.norms.copy_(torch.where((buf.measured == self.counter)[:, None], norms, buf.norms))
+
+        diagnostics = t.spec.analysis.diagnostics
+        loss = t.update(
+            stage.X.index_select(0, idx), stage.y.index_select(0, idx), measure if diagnostics else None
+        )
         buf.losses.copy_(torch.where(buf.steps == self.counter, loss.detach(), buf.losses))
         self.counter.add_(1)

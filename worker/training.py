@@ -11,6 +11,7 @@ import contextlib
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -293,30 +294,37 @@ class Trainer:
         stride = self.grad_stats_stride(n_steps)
         norms_buf = torch.zeros(math.ceil(n_steps / stride), len(self.trainable), device=self.device)
         lrs = self.epoch_learning_rates(epoch, n_steps, stage)
-        use_l2 = self.spec.regularization.l2 > 0
-        noise_on = self.spec.regularization.gradient_noise.c > 0
-        clip = self.spec.regularization.grad_clip
-        params = self.trainable
         diagnostics = self.spec.analysis.diagnostics
         self.model.train()
         for i in range(n_steps):
             self.check_stop()
             self.set_lr(lrs[i])
             idx = order[i * bs : (i + 1) * bs]
-            loss = self.data_loss(self.model(stage.X[idx]), stage.y[idx])
-            total = loss + self.l2_penalty() if use_l2 else loss
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if noise_on:
-                self.add_gradient_noise(self.state.step)
-            if diagnostics and i % stride == 0:
-                self.gradient_statistics(params, i // stride, norms_buf)
-            if clip:
-                torch.nn.utils.clip_grad_norm_(params, clip)
-            self.optimizer.step()
-            losses.append(loss.detach())
+            row = i // stride if diagnostics and i % stride == 0 else None
+            measure = None if row is None else lambda grads, row=row: norms_buf[row].copy_(grads)
+            losses.append(self.update(stage.X[idx], stage.y[idx], measure).detach())
             self.state.step += 1
         return self.epoch_result(stage, torch.stack(losses), norms_buf, lrs)
+
+    def update(
+        self, X: torch.Tensor, y: torch.Tensor, measure: Callable[[torch.Tensor], Any] | None = None
+    ) -> torch.Tensor:
+        """One update on the batch (X, y): the loss (with the L2 penalty), its gradient, gradient noise,
+        ``measure`` given the per-tensor gradient norms (two kernels, reduced once an epoch), clipping
+        and the optimizer's step. Returns the batch's data loss. The eager loop and the CUDA graph
+        capture (``worker.graphed``) both run exactly this."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.data_loss(self.model(X), y)
+        total = loss + self.l2_penalty() if self.spec.regularization.l2 > 0 else loss
+        total.backward()
+        if self.spec.regularization.gradient_noise.c > 0:
+            self.add_gradient_noise(self.state.step)
+        if measure is not None:
+            measure(torch.stack(torch._foreach_norm([p.grad for p in self.trainable if p.grad is not None])))
+        if self.spec.regularization.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.regularization.grad_clip)
+        self.optimizer.step()
+        return loss
 
     def epoch_result(
         self, stage: Stage, losses: torch.Tensor, norms: torch.Tensor, lrs: list[float]
@@ -334,11 +342,6 @@ class Trainer:
         squares = np.square(host[len(losses) :].reshape(tuple(norms.shape)))
         result["grad_norms_host"] = np.sqrt(squares.sum(axis=1)).tolist()
         result["layer_sq"] = squares[:, self.weight_slots].sum(axis=0)
-
-    def gradient_statistics(self, params: list[nn.Parameter], row: int, norms_buf: torch.Tensor) -> None:
-        """Per-tensor gradient norms of one update into a row of a device buffer (two kernels; the
-        totals and per-layer means are computed once at the end of the epoch)."""
-        torch.stack(torch._foreach_norm([p.grad for p in params if p.grad is not None]), out=norms_buf[row])
 
     def lr_for(self, epoch: float, stage: Stage) -> float:
         base = stage.lr if stage.lr is not None else self.spec.optimizer.lr

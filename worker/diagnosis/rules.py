@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from models.findings import Finding
+from models.numeric import EDGE_OF_STABILITY, rounded
 from worker.diagnosis.evidence import Evidence
 
-EDGE_OF_STABILITY = 2.0
 # "Clearly better", the same as the benchmark's counterfactual definition: at most 70% of the loss,
 # and lower by at least 10% of the chance-level loss.
 CLEARLY_LOWER = 0.7
@@ -44,8 +44,7 @@ def confidence(value: float, threshold: float, higher_is_worse: bool = True) -> 
     return float(min(0.99, max(0.5, 0.5 + 0.5 * math.tanh(math.log10(max(ratio, 1e-12)) * 2))))
 
 
-def _r(x: float | None, digits: int = 4) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(f"{x:.{digits}g}")
+_r = rounded  # evidence values to 4 significant digits
 
 
 def _top(spectrum: dict[str, Any]) -> float | None:
@@ -346,7 +345,12 @@ def learning_rate_too_low(
         if stuck_elsewhere or lam <= 0 or lr * lam >= 0.02:
             return None
         suggested = float(f"{min(lr * 100, 0.5 / lam):.2g}")
-        evidence = {"lr": lr, "lambda_max": _r(lam), "lr_times_lambda_max": _r(lr * lam), "stable_limit": 2.0}
+        evidence = {
+            "lr": lr,
+            "lambda_max": _r(lam),
+            "lr_times_lambda_max": _r(lr * lam),
+            "stable_limit": EDGE_OF_STABILITY,
+        }
         said = f"far below what the curvature allows (lr·λ_max = {lr * lam:.2g} against a limit of 2)"
     return Finding(
         code="learning_rate.too_low",
