@@ -26,6 +26,7 @@ import threading
 import time
 from datetime import timedelta
 
+import redis
 from sqlalchemy import select, update
 
 from dispatch import fairness
@@ -33,7 +34,7 @@ from models.db import session_scope
 from models.settings import get_settings
 from models.tables import Job, utcnow
 from sweeps.scheduler import step_idle_sweeps
-from worker.celery_app import RUN_JOB, TASK_FOR_KIND, enqueue_job
+from worker.celery_app import RUN_JOB, TASK_FOR_KIND, app, enqueue_job
 
 log = logging.getLogger("saddle.reaper")
 
@@ -93,8 +94,6 @@ def requeue_unclaimed_deliveries() -> int:
     settings = get_settings()
     if not settings.broker_url.startswith(("redis://", "rediss://")):
         return 0
-    from worker.celery_app import app
-
     cutoff = time.time() - settings.stale_after_seconds
     restored = 0
     with app.connection_for_write() as conn:
@@ -123,8 +122,6 @@ def broker_identity() -> str | None:
     url = get_settings().broker_url
     if not url.startswith(("redis://", "rediss://")):
         return None
-    import redis
-
     try:
         return str(redis.Redis.from_url(url, socket_timeout=2).info("server")["run_id"])
     except Exception:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.settings import get_settings
@@ -75,10 +77,6 @@ def with_retries(work, attempts: int | None = None, first_delay: float = 0.25): 
     about a minute of outage (delays 0.25, 0.5, 1, 2, 4, then 5 s), long enough for a restart or a
     managed database's failover.
     """
-    import time
-
-    from sqlalchemy.exc import DBAPIError, OperationalError
-
     attempts = attempts or get_settings().db_retry_attempts
     delay = first_delay
     for attempt in range(attempts):

@@ -27,6 +27,7 @@ from models.settings import get_settings
 from models.spec import JobSpec
 from models.tables import FINISHED_STATUSES, Job, new_id, utcnow
 from sweeps import runtime as sweeps
+from worker.celery_app import enqueue_job
 
 log = logging.getLogger("saddle.worker")
 
@@ -267,7 +268,6 @@ def hand_back(claim: Claim) -> bool:
     """Queued again with its attempt token cleared (fencing out this worker) and a new message on its
     queue: the worker that takes it resumes it from its newest checkpoint as a new attempt. False
     when the lease was lost anyway."""
-    from worker.celery_app import enqueue_job
 
     def transaction() -> tuple[str, str | None] | None:
         with session_scope() as session:

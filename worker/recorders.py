@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from models.metrics import Point
+from worker.curvature import measure, spectrum_fields
 
 
 class MemoryRecorder:
@@ -37,8 +38,6 @@ class MemoryRecorder:
     def analyze(self, trainer: Any, epoch: int, reason: str) -> None:
         self.analyses.append((epoch, reason))
         if self.measure_spectra:
-            from worker.curvature import measure, spectrum_fields
-
             measured = measure(trainer, trainer.model)
             self.spectra.append(
                 {"epoch": epoch, "step": trainer.state.step, "reason": reason, **spectrum_fields(measured)}

@@ -16,17 +16,19 @@ from models.db import session_scope, with_retries
 from models.jsonsafe import json_safe
 from models.metrics import Point, delete_after, write_points
 from models.settings import get_settings
-from models.spec import BUILTIN_DATASETS, JobSpec
-from models.tables import Checkpoint, Dataset, utcnow
+from models.spec import JobSpec
+from models.tables import Checkpoint, utcnow
 from sweeps.runtime import admit_trial, is_trial, on_job_finished
-from worker.data import Prepared, RawData, load_builtin, load_uploaded, prepare
+from worker.data import Prepared
 from worker.diagnosis import diagnose_job
 from worker.diagnosis.evidence import from_database
 from worker.diagnosis.probes import run_probes
 from worker.diagnosis.reference import reference_scores
 from worker.failures import describe_failure, one_line
 from worker.finetune import initialize_from_parent
+from worker.jobdata import prepare_data
 from worker.lifecycle import Claim, Heartbeat, LeaseLost, fenced_update, finish, run_claimed
+from worker.spectra import record_spectrum
 from worker.training import StopTraining, Trainer, resolve_device
 
 log = logging.getLogger("saddle.worker")
@@ -119,8 +121,6 @@ class DbRecorder:
 
     def analyze(self, trainer: Trainer, epoch: int, reason: str) -> None:
         """A spectrum that fails is reported in the summary; it never fails the training run."""
-        from worker.curvature import record_spectrum
-
         self._write()  # the spectrum row refers to metrics already stored
         try:
             record_spectrum(self.claim, trainer, epoch, reason)
@@ -129,29 +129,6 @@ class DbRecorder:
         except Exception as exc:
             log.exception("job %s: spectrum at epoch %d failed", self.claim.job_id, epoch)
             self.analysis_errors.append(f"epoch {epoch} ({reason}): {type(exc).__name__}: {exc}")
-
-
-def load_raw(spec: JobSpec, dataset: str, project_id: str) -> RawData:
-    if dataset in BUILTIN_DATASETS:
-        return load_builtin(dataset, spec.data.params, spec.seed)
-
-    def lookup() -> tuple[str, str, str | None, str]:
-        with session_scope() as session:
-            row = session.scalars(
-                select(Dataset).where(Dataset.id == dataset, Dataset.project_id == project_id)
-            ).one_or_none()
-            if row is None:
-                raise ValueError(f"dataset {dataset} not found in this project")
-            return row.format, row.artifact, row.label, row.task
-
-    fmt, artifact, label, task = with_retries(lookup)
-    return load_uploaded(fmt, get_store().get_bytes(artifact), label, task)
-
-
-def prepare_data(spec: JobSpec, project_id: str) -> Prepared:
-    raw = load_raw(spec, spec.data.dataset, project_id)
-    test_raw = load_raw(spec, spec.data.test_dataset, project_id) if spec.data.test_dataset else None
-    return prepare(spec.data, raw, spec.seed, test_raw)
 
 
 def latest_checkpoint(job_id: str) -> tuple[Checkpoint | None, bytes | None]:

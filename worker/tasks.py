@@ -14,9 +14,9 @@ from celery.signals import task_prerun, worker_shutting_down
 
 from sweeps.runtime import connect_signals
 from worker.celery_app import ON_DEMAND_SPECTRUM, RUN_JOB, app
-from worker.curvature import on_demand_spectrum
 from worker.lifecycle import DatabaseAway, ShuttingDown, stop_for_shutdown
 from worker.runner import run_job
+from worker.spectra import on_demand_spectrum
 from worker.timing import BATCH_TIMING_TASK, run_study
 
 # Sent by a worker's main process to its pool processes when it starts shutting down. Not SIGTERM:

@@ -32,9 +32,10 @@ from models.tables import Job
 from worker.celery_app import BATCH_TIMING_TASK  # noqa: F401  (the task's one name, shared with the API)
 from worker.data import Prepared
 from worker.failures import describe_failure
+from worker.jobdata import prepare_data
 from worker.lifecycle import Claim, Heartbeat, LeaseLost, fenced_update, finish, run_claimed
 from worker.recorders import MemoryRecorder
-from worker.runner import configure_torch, prepare_data
+from worker.runner import configure_torch
 from worker.training import StopTraining, Trainer, resolve_device
 
 log = logging.getLogger("saddle.worker")
