@@ -7,8 +7,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from models.summary import RunSummary
+
 
 class JobOut(BaseModel):
+    """A job as the API answers it; routes serialize it with ``exclude_unset`` so ``summary`` holds
+    only the fields its run wrote."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: str
@@ -17,7 +22,7 @@ class JobOut(BaseModel):
     spec: dict[str, Any]
     tags: dict[str, Any]
     progress: dict[str, Any]
-    summary: dict[str, Any]
+    summary: RunSummary
     verdict: str | None
     error: str | None
     attempts: int

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from models.findings import Finding, write_diagnoses
 from models.numeric import is_finite, rounded
 from models.patch import get_path, set_path
+from models.summary import RunSummary
 from models.tables import Diagnosis, Job, MetricPoint, Spectrum, SweepTrial
 from sweeps.spec import canonical
 
@@ -33,7 +34,7 @@ class Run:
     job_id: str
     number: int
     spec: dict[str, Any]
-    summary: dict[str, Any]
+    summary: RunSummary
     verdict: str | None
     value: float | None
     series: dict[str, dict[int, float]] = field(default_factory=dict)
@@ -46,9 +47,9 @@ class Run:
     def at_best(self, name: str) -> float | None:
         """The metric at the best checkpoint (model selection on validation), else the last epoch."""
         s = self.series.get(name) or {}
-        best = self.summary.get("best_epoch")
-        if best is not None and int(best) in s:
-            return s[int(best)]
+        best = self.summary.best_epoch
+        if best is not None and best in s:
+            return s[best]
         return self.final(name)
 
     @property
@@ -57,7 +58,7 @@ class Run:
 
     @property
     def val_loss(self) -> float | None:
-        return self.summary.get("best_val_loss") or self.final("val/loss")
+        return self.summary.best_val_loss or self.final("val/loss")
 
     @property
     def test_loss(self) -> float | None:
@@ -72,7 +73,7 @@ def load_runs(session: Session, *, sweep_id: str) -> list[Run]:
         .order_by(SweepTrial.number)
     ).all()
     runs = {
-        job_id: Run(job_id, number, spec, summary or {}, verdict, value)
+        job_id: Run(job_id, number, spec, RunSummary.of(summary), verdict, value)
         for number, value, job_id, spec, summary, verdict in rows
     }
     ids = list(runs)
@@ -288,8 +289,8 @@ def batch_size_findings(runs: list[Run], sweep_id: str) -> tuple[list[Finding], 
                     "test_loss": rounded(r.test_loss),
                     "val_loss": rounded(r.val_loss),
                     "train_loss": rounded(r.train_loss),
-                    "seconds_per_epoch": rounded(r.summary.get("seconds_per_epoch")),
-                    "ms_per_update": rounded(r.summary.get("ms_per_update")),
+                    "seconds_per_epoch": rounded(r.summary.seconds_per_epoch),
+                    "ms_per_update": rounded(r.summary.ms_per_update),
                 }
                 for r in group
             ]
@@ -299,7 +300,7 @@ def batch_size_findings(runs: list[Run], sweep_id: str) -> tuple[list[Finding], 
         rho_sharp = _rank_correlation(sizes, [r.lambda_max or 0.0 for r in measured])
         rho_test = _rank_correlation(sizes, [r.test_loss or 0.0 for r in measured])
         small, large = group[0], group[-1]
-        t_small, t_large = small.summary.get("seconds_per_epoch"), large.summary.get("seconds_per_epoch")
+        t_small, t_large = small.summary.seconds_per_epoch, large.summary.seconds_per_epoch
         speedup = t_small / t_large if is_finite(t_small) and is_finite(t_large) and t_large else None
         evidence = {
             "table": table,

@@ -23,6 +23,7 @@ from models.jsonsafe import json_safe
 from models.patch import set_path
 from models.settings import get_settings
 from models.spec import JobSpec
+from models.summary import RunSummary
 from models.tables import FINISHED_STATUSES, Job, MetricPoint, Sweep, SweepTrial, new_id, utcnow
 from sweeps.findings import cross_run_findings
 from sweeps.spec import ACTIVE, ADMITTED, Objective, SweepSpec, spec_of, sweep_spec
@@ -136,14 +137,13 @@ def objective_series(conn: Session | Connection, *, job_id: str, metric: str) ->
     return {int(epoch): float(value) for epoch, value in rows}
 
 
-def objective_value(objective: Objective, series: dict[int, float], summary: dict[str, Any]) -> float | None:
+def objective_value(objective: Objective, series: dict[int, float], summary: RunSummary) -> float | None:
     if not series:
         return None
     last = series[max(series)]
     value = last
-    if objective.at == "best":
-        best_epoch = summary.get("best_epoch")
-        value = series.get(int(best_epoch), last) if best_epoch is not None else last
+    if objective.at == "best" and summary.best_epoch is not None:
+        value = series.get(summary.best_epoch, last)
     return value if math.isfinite(value) else None
 
 
@@ -165,7 +165,7 @@ def trial_outcome(
     if status is None:
         out["state"], out["error"] = "failed", "its job was deleted"
     elif status == "succeeded":
-        out["value"] = objective_value(spec.objective, series, summary or {})
+        out["value"] = objective_value(spec.objective, series, RunSummary.of(summary))
         if out["value"] is None:
             out["state"] = "failed"
             out["error"] = f"objective {spec.objective.metric} was not recorded or is not finite"

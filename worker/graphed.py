@@ -113,7 +113,8 @@ class GraphedEpochs:
                 self.buffers.tail = self.buffers.full
         return self.buffers
 
-    def train_epoch(self, epoch: int, stage: Stage) -> dict:
+    def train_epoch(self, epoch: int, stage: Stage) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        """The epoch's updates; returns what ``Trainer.train_epoch`` puts in its ``EpochResult``."""
         t = self.trainer
         n_steps = math.ceil(len(stage.y) / t.spec.batch_size)
         buf = self._buffers_for(stage, n_steps)
@@ -133,7 +134,7 @@ class GraphedEpochs:
             else:
                 self._eager(stage, buf, rows)
             t.state.step += 1
-        return t.epoch_result(stage, buf.losses.clone(), buf.norms.clone(), lrs)
+        return buf.losses.clone(), buf.norms.clone(), lrs
 
     def _eager(self, stage: Stage, buf: _StageBuffers, rows: torch.Tensor) -> None:
         buf.eager_updates += 1

@@ -16,15 +16,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from dispatch import fairness
 from models.budget import spec_problems
 from models.db import session_scope, with_retries
-from models.jsonsafe import json_safe
 from models.settings import get_settings
 from models.spec import JobSpec
+from models.summary import RunSummary
 from models.tables import FINISHED_STATUSES, Job, new_id, utcnow
 from sweeps import runtime as sweeps
 from worker.celery_app import enqueue_job
@@ -57,10 +58,13 @@ class ShuttingDown(Exception):
 
 @dataclass(frozen=True)
 class Claim:
+    """This worker's hold on a job: the attempt token that fences its writes, and the job's spec,
+    validated once here for everything the attempt does."""
+
     job_id: str
     token: str
     attempt: int
-    spec: dict[str, Any]
+    spec: JobSpec
     project_id: str
 
 
@@ -131,13 +135,20 @@ def _claim(
             job.status, job.finished_at = "failed", now
             job.error = f"gave up after {job.attempts} attempts: each one ended with its worker lost"
             return None
+        try:
+            spec = JobSpec.model_validate(job.spec)
+        except ValidationError as exc:  # a row the API did not write, or from an older contract
+            job.status, job.finished_at = "failed", now
+            first = exc.errors()[0]
+            job.error = f"invalid spec: {'.'.join(map(str, first['loc']))}: {first['msg']}"
+            return None
         job.attempts += 1
         job.attempt_token = new_id()
         job.status, job.heartbeat_at, job.worker = "running", now, socket.gethostname()
         job.started_at = job.started_at or now
         job.parked_at = None
         fairness.started(session, job.project_id)
-        return Claim(job.id, job.attempt_token, job.attempts, dict(job.spec), job.project_id)
+        return Claim(job.id, job.attempt_token, job.attempts, spec, job.project_id)
 
 
 def fenced_update(session, claim: Claim, **values: Any) -> None:  # noqa: ANN001
@@ -150,12 +161,10 @@ def fenced_update(session, claim: Claim, **values: Any) -> None:  # noqa: ANN001
         raise LeaseLost(f"job {claim.job_id}: attempt {claim.attempt} no longer holds the job")
 
 
-def finish(
-    claim: Claim, status: str, summary: dict[str, Any] | None = None, error: str | None = None
-) -> None:
+def finish(claim: Claim, status: str, summary: RunSummary | None = None, error: str | None = None) -> None:
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
     if summary is not None:
-        values["summary"] = json_safe(summary)
+        values["summary"] = summary.as_row()
 
     def transaction() -> None:
         with session_scope() as session:
@@ -207,9 +216,7 @@ class Heartbeat(threading.Thread):
         self._done.set()
 
 
-def run_claimed(
-    job_id: str, work: Callable[[Claim, JobSpec, Heartbeat], str], admit: Admit | None = None
-) -> str:
+def run_claimed(job_id: str, work: Callable[[Claim, Heartbeat], str], admit: Admit | None = None) -> str:
     """Claim the job, keep a heartbeat while ``work`` runs, and report how it ended: the status
     ``work`` returns, 'skipped' when the job must not run here, or 'lease_lost' when another attempt
     took it over."""
@@ -221,11 +228,10 @@ def run_claimed(
     took_turn = job_claim.job_id != job_id
     if took_turn and admit is not None:
         sweeps.passed_over(job_id)  # the caller's end hook for job_id has nothing to record
-    spec = JobSpec.model_validate(job_claim.spec)
-    heartbeat = Heartbeat(job_claim, spec.resources.max_minutes)
+    heartbeat = Heartbeat(job_claim, job_claim.spec.resources.max_minutes)
     heartbeat.start()
     try:
-        status = refuse_over_budget(job_claim, spec) or work(job_claim, spec, heartbeat)
+        status = refuse_over_budget(job_claim) or work(job_claim, heartbeat)
     except LeaseLost as exc:
         if _shutting_down.is_set() and hand_back(job_claim):
             return "lease_lost"  # given up rather than lost: the job is queued again
@@ -239,13 +245,13 @@ def run_claimed(
     return status
 
 
-def refuse_over_budget(job_claim: Claim, spec: JobSpec) -> str | None:
+def refuse_over_budget(job_claim: Claim) -> str | None:
     """Fail the job before anything is allocated when its spec exceeds the budget (models.budget): a
     row the API did not write, or written under larger limits. None when it fits."""
 
     def problems() -> list[str]:
         with session_scope() as session:
-            return spec_problems(session, job_claim.project_id, spec)
+            return spec_problems(session, job_claim.project_id, job_claim.spec)
 
     found = with_retries(problems)
     if not found:

@@ -117,7 +117,7 @@ class DbRecorder:
         for old_key in replaced:
             self.store.delete(old_key)
         if kind == "periodic":
-            diagnose_safely(self.claim.job_id, provisional=True)
+            diagnose_safely(self.claim, provisional=True)
 
     def analyze(self, trainer: Trainer, epoch: int, reason: str) -> None:
         """A spectrum that fails is reported in the summary; it never fails the training run."""
@@ -176,7 +176,8 @@ def run_job(job_id: str) -> str:
     return status
 
 
-def _train(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
+def _train(job_claim: Claim, heartbeat: Heartbeat) -> str:
+    spec = job_claim.spec
     phase = "preparing the data"  # named in the job's error if this step fails
     try:
         configure_torch(spec)
@@ -189,13 +190,15 @@ def _train(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
         reference = reference_scores(data, spec.seed)
         # What the diagnosis needs besides metrics (data facts, the reference scores) is stored at
         # the start, so provisional diagnoses at checkpoints can read it while the job runs.
-        early = json_safe(trainer.summary() | {"reference": reference, "init_from": parent})
-        update_job(job_claim, device=str(device), summary=early)
+        early = trainer.run_summary().model_copy(update={"reference": reference, "init_from": parent})
+        update_job(job_claim, device=str(device), summary=early.as_row())
         phase = "training"
         resume_if_possible(job_claim, trainer)
-        summary = trainer.fit() | {"reference": reference, "init_from": parent}
+        trainer.fit()
+        summary = trainer.run_summary()
+        summary.reference, summary.init_from = reference, parent
         if recorder.analysis_errors:
-            summary["analysis_errors"] = recorder.analysis_errors
+            summary.analysis_errors = recorder.analysis_errors
     except StopTraining as stop:
         if stop.reason == "cancelled":
             finish(job_claim, "cancelled", error="cancelled by request")
@@ -212,13 +215,13 @@ def _train(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
         return "failed"
     # The verdict is stored before the status turns succeeded, so a client that sees a finished job
     # also sees its diagnosis, probe runs included.
-    update_job(job_claim, summary=json_safe(summary))
+    update_job(job_claim, summary=summary.as_row())
     # A sweep's trials are compared with each other (deeper_is_worse, the leaderboard): no probes.
-    probes = None if is_trial(job_claim.job_id) else probe_safely(job_claim, spec, data, device)
+    probes = None if is_trial(job_claim.job_id) else probe_safely(job_claim, data, device)
     if probes is not None:
-        summary["probes"] = probes
-        update_job(job_claim, summary=json_safe(summary))
-    diagnose_safely(job_claim.job_id)
+        summary.probes = probes
+        update_job(job_claim, summary=summary.as_row())
+    diagnose_safely(job_claim)
     finish(job_claim, "succeeded", summary=summary)
     return "succeeded"
 
@@ -233,24 +236,24 @@ def update_job(job_claim: Claim, **values: Any) -> None:
     with_retries(transaction)
 
 
-def diagnose_safely(job_id: str, provisional: bool = False) -> None:
+def diagnose_safely(job_claim: Claim, provisional: bool = False) -> None:
     """The diagnosis reads what was stored; if it fails, training goes on and the job keeps its status.
     A database outage is waited out, so a restart at the end of a job does not cost its verdict."""
     try:
         # diagnose_job retries its own write; this covers its reads (about 18 s of outage).
-        with_retries(lambda: diagnose_job(job_id, provisional=provisional), attempts=8)
+        with_retries(
+            lambda: diagnose_job(job_claim.job_id, provisional=provisional, spec=job_claim.spec), attempts=8
+        )
     except Exception:
-        log.exception("job %s: diagnosis failed", job_id)
+        log.exception("job %s: diagnosis failed", job_claim.job_id)
 
 
-def probe_safely(
-    job_claim: Claim, spec: JobSpec, data: Prepared, device: torch.device
-) -> dict[str, Any] | None:
+def probe_safely(job_claim: Claim, data: Prepared, device: torch.device) -> dict[str, Any] | None:
     """The probe runs, where the stored evidence calls for them (worker.diagnosis.probes); a probe
     that fails leaves the verdict to the rules."""
     try:
-        ev, _ = with_retries(lambda: from_database(job_claim.job_id))
-        return run_probes(spec, data, ev, device)
+        ev, _ = with_retries(lambda: from_database(job_claim.job_id, job_claim.spec))
+        return run_probes(job_claim.spec, data, ev, device)
     except Exception:
         log.exception("job %s: probe runs failed", job_claim.job_id)
         return None

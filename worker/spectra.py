@@ -14,6 +14,7 @@ from sqlalchemy import select
 from models.artifacts import get_store, key_for_escape_direction
 from models.db import session_scope, with_retries
 from models.spec import JobSpec
+from models.summary import RunSummary
 from models.tables import Checkpoint, Job, Spectrum
 from worker.curvature import measure, spectrum_fields
 from worker.jobdata import prepare_data
@@ -94,9 +95,9 @@ def on_demand_spectrum(job_id: str, checkpoint_id: int, settings: dict[str, Any]
         with session_scope() as session:
             job = session.get(Job, job_id, with_for_update=True)
             if job is not None:
-                summary = dict(job.summary or {})
-                summary["analysis_errors"] = [*summary.get("analysis_errors", []), note.splitlines()[0]]
-                job.summary = summary
+                summary = RunSummary.of(job.summary)
+                summary.analysis_errors = [*(summary.analysis_errors or []), note.splitlines()[0]]
+                job.summary = summary.as_row()
         return -1
 
 

@@ -28,6 +28,7 @@ from sqlalchemy import select
 from models.db import session_scope
 from models.jsonsafe import json_safe
 from models.spec import JobSpec
+from models.summary import RunSummary
 from models.tables import Job
 from worker.celery_app import BATCH_TIMING_TASK  # noqa: F401  (the task's one name, shared with the API)
 from worker.data import Prepared
@@ -130,8 +131,8 @@ def measure_batch_sizes(
 def study_parameters(job_id: str) -> dict[str, Any]:
     """The study's batch sizes and epochs, written into the row's summary by the API."""
     with session_scope() as session:
-        summary = session.scalar(select(Job.summary).where(Job.id == job_id)) or {}
-    return summary.get("study", {})
+        stored = session.scalar(select(Job.summary).where(Job.id == job_id))
+    return RunSummary.of(stored).study or {}
 
 
 def run_study(job_id: str) -> str:
@@ -139,12 +140,13 @@ def run_study(job_id: str) -> str:
     return run_claimed(job_id, _configured_measure)
 
 
-def _configured_measure(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
-    configure_torch(spec)
-    return _measure_and_finish(job_claim, spec, heartbeat)
+def _configured_measure(job_claim: Claim, heartbeat: Heartbeat) -> str:
+    configure_torch(job_claim.spec)
+    return _measure_and_finish(job_claim, heartbeat)
 
 
-def _measure_and_finish(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -> str:
+def _measure_and_finish(job_claim: Claim, heartbeat: Heartbeat) -> str:
+    spec = job_claim.spec
     params = study_parameters(job_claim.job_id)
     sizes, epochs = list(params["batch_sizes"]), int(params["epochs"])
     try:
@@ -165,7 +167,7 @@ def _measure_and_finish(job_claim: Claim, spec: JobSpec, heartbeat: Heartbeat) -
         log.exception("study %s failed", job_claim.job_id)
         finish(job_claim, "failed", error=describe_failure(exc, "the batch-size timing study"))
         return "failed"
-    summary = {"study": params, "device": str(device), "data": data.info, "batch_size_timing": rows}
+    summary = RunSummary(study=params, device=str(device), data=data.info, batch_size_timing=rows)
     finish(job_claim, "succeeded", summary=summary)
     return "succeeded"
 

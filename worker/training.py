@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from models.metrics import Point
 from models.spec import CurriculumStage, JobSpec
+from models.summary import RunSummary
 from worker.data import Prepared, add_input_noise, corrupt_labels
 from worker.graphed import GraphedEpochs, fused_optimizer, graphs_unavailable
 from worker.nets import build_model, count_parameters, weight_parameters
@@ -104,6 +105,21 @@ class Stage:
     X: torch.Tensor
     y: torch.Tensor
     lr: float | None
+
+
+@dataclass
+class EpochResult:
+    """One epoch's per-update values: left on the device by ``train_epoch`` (the losses of every
+    update, the per-tensor gradient norms of every ``grad_stats_stride``-th update, a row per measured
+    update), then brought to the host once by ``read_epoch``."""
+
+    stage: Stage
+    losses: torch.Tensor
+    norms: torch.Tensor
+    lrs: list[float]
+    losses_host: list[float] = field(default_factory=list)
+    grad_norms_host: list[float] = field(default_factory=list)  # the total norm of each measured update
+    layer_sq: np.ndarray | None = None  # per weight tensor: the sum over measured updates of its norm²
 
 
 @dataclass
@@ -282,10 +298,10 @@ class Trainer:
             self._lr_set = lr
         return lr
 
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
+    def train_epoch(self, epoch: int) -> EpochResult:
         stage = self.stage_at(epoch)
         if self.graphs is not None:
-            return self.graphs.train_epoch(epoch, stage)
+            return EpochResult(stage, *self.graphs.train_epoch(epoch, stage))
         bs = self.spec.batch_size
         n = len(stage.y)
         n_steps = math.ceil(n / bs)
@@ -304,7 +320,7 @@ class Trainer:
             measure = None if row is None else lambda grads, row=row: norms_buf[row].copy_(grads)
             losses.append(self.update(stage.X[idx], stage.y[idx], measure).detach())
             self.state.step += 1
-        return self.epoch_result(stage, torch.stack(losses), norms_buf, lrs)
+        return EpochResult(stage, torch.stack(losses), norms_buf, lrs)
 
     def update(
         self, X: torch.Tensor, y: torch.Tensor, measure: Callable[[torch.Tensor], Any] | None = None
@@ -326,22 +342,15 @@ class Trainer:
         self.optimizer.step()
         return loss
 
-    def epoch_result(
-        self, stage: Stage, losses: torch.Tensor, norms: torch.Tensor, lrs: list[float]
-    ) -> dict[str, Any]:
-        """What an epoch leaves on the device for ``read_epoch``: per-update losses, and the gradient
-        norms of every ``grad_stats_stride``-th update (a row per measured update, a column per tensor)."""
-        return {"stage": stage, "losses": losses, "norms": norms, "lrs": lrs}
-
-    def read_epoch(self, result: dict[str, Any]) -> None:
+    def read_epoch(self, result: EpochResult) -> None:
         """Bring an epoch's per-update values to the host in one read, and reduce them there: a few
         NumPy operations on a few hundred numbers cost less than as many device kernels."""
-        losses, norms = result["losses"], result["norms"]
+        losses, norms = result.losses, result.norms
         host = torch.cat([losses, norms.flatten()]).cpu().numpy().astype(np.float64)
-        result["losses_host"] = host[: len(losses)].tolist()
+        result.losses_host = host[: len(losses)].tolist()
         squares = np.square(host[len(losses) :].reshape(tuple(norms.shape)))
-        result["grad_norms_host"] = np.sqrt(squares.sum(axis=1)).tolist()
-        result["layer_sq"] = squares[:, self.weight_slots].sum(axis=0)
+        result.grad_norms_host = np.sqrt(squares.sum(axis=1)).tolist()
+        result.layer_sq = squares[:, self.weight_slots].sum(axis=0)
 
     def lr_for(self, epoch: float, stage: Stage) -> float:
         base = stage.lr if stage.lr is not None else self.spec.optimizer.lr
@@ -469,13 +478,13 @@ class Trainer:
             self.after_epoch(metrics)
         return self.finish()
 
-    def check_divergence(self, first_step: int, result: dict[str, Any], metrics: dict[str, float]) -> bool:
+    def check_divergence(self, first_step: int, result: EpochResult, metrics: dict[str, float]) -> bool:
         """A NaN or infinite minibatch loss, sampled gradient norm or epoch metric ends the run as
         diverged, at the first update that showed it (the epoch's last when only the evaluation did)."""
-        losses = result["losses_host"]
+        losses = result.losses_host
         stride = self.grad_stats_stride(len(losses))
         bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
-        bad += [k * stride for k, g in enumerate(result["grad_norms_host"]) if not math.isfinite(g)]
+        bad += [k * stride for k, g in enumerate(result.grad_norms_host) if not math.isfinite(g)]
         if not bad and all(math.isfinite(v) for v in metrics.values()):
             return False
         self.state.diverged_step = first_step + (min(bad) + 1 if bad else len(losses))
@@ -521,43 +530,43 @@ class Trainer:
         return self.summary()
 
     # ----- logging -----------------------------------------------------------------------------
-    def log_steps(self, first_step: int, result: dict[str, Any]) -> None:
+    def log_steps(self, first_step: int, result: EpochResult) -> None:
         """Per-update series: learning rate, minibatch loss and gradient norm (after ``read_epoch``)."""
         epoch0 = self.state.epoch - 1
-        n = len(result["lrs"])
+        n = len(result.lrs)
         points = []
-        for i, (lr, loss) in enumerate(zip(result["lrs"], result["losses_host"], strict=True)):
+        for i, (lr, loss) in enumerate(zip(result.lrs, result.losses_host, strict=True)):
             step, ep = first_step + i + 1, epoch0 + (i + 1) / n
             points += [Point("train/lr", step, ep, lr), Point("train/batch_loss", step, ep, loss)]
         if self.spec.analysis.diagnostics:
             stride = self.grad_stats_stride(n)
             points += [
                 Point("train/batch_grad_norm", first_step + k * stride + 1, epoch0 + (k * stride + 1) / n, g)
-                for k, g in enumerate(result["grad_norms_host"])
+                for k, g in enumerate(result.grad_norms_host)
             ]
         self.recorder.log(points)
 
     def log_epoch(
-        self, epoch: int, metrics: dict[str, float], result: dict[str, Any] | None, seconds: float
+        self, epoch: int, metrics: dict[str, float], result: EpochResult | None, seconds: float
     ) -> None:
         step = self.state.step
         values = dict(metrics)
         if result is not None:
-            losses = np.asarray(result["losses_host"])
-            gnorms = np.asarray(result["grad_norms_host"])
+            losses = np.asarray(result.losses_host)
+            gnorms = np.asarray(result.grad_norms_host)
             finite = losses[np.isfinite(losses)]
             values |= {
                 "train/data_loss": float(finite.mean()) if len(finite) else math.nan,
                 "train/batch_loss_std": float(finite.std()) if len(finite) else math.nan,
-                "train/lr_epoch": result["lrs"][-1],
+                "train/lr_epoch": result.lrs[-1],
                 "time/epoch_seconds": seconds,
                 "time/update_ms": 1000 * seconds / max(1, len(losses)),
             }
             if self.spec.curriculum:
-                values["curriculum/stage"] = float(result["stage"].index)
+                values["curriculum/stage"] = float(result.stage.index)
             if self.spec.analysis.diagnostics:
                 values["train/grad_norm"] = float(gnorms.mean())
-                layer_norms = np.sqrt(result["layer_sq"] / max(1, len(gnorms))).tolist()
+                layer_norms = np.sqrt(result.layer_sq / max(1, len(gnorms))).tolist()
                 values |= {f"grad/{name}": v for name, v in zip(self.weight_names, layer_norms, strict=True)}
         self.recorder.log([Point(name, step, float(epoch), v) for name, v in values.items()])
 
@@ -580,23 +589,26 @@ class Trainer:
             }
         return out
 
-    def summary(self) -> dict[str, Any]:
+    def run_summary(self) -> RunSummary:
         updates = max(1, self.timing["updates"])
-        out: dict[str, Any] = {
-            "epochs_run": self.state.epoch,
-            "steps": self.state.step,
-            "best_epoch": self.state.best_epoch,
-            "best_val_loss": self.state.best_val if math.isfinite(self.state.best_val) else None,
-            "stopped_early": self.state.stopped_early,
-            "diverged_step": self.state.diverged_step,
-            "n_parameters": self.n_params,
-            "device": str(self.device),
-            "seconds_per_epoch": self.timing["epoch_seconds"] / max(1, self.state.epoch),
-            "ms_per_update": 1000 * self.timing["epoch_seconds"] / updates,
-            "data": self.data.info,
-            "layer_sizes": {name: w.numel() for name, w in weight_parameters(self.model)},
-        }
-        return out
+        return RunSummary(
+            epochs_run=self.state.epoch,
+            steps=self.state.step,
+            best_epoch=self.state.best_epoch,
+            best_val_loss=self.state.best_val if math.isfinite(self.state.best_val) else None,
+            stopped_early=self.state.stopped_early,
+            diverged_step=self.state.diverged_step,
+            n_parameters=self.n_params,
+            device=str(self.device),
+            seconds_per_epoch=self.timing["epoch_seconds"] / max(1, self.state.epoch),
+            ms_per_update=1000 * self.timing["epoch_seconds"] / updates,
+            data=self.data.info,
+            layer_sizes={name: w.numel() for name, w in weight_parameters(self.model)},
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """``run_summary`` as the JSON a jobs row keeps (what ``fit`` returns)."""
+        return self.run_summary().as_row()
 
     # ----- checkpoints -------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:

@@ -32,7 +32,13 @@ MAX_INT64 = 2**63 - 1
 Step = Annotated[int | None, Query(ge=0, le=MAX_INT64)]
 
 
-@router.post("", status_code=201, response_model=JobOut, responses={200: {"model": JobOut}})
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobOut,
+    responses={200: {"model": JobOut}},
+    response_model_exclude_unset=True,
+)
 def submit_job(
     spec: JobSpec,
     session: SessionDep,
@@ -76,7 +82,7 @@ def list_jobs(
     page = JobPage(items=[JobOut.model_validate(j) for j in rows], next_cursor=next_cursor)
     # Serialized by pydantic in one pass: FastAPI's second validation and json.dumps of 50 jobs
     # with their specs and summaries cost ~6x as much (see benchmarks/query.py).
-    return Response(page.model_dump_json(), media_type="application/json")
+    return Response(page.model_dump_json(exclude_unset=True), media_type="application/json")
 
 
 @router.get("/compare")
@@ -92,13 +98,13 @@ def compare_jobs(
     return compare.compare(session, project=project, job_ids=[i for i in ids.split(",") if i], names=name)
 
 
-@router.get("/{job_id}", response_model=JobDetailOut)
+@router.get("/{job_id}", response_model=JobDetailOut, response_model_exclude_unset=True)
 def get_job(job: OwnedJob, session: SessionDep) -> JobDetailOut:
     out = JobOut.model_validate(job)
     return JobDetailOut(**vars(out), remedy=remedies.remedy_offer(session, job=job))
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
+@router.post("/{job_id}/cancel", response_model=JobOut, response_model_exclude_unset=True)
 def cancel_job(job_id: str, session: SessionDep, project: ProjectDep) -> JobOut:
     return JobOut.model_validate(svc.cancel_job(session, project=project, job_id=job_id))
 
@@ -152,7 +158,11 @@ class RemedyOut(BaseModel):
 
 
 @router.post(
-    "/{job_id}/remedy", status_code=201, response_model=RemedyOut, responses={200: {"model": RemedyOut}}
+    "/{job_id}/remedy",
+    status_code=201,
+    response_model=RemedyOut,
+    responses={200: {"model": RemedyOut}},
+    response_model_exclude_unset=True,
 )
 def remedy(
     parent: OwnedJob,

@@ -60,7 +60,13 @@ def create_batch_timing(
     )
 
 
-@router.post("/batch-size-timing", status_code=201, response_model=JobOut, responses={200: {"model": JobOut}})
+@router.post(
+    "/batch-size-timing",
+    status_code=201,
+    response_model=JobOut,
+    responses={200: {"model": JobOut}},
+    response_model_exclude_unset=True,
+)
 def batch_size_timing(
     body: BatchTimingRequest,
     session: SessionDep,

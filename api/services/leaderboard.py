@@ -18,12 +18,13 @@ from sqlalchemy.orm import Session
 
 from api.services.sweeps import progress
 from models.numeric import finite_or_none
+from models.summary import RunSummary
 from models.tables import Job, MetricPoint, Sweep, SweepTrial
 from sweeps.spec import sweep_spec
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
-# From the job's summary (see worker.training.Trainer.summary).
+# From the job's summary (models.summary.RunSummary).
 SUMMARY_KEYS = (
     "best_val_loss",
     "best_epoch",
@@ -113,7 +114,7 @@ def leaderboard(session: Session, *, sweep: Sweep, limit: int = DEFAULT_LIMIT) -
             "objective": value,
             "status": status,
             "verdict": verdict,
-            "summary": {k: (summary or {}).get(k) for k in SUMMARY_KEYS},
+            "summary": RunSummary.of(summary).model_dump(include=set(SUMMARY_KEYS)),
             "final": {name: finite_or_none(v) for name, v in zip(FINAL_SERIES, finals, strict=True)},
             "finished_at": finished_at,
         }

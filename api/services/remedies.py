@@ -12,6 +12,7 @@ from api.services.jobs import create_job, request_hash
 from models.errors import Conflict, Invalid
 from models.patch import merge_patch
 from models.spec import JobSpec
+from models.summary import RunSummary
 from models.tables import FINISHED_STATUSES, Diagnosis, Job, Project
 
 
@@ -113,12 +114,12 @@ def compare_with_remedies(session: Session, *, parent: Job) -> dict[str, Any]:
 
 
 def headline(job: Job) -> dict[str, Any]:
-    p, s = job.progress or {}, job.summary or {}
+    p = job.progress or {}
     out = {
         "id": job.id,
         "status": job.status,
         "verdict": job.verdict,
-        "best_val_loss": s.get("best_val_loss"),
+        "best_val_loss": RunSummary.of(job.summary).best_val_loss,
     }
     for key in ("train_loss", "val_loss", "test_loss", "train_accuracy", "val_accuracy", "test_accuracy"):
         out[key] = p.get(key)

@@ -14,6 +14,7 @@ from sqlalchemy import update
 
 from models.db import session_scope, with_retries
 from models.findings import Finding, write_diagnoses
+from models.spec import JobSpec
 from models.tables import Job
 from worker.diagnosis import rules
 from worker.diagnosis.evidence import Evidence, from_database
@@ -221,8 +222,8 @@ def good_fit_evidence(ev: Evidence) -> dict[str, Any]:
     return out
 
 
-def diagnose_job(job_id: str, provisional: bool = False) -> list[Finding]:
-    ev, _ = from_database(job_id)
+def diagnose_job(job_id: str, provisional: bool = False, spec: JobSpec | None = None) -> list[Finding]:
+    ev, _ = from_database(job_id, spec)
     result = diagnose(ev)
 
     def transaction() -> None:

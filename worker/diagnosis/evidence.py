@@ -74,7 +74,8 @@ def from_points(
     return Evidence(spec, summary, epoch, step, spectra, bool(spec.data.test_dataset))
 
 
-def from_database(job_id: str) -> tuple[Evidence, Job]:
+def from_database(job_id: str, spec: JobSpec | None = None) -> tuple[Evidence, Job]:
+    """The stored job as evidence; ``spec`` is the job's, when the caller (the claim) validated it."""
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None:
@@ -87,7 +88,7 @@ def from_database(job_id: str) -> tuple[Evidence, Job]:
             )
         ]
         session.expunge(job)
-    spec = JobSpec.model_validate(job.spec)
+    spec = spec or JobSpec.model_validate(job.spec)
     epoch, step = {}, {}
     for s in series:
         values = np.array([math.nan if v is None else v for v in s.values], dtype=np.float64)
