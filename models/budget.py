@@ -11,13 +11,15 @@ them from their parameters, uploaded ones from their stored row.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from models.archs import resnet_parameters, small_stem
 from models.settings import Settings, get_settings
-from models.spec import GENERATOR_DEFAULTS, JobSpec
+from models.spec import GENERATOR_DEFAULTS, RESNETS, JobSpec
 from models.tables import Dataset
 
 # (rows, features, outputs) of the fixed built-in datasets.
@@ -46,6 +48,11 @@ def dataset_shape(spec: JobSpec, uploaded: tuple[int, int] | None = None) -> tup
 
 def parameter_count(spec: JobSpec, features: int, outputs: int) -> int:
     m = spec.model
+    if m.arch in RESNETS:
+        # An upload's channels are not known here: 3 (RGB) bounds them for image files.
+        channels = 1 if spec.data.dataset == "digits" else 3
+        side = math.isqrt(max(1, features // channels))
+        return resnet_parameters(m.arch, channels, outputs, m.norm == "batch", small_stem(side, side))
     if m.arch == "linear":
         return (features + 1) * outputs
     widths = [features, *m.hidden]
@@ -90,7 +97,7 @@ def budget_problems(
     limits = limits or Limits.from_settings()
     rows, features, outputs = dataset_shape(spec, uploaded)
     problems = []
-    if spec.model.arch in ("mlp", "linear", "cnn"):
+    if spec.model.arch in ("mlp", "linear", "cnn", *RESNETS):
         params = parameter_count(spec, features, outputs)
         if params > limits.parameters:
             problems.append(

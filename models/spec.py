@@ -123,6 +123,11 @@ class Init(Strict):
     bias: float | None = Field(None, ge=-100, le=100)
 
 
+# Architectures every worker has (worker/nets.py); plug-ins add more (models/archs.py).
+BUILTIN_ARCHS = ("mlp", "linear", "cnn", "resnet18", "resnet34", "resnet50")
+RESNETS = ("resnet18", "resnet34", "resnet50")
+
+
 class Model(Strict):
     arch: str = Field("mlp", min_length=1, max_length=100)
     hidden: list[Annotated[int, Field(ge=1, le=65_536)]] = Field(default_factory=lambda: [64], max_length=64)
@@ -143,6 +148,25 @@ class Model(Strict):
         if any(not 0.0 <= v < 1.0 for v in values):
             raise ValueError("dropout must be in [0, 1)")
         return value
+
+    @model_validator(mode="after")
+    def _knobs_apply_to_the_arch(self) -> Model:
+        """A resnet has its own body: the knobs of the mlp/cnn body are refused, not ignored. Fields
+        are compared with their defaults (a stored spec comes back with every field set)."""
+        if self.arch not in RESNETS:
+            return self
+        a = self.arch
+        if self.hidden != [64]:
+            raise ValueError(f"model.hidden: {a} has no hidden layers (its head is one linear layer)")
+        if self.channels != [16, 32]:
+            raise ValueError(f"model.channels: only arch cnn takes channels; {a} has its own")
+        if self.norm == "layer":
+            raise ValueError(f"model.norm: {a} takes batch or none (layer norm is for dense layers)")
+        if self.norm_position != "before_activation":
+            raise ValueError(f"model.norm_position: {a}'s blocks put the norm before the activation")
+        if isinstance(self.dropout, list):
+            raise ValueError(f"model.dropout: {a} takes one rate, applied before its classifier")
+        return self
 
     @model_validator(mode="after")
     def _per_layer_dropout_matches(self) -> Model:
@@ -241,6 +265,15 @@ class Resources(Strict):
     # On CUDA, capture each update as one CUDA graph where the result is identical to eager mode
     # (see worker/graphed.py for when it is); off: eager updates everywhere.
     cuda_graphs: bool = True
+    # Mixed precision: forward and loss under torch.autocast in this dtype (weights, optimizer and
+    # Hessian spectra stay fp32); fp16 adds a gradient scaler and needs CUDA.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _fp16_needs_cuda(self) -> Resources:
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ValueError("resources.precision: fp16 needs a CUDA device; on the CPU use bf16 or fp32")
+        return self
 
 
 class JobSpec(Strict):

@@ -33,9 +33,9 @@ class TinyNet(nn.Module):
         return self.head(x)
 
 
-def tiny_factory(n_in: int, n_out: int, spec: ModelSpec, input_shape: tuple[int, ...] | None) -> nn.Module:
-    """A model plug-in as an operator would register it (keyword arguments, see worker.nets)."""
-    return TinyNet(n_in, n_out)
+def tiny_factory(model: ModelSpec, input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
+    """A model plug-in as an operator would register it (keyword arguments, see docs/models.md)."""
+    return TinyNet(math.prod(input_shape), n_outputs)
 
 
 tiny_factory.arch_name = "tiny"  # type: ignore[attr-defined]

@@ -19,8 +19,12 @@ What makes the captured update identical to the eager one:
   the epoch's smaller last batch are captured, each shape once, as they come.
 
 Graphs are used only where a replay is exact: no dropout (its masks would come from a different
-random stream), no gradient noise (its own generator), and an optimizer with a fused, capturable
-CUDA kernel (sgd, adam, adamw). Everything else trains eagerly, as it does on a CPU.
+random stream), no gradient noise (its own generator), no fp16 (its gradient scaler decides on the
+host whether to step), and an optimizer with a fused, capturable CUDA kernel (sgd, adam, adamw).
+Everything else trains eagerly, as it does on a CPU. bf16 autocast is captured (with the weight-cast
+cache off, eager and replayed updates cast alike), and so is batch norm in training mode: its batch
+statistics and running-average updates are device kernels with no host value, so the resnets are
+graphed too (``benchmarks/resnet.py --check-graphs`` compares a ResNet-18 both ways on a GPU).
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ def graphs_unavailable(spec: JobSpec, device: torch.device) -> str | None:
         return "not a CUDA device"
     if not spec.resources.cuda_graphs:
         return "resources.cuda_graphs is off"
+    if spec.data.augment is not None:
+        return "data.augment draws each batch's crops and flips from a generator seeded per step"
     if spec.optimizer.name not in GRAPH_OPTIMIZERS:
         return f"optimizer {spec.optimizer.name} has no fused CUDA kernel"
     dropout = spec.model.dropout if isinstance(spec.model.dropout, list) else [spec.model.dropout]
@@ -61,6 +67,8 @@ def graphs_unavailable(spec: JobSpec, device: torch.device) -> str | None:
         return "dropout masks would differ from eager mode"
     if spec.regularization.gradient_noise.c > 0:
         return "gradient noise draws from its own generator"
+    if spec.resources.precision == "fp16":
+        return "fp16's gradient scaler reads its overflow check on the host every update"
     return None
 
 

@@ -1,20 +1,32 @@
-"""Model factories: MLP, linear, a small CNN, and operator-registered plug-ins.
+"""Model factories: MLP, linear, a small CNN, ResNet-18/34/50 (worker/resnets.py), and plug-ins.
 
-Parameter names are stable (``blocks.<i>.linear``, ``head``) because ``init_from.freeze`` and the
-per-layer diagnostics refer to layers by these names.
+Parameter names are stable (``blocks.<i>.linear``, ``head``; torchvision's for the resnets) because
+``init_from.freeze`` and the per-layer diagnostics refer to layers by these names.
+
+Plug-ins are Python entry points in the group ``saddle.models`` (the entry point's name is the
+arch), or import paths in ``SADDLE_MODEL_PLUGINS``; either names a factory called as
+``factory(model=<models.spec.Model>, input_shape=(C, H, W) or (features,), n_outputs=k)`` that
+returns an ``nn.Module`` taking a batch of shape ``(batch, *input_shape)`` (docs/models.md).
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
+from functools import lru_cache
+from importlib.metadata import entry_points
 
 import torch
 from torch import nn
 
 from models.settings import get_settings
-from models.spec import Init
+from models.spec import BUILTIN_ARCHS, RESNETS, Init
 from models.spec import Model as ModelSpec
+from worker.resnets import build_resnet
+
+log = logging.getLogger("saddle.worker")
+ENTRY_POINT_GROUP = "saddle.models"
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -82,6 +94,7 @@ class CNN(nn.Module):
     def __init__(self, n_in: int, n_out: int, spec: ModelSpec, input_shape: tuple[int, ...]) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
+        self.memory_format = torch.contiguous_format  # channels_last on CUDA (Trainer)
         channels, h, w = self.input_shape
         layers: list[nn.Module] = []
         for width in spec.channels:
@@ -96,17 +109,65 @@ class CNN(nn.Module):
         self.mlp = MLP(channels * h * w, n_out, spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x.view(x.shape[0], *self.input_shape))
-        return self.mlp(x.flatten(1))
+        images = x.view(x.shape[0], *self.input_shape).contiguous(memory_format=self.memory_format)
+        return self.mlp(self.features(images).flatten(1))
+
+    def activation_sites(self) -> list[tuple[str, nn.Module]]:
+        convs = [(f"features.{i}", m) for i, m in enumerate(self.features) if _is_activation(m)]
+        return convs + [(f"mlp.blocks.{i}", b.act) for i, b in enumerate(self.mlp.blocks)]
 
 
-def _plugin_factories() -> dict[str, Callable[..., nn.Module]]:
-    factories = {}
-    for path in get_settings().model_plugins:
+def _is_activation(module: nn.Module) -> bool:
+    return type(module) in {type(make()) for make in ACTIVATIONS.values()}
+
+
+def activation_sites(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules whose outputs are a layer's units (channels, for convolutions), by layer name:
+    what the unit statistics read. Plug-ins say nothing unless they define ``activation_sites``."""
+    if hasattr(model, "activation_sites"):
+        return model.activation_sites()
+    return [(f"blocks.{i}", b.act) for i, b in enumerate(getattr(model, "blocks", []))]
+
+
+Factory = Callable[..., nn.Module]
+
+
+def plugin_factories() -> dict[str, Factory]:
+    """Installed ``saddle.models`` entry points and SADDLE_MODEL_PLUGINS paths, by arch name; loaded
+    once per process (and again if the setting changes)."""
+    return _plugins(tuple(get_settings().model_plugins))
+
+
+@lru_cache
+def _plugins(paths: tuple[str, ...]) -> dict[str, Factory]:
+    factories: dict[str, Factory] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:  # a broken plug-in costs its own arch, not the worker
+            factories[ep.name] = ep.load()
+        except Exception:
+            log.exception("model plug-in %s (%s) failed to load; its arch is not offered", ep.name, ep.value)
+    for path in paths:
         module_name, _, attr = path.partition(":")
         factory = getattr(importlib.import_module(module_name), attr)
         factories[getattr(factory, "arch_name", attr)] = factory
-    return factories
+    return {name: f for name, f in factories.items() if name not in BUILTIN_ARCHS}
+
+
+def available_architectures() -> list[str]:
+    """What this worker can build: the built-ins and its plug-ins (reported to the API)."""
+    return [*BUILTIN_ARCHS, *sorted(plugin_factories())]
+
+
+def _plugin_model(spec: ModelSpec, n_in: int, n_out: int, input_shape: tuple[int, ...] | None) -> nn.Module:
+    plugins = plugin_factories()
+    if spec.arch not in plugins:
+        known = ", ".join(available_architectures())
+        raise ValueError(f"model.arch: unknown architecture {spec.arch!r}; known: {known}")
+    shape = tuple(input_shape) if input_shape else (n_in,)
+    model = plugins[spec.arch](model=spec, input_shape=shape, n_outputs=n_out)
+    # The trainer keeps rows flat; the plug-in is promised (batch, *input_shape).
+    model.register_forward_pre_hook(lambda _m, args: (args[0].view(args[0].shape[0], *shape), *args[1:]))
+    return model
 
 
 def build_model(
@@ -121,12 +182,10 @@ def build_model(
         if input_shape is None:
             raise ValueError("model.arch: cnn needs image-shaped inputs (digits, or an NPZ of images)")
         model = CNN(n_in, n_out, spec, input_shape)
+    elif spec.arch in RESNETS:
+        model = build_resnet(spec.arch, spec, input_shape, n_out, ACTIVATIONS[spec.activation])
     else:
-        plugins = _plugin_factories()
-        if spec.arch not in plugins:
-            known = ["mlp", "linear", "cnn", *plugins]
-            raise ValueError(f"model.arch: unknown architecture {spec.arch!r}; known: {', '.join(known)}")
-        model = plugins[spec.arch](n_in=n_in, n_out=n_out, spec=spec, input_shape=input_shape)
+        model = _plugin_model(spec, n_in, n_out, input_shape)
     apply_init(model, spec.init)
     return model
 

@@ -25,7 +25,8 @@ from models.spec import CurriculumStage, JobSpec
 from models.summary import RunSummary
 from worker.data import Prepared, add_input_noise, corrupt_labels
 from worker.graphed import GraphedEpochs, fused_optimizer, graphs_unavailable
-from worker.nets import build_model, count_parameters, weight_parameters
+from worker.nets import activation_sites, build_model, count_parameters, weight_parameters
+from worker.precision import precision_for, use_channels_last
 from worker.schedules import PlateauState, learning_rate
 
 
@@ -178,9 +179,11 @@ class Trainer:
         self.data = data
         self.recorder = recorder
         self.device = device
+        self.precision = precision_for(spec.resources.precision, device)
         self.model = build_model(
             spec.model, data.X_train.shape[1], data.n_outputs, data.input_shape, spec.seed
         ).to(device)
+        self.channels_last = use_channels_last(self.model, device)
         self.n_params = count_parameters(self.model)
         self.weights = [p for _, p in weight_parameters(self.model)]
         self.weight_names: list[str] = []
@@ -330,16 +333,26 @@ class Trainer:
         and the optimizer's step. Returns the batch's data loss. The eager loop and the CUDA graph
         capture (``worker.graphed``) both run exactly this."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.data_loss(self.model(X), y)
+        with self.precision.autocast():
+            loss = self.data_loss(self.model(X).float(), y)
         total = loss + self.l2_penalty() if self.spec.regularization.l2 > 0 else loss
-        total.backward()
+        scaler = self.precision.scaler  # fp16 only
+        if scaler is None:
+            total.backward()
+        else:  # unscaled at once: noise, norms and clipping below read the true gradients
+            scaler.scale(total).backward()
+            scaler.unscale_(self.optimizer)
         if self.spec.regularization.gradient_noise.c > 0:
             self.add_gradient_noise(self.state.step)
         if measure is not None:
             measure(torch.stack(torch._foreach_norm([p.grad for p in self.trainable if p.grad is not None])))
         if self.spec.regularization.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.regularization.grad_clip)
-        self.optimizer.step()
+        if scaler is None:
+            self.optimizer.step()
+        else:  # skips the step when the scaled gradients overflowed, and adapts the scale
+            scaler.step(self.optimizer)
+            scaler.update()
         return loss
 
     def read_epoch(self, result: EpochResult) -> None:
@@ -406,8 +419,8 @@ class Trainer:
         chunk = self.eval_chunk
         for start in range(0, len(y), chunk):
             watch = split == "train" and start == 0 and self.spec.analysis.diagnostics
-            with self.measure_units(units) if watch else contextlib.nullcontext():
-                out = self.model(X[start : start + chunk])
+            with self.measure_units(units) if watch else contextlib.nullcontext(), self.precision.autocast():
+                out = self.model(X[start : start + chunk]).float()
             target = y[start : start + chunk]
             if self.data.task == "classification":
                 loss = F.cross_entropy(out, target, reduction="sum")
@@ -431,8 +444,7 @@ class Trainer:
 
             return hook
 
-        blocks = getattr(self.model, "blocks", [])
-        hooks = [b.act.register_forward_hook(hook_for(f"blocks.{i}")) for i, b in enumerate(blocks)]
+        hooks = [m.register_forward_hook(hook_for(name)) for name, m in activation_sites(self.model)]
         try:
             yield
         finally:
@@ -441,14 +453,17 @@ class Trainer:
 
     def unit_statistics(self, name: str, out: torch.Tensor) -> dict[str, torch.Tensor]:
         """For one hidden layer: the fraction of dead units (never active on a fixed sample of training
-        rows) and of saturated units (a sigmoid/tanh output pinned near its limits on ≥ 90% of rows)."""
+        rows) and of saturated units (a sigmoid/tanh output pinned near its limits on ≥ 90% of rows).
+        A convolution's unit is a channel: dead when inactive at every position of every row,
+        saturated when pinned on ≥ 90% of (row, position) pairs."""
         kind = self.spec.model.activation
+        dims = (0, 2, 3) if out.dim() == 4 else (0,)
         if kind in ("relu", "leaky_relu", "gelu"):  # never above 0: amax is 7x cheaper than all()
-            return {f"units/{name}/dead_fraction": (out.amax(dim=0) <= 0).float().mean()}
+            return {f"units/{name}/dead_fraction": (out.amax(dim=dims) <= 0).float().mean()}
         if kind in ("sigmoid", "tanh"):  # outside (0.02, 0.98), resp. (-0.98, 0.98)
             center, half = (0.5, 0.48) if kind == "sigmoid" else (0.0, 0.98)
-            pinned_rows = ((out - center).abs() > half).sum(dim=0)
-            return {f"units/{name}/saturated_fraction": (pinned_rows >= 0.9 * len(out)).float().mean()}
+            pinned = ((out - center).abs() > half).float().mean(dim=dims)
+            return {f"units/{name}/saturated_fraction": (pinned >= 0.9).float().mean()}
         return {}
 
     # ----- the run -----------------------------------------------------------------------------
@@ -630,6 +645,7 @@ class Trainer:
             },
             "scaler": self.data.scaler.to_dict(),
             "arch": describe_architecture(self.model),
+            "grad_scaler": self.precision.scaler.state_dict() if self.precision.scaler else {},
         }
 
     def checkpoint_bytes(self) -> bytes:
@@ -648,6 +664,8 @@ class Trainer:
         self._device_learning_rates()
         if self.graphs is not None:
             self.graphs.reset()
+        if self.precision.scaler is not None and state.get("grad_scaler"):
+            self.precision.scaler.load_state_dict(state["grad_scaler"])
         self.order_gen.set_state(state["order_rng"])
         self.noise_gen.set_state(state["noise_rng"])
         torch.set_rng_state(state["torch_rng"])
