@@ -511,7 +511,7 @@ def distribute_updates(data: Data, total_points: int, series_points: int) -> int
 # ---------------------------------------------------------------- loading into Postgres
 
 EPOCH_SQL = """
-INSERT INTO metric_points (job_id, name, step, epoch, value)
+INSERT INTO bench_points (job_id, name, step, epoch, value)
 SELECT p.job_id, s.name, e * p.upe, e,
   CASE s.k
     WHEN 1 THEN p.floor + (p.loss0 - p.floor) * exp(-e / p.tau) + 0.02 * random()
@@ -531,7 +531,7 @@ WHERE p.part = %(part)s
 
 # Per-update series: train/batch_loss and train/lr, each spread evenly over the job's steps.
 UPDATE_SQL = """
-INSERT INTO metric_points (job_id, name, step, epoch, value)
+INSERT INTO bench_points (job_id, name, step, epoch, value)
 SELECT u.job_id, u.name, u.step, u.step::float8 / u.upe,
   CASE WHEN u.name = 'train/lr'
     THEN u.lr * (0.55 + 0.45 * cos(pi() * u.step / greatest(u.steps, 1)))
@@ -545,6 +545,21 @@ FROM (
   CROSS JOIN LATERAL generate_series(0::bigint, s.n - 1) AS j
   WHERE p.part = %(part)s AND s.n > 0
 ) u
+"""
+
+
+# The points into metric_chunks: what migration 0009 does with an existing metric_points table.
+CHUNKS_SQL = """
+INSERT INTO metric_chunks (job_id, name, first_step, last_step, n, steps, epochs, vals)
+SELECT job_id, name, min(step), max(step), count(*),
+       string_agg(int8send(step), ''::bytea ORDER BY step),
+       string_agg(float8send(epoch), ''::bytea ORDER BY step),
+       string_agg(float8send(value), ''::bytea ORDER BY step)
+FROM (
+    SELECT *, (row_number() OVER (PARTITION BY job_id, name ORDER BY step) - 1) / %(chunk)s AS chunk
+    FROM bench_points
+) p
+GROUP BY job_id, name, chunk
 """
 
 
@@ -562,6 +577,8 @@ def copy_rows(cur: Any, table: str, columns: tuple[str, ...], rows: list[tuple[A
 
 def load(url: str, data: Data, workers: int) -> dict[str, float]:
     """Jobs, sweeps and trials by COPY; diagnoses and metric points by SQL on the server."""
+    from models.metrics import CHUNK_POINTS
+
     timings: dict[str, float] = {}
     t = time.perf_counter()
     with connect(url) as conn, conn.cursor() as cur:
@@ -616,8 +633,11 @@ def load(url: str, data: Data, workers: int) -> dict[str, float]:
             ("job_id", "part", "epochs_run", "upe", "loss0", "floor", "tau", "gap", "acc", "lr", "updates"),
             rows,
         )
-        # The primary key is rebuilt once at the end: a sorted build is far cheaper than 50M insertions.
-        cur.execute("ALTER TABLE metric_points DROP CONSTRAINT metric_points_pkey")
+        # Points go to a plain unlogged table first and into chunks at the end, series by series.
+        cur.execute(
+            "CREATE UNLOGGED TABLE bench_points (job_id varchar(32), name varchar(100), step bigint,"
+            " epoch float8, value float8)"
+        )
     timings["jobs, sweeps, trials, diagnoses"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -645,11 +665,10 @@ def load(url: str, data: Data, workers: int) -> dict[str, float]:
     t = time.perf_counter()
     with connect(url) as conn, conn.cursor() as cur:
         cur.execute("SET maintenance_work_mem = '1GB'")
-        cur.execute(
-            "ALTER TABLE metric_points ADD CONSTRAINT metric_points_pkey PRIMARY KEY (job_id, name, step)"
-        )
-        cur.execute("DROP TABLE bench_plan")
-    timings["metric_points primary key"] = time.perf_counter() - t
+        cur.execute("SET jit = off")
+        cur.execute(CHUNKS_SQL, {"chunk": CHUNK_POINTS})
+        cur.execute("DROP TABLE bench_plan, bench_points")
+    timings["metric points into chunks"] = time.perf_counter() - t
 
     t = time.perf_counter()
     with connect(url) as conn, conn.cursor() as cur:
@@ -957,7 +976,7 @@ def main() -> int:
             meta = json.loads(describe(data, args)) | {"build_seconds": round(total, 1)}
             admin_execute(f"COMMENT ON DATABASE \"{DB}\" IS '{json.dumps(meta)}'")
         with connect(url) as conn:
-            count = conn.execute("SELECT count(*) FROM metric_points").fetchone()[0]
+            count = conn.execute("SELECT sum(n) FROM metric_chunks").fetchone()[0]
             jobs = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
             size = conn.execute("SELECT pg_size_pretty(pg_database_size(current_database()))").fetchone()[0]
             # The first read below must be a cold one: forget what an earlier run cached.

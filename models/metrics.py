@@ -1,13 +1,15 @@
 """The metric write and read path, shared by the worker, the API and the benchmarks.
 
-Writes are one multi-row statement per batch and upserts on (job, name, step): a batch that is
-retried, or re-logged by a resumed attempt, replaces its rows instead of duplicating them.
+A series is stored in chunks (``metric_chunks``): one row holds a stretch of one series, its steps,
+epochs and values packed as arrays, so a batch of 1,000 points across five series is five small
+inserts instead of 1,000 index insertions. The chunks of a series never overlap. A write whose
+steps fall inside or across stored chunks of its series (a retried batch, a re-logged step) merges
+into them: the new value of a step replaces the old one, so nothing is ever stored twice.
 
 Reads of long series on Postgres go through rollups (``metric_rollups``): per-bucket count, sums,
-minimum and maximum of a series over aligned step buckets whose width is a power of two. Scanning a
-1,000,000-point series costs Postgres ~0.3-1 s on a small machine whatever the query looks like;
-a downsampled read instead takes the rollups of the width that gives between 1 and 2 buckets per
-output point (a few thousand rows) plus the raw points the rollups do not cover yet.
+minimum and maximum of a series over aligned step buckets whose width is a power of two. A
+downsampled read takes the rollups of the width that gives between 1 and 2 buckets per output point
+(a few thousand rows) plus the raw points the rollups do not cover yet.
 
 The rollups are a cache. The first read that needs a width fills it, in short transactions of
 ``FILL_STEPS`` steps each; later reads fill only what was appended since. Only buckets that end
@@ -19,34 +21,48 @@ races it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import delete, select, text
-from sqlalchemy.dialects import sqlite
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from models.tables import MetricPoint, MetricRollup
+from models.tables import MetricChunk, MetricRollup
 
-# SQLite binds one parameter per cell; stay below its limit (32,766) with 5 columns a row.
-SQLITE_ROWS_PER_STATEMENT = 5_000
+# Most points one chunk holds (a write of more, or a merge, is split): a read of a short step range
+# decodes at most this many points per series edge.
+CHUNK_POINTS = 4_096
+# Byte order of the packed arrays: Postgres's int8send/float8send, so SQL can build chunks too.
+STEP_DTYPE = np.dtype(">i8")
+FLOAT_DTYPE = np.dtype(">f8")
 
-# Postgres: the whole batch is five array parameters, unnested server-side, so the statement text
-# is constant (prepared once per connection) and no Python work grows with the number of cells.
-# The rollups at or after the batch's first step (of the series it writes) go in the same statement:
-# the delete is an index probe that finds nothing unless a read cached that stretch.
-PG_UPSERT = text(
+# Postgres: a batch's chunks are seven array parameters unnested server-side (constant statement
+# text, prepared once per connection). A series whose chunk would overlap a stored chunk of it is
+# left out (RETURNING names what went in) and merged by ``_merge``. The rollups at or after the
+# batch's first step go in the same statement: an index probe that finds nothing unless a read
+# cached that stretch.
+PG_APPEND = text(
     """
-    WITH stale AS (
+    WITH new AS (
+        SELECT * FROM unnest(
+            CAST(:names AS varchar[]), CAST(:firsts AS bigint[]), CAST(:lasts AS bigint[]),
+            CAST(:ns AS int[]), CAST(:steps AS bytea[]), CAST(:epochs AS bytea[]), CAST(:vals AS bytea[])
+        ) AS t(name, first_step, last_step, n, steps, epochs, vals)
+    ), stale AS (
         DELETE FROM metric_rollups
-        WHERE job_id = :job_id AND name = ANY(CAST(:series AS varchar[])) AND last_step >= :first_step
+        WHERE job_id = :job_id AND name = ANY(CAST(:names AS varchar[])) AND last_step >= :first_step
+    ), clash AS (
+        SELECT new.name FROM new WHERE EXISTS (
+            SELECT 1 FROM metric_chunks c
+            WHERE c.job_id = :job_id AND c.name = new.name
+              AND c.last_step >= new.first_step AND c.first_step <= new.last_step
+        )
     )
-    INSERT INTO metric_points (job_id, name, step, epoch, value)
-    SELECT :job_id, * FROM unnest(
-        CAST(:names AS varchar[]), CAST(:steps AS bigint[]), CAST(:epochs AS float8[]), CAST(:values AS float8[])
-    )
-    ON CONFLICT (job_id, name, step) DO UPDATE SET value = EXCLUDED.value, epoch = EXCLUDED.epoch
+    INSERT INTO metric_chunks (job_id, name, first_step, last_step, n, steps, epochs, vals)
+    SELECT :job_id, new.* FROM new WHERE new.name NOT IN (SELECT name FROM clash)
+    ON CONFLICT DO NOTHING
+    RETURNING name
     """
 )
 
@@ -59,50 +75,127 @@ class Point:
     value: float
 
 
+@dataclass(slots=True)
+class Block:
+    """Points of one series as arrays, sorted by step, one per step."""
+
+    name: str
+    steps: np.ndarray  # int64
+    epochs: np.ndarray  # float64
+    values: np.ndarray  # float64, NaN and ±inf included
+
+    def by_epoch(self) -> dict[int, float]:
+        """Value per (whole) epoch, the later step winning: what per-epoch series are compared by."""
+        return dict(zip(self.epochs.astype(np.int64).tolist(), self.values.tolist(), strict=True))
+
+    def within(self, lo: int, hi: int) -> Block:
+        keep = (self.steps >= lo) & (self.steps <= hi)
+        if keep.all():
+            return self
+        return Block(self.name, self.steps[keep], self.epochs[keep], self.values[keep])
+
+
 def write_points(session: Session, job_id: str, points: Sequence[Point]) -> int:
-    """Upsert points in one statement per batch; returns how many were sent."""
+    """Store points; a step already stored for its series gets the new value. Returns how many were sent."""
     if not points:
         return 0
-    rows = _dedupe(points)
-    if session.get_bind().dialect.name == "postgresql":
-        names = [p.name for p in rows]
-        steps = [p.step for p in rows]
-        session.execute(
-            PG_UPSERT,
-            {
-                "job_id": job_id,
-                "series": list(set(names)),
-                "first_step": min(steps),
-                "names": names,
-                "steps": steps,
-                "epochs": [float(p.epoch) for p in rows],
-                "values": [float(p.value) for p in rows],
-            },
+    by_name: dict[str, list[Point]] = {}
+    for p in points:
+        by_name.setdefault(p.name, []).append(p)
+    blocks = [
+        sorted_block(
+            name,
+            np.fromiter((p.step for p in ps), np.int64, len(ps)),
+            np.fromiter((p.epoch for p in ps), np.float64, len(ps)),
+            np.fromiter((p.value for p in ps), np.float64, len(ps)),
         )
-        return len(points)
-    for start in range(0, len(rows), SQLITE_ROWS_PER_STATEMENT):
-        chunk = rows[start : start + SQLITE_ROWS_PER_STATEMENT]
-        stmt = sqlite.insert(MetricPoint).values(
-            [
-                {"job_id": job_id, "name": p.name, "step": p.step, "epoch": p.epoch, "value": float(p.value)}
-                for p in chunk
-            ]
-        )
-        session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["job_id", "name", "step"],
-                set_={"value": stmt.excluded.value, "epoch": stmt.excluded.epoch},
-            )
-        )
+        for name, ps in by_name.items()
+    ]
+    write_blocks(session, job_id, blocks)
     return len(points)
 
 
-def _dedupe(points: Sequence[Point]) -> list[Point]:
-    # One statement may not touch a row twice (Postgres refuses); the last value of a key wins.
-    seen: dict[tuple[str, int], Point] = {}
-    for p in points:
-        seen[(p.name, p.step)] = p
-    return list(seen.values()) if len(seen) != len(points) else list(points)
+def write_blocks(session: Session, job_id: str, blocks: Sequence[Block]) -> None:
+    """Store whole series stretches (``sorted_block``s): appends go in as new chunks in one
+    statement on Postgres; a stretch that overlaps stored chunks of its series is merged into them."""
+    merge = list(blocks)
+    if session.get_bind().dialect.name == "postgresql":
+        rows = [row for b in blocks for row in _chunk_rows(b)]
+        sent = session.execute(
+            PG_APPEND,
+            {
+                "job_id": job_id,
+                "first_step": min(int(b.steps[0]) for b in blocks),
+                "names": [r["name"] for r in rows],
+                "firsts": [r["first_step"] for r in rows],
+                "lasts": [r["last_step"] for r in rows],
+                "ns": [r["n"] for r in rows],
+                "steps": [r["steps"] for r in rows],
+                "epochs": [r["epochs"] for r in rows],
+                "vals": [r["vals"] for r in rows],
+            },
+        )
+        written = {row[0] for row in sent}
+        merge = [b for b in blocks if b.name not in written]
+    for block in merge:
+        _merge(session, job_id, block)
+
+
+def sorted_block(name: str, steps: np.ndarray, epochs: np.ndarray, values: np.ndarray) -> Block:
+    """The points in step order; of points logged twice at one step the last one wins."""
+    if len(steps) > 1 and not (np.diff(steps) > 0).all():
+        order = np.argsort(steps, kind="stable")
+        steps, epochs, values = steps[order], epochs[order], values[order]
+        last = np.r_[steps[1:] != steps[:-1], True]  # the last of each run of equal steps
+        steps, epochs, values = steps[last], epochs[last], values[last]
+    return Block(name, steps, epochs, values)
+
+
+def _chunk_rows(block: Block) -> Iterator[dict]:
+    for a in range(0, len(block.steps), CHUNK_POINTS):
+        steps = block.steps[a : a + CHUNK_POINTS]
+        yield {
+            "name": block.name,
+            "first_step": int(steps[0]),
+            "last_step": int(steps[-1]),
+            "n": len(steps),
+            "steps": steps.astype(STEP_DTYPE).tobytes(),
+            "epochs": block.epochs[a : a + CHUNK_POINTS].astype(FLOAT_DTYPE).tobytes(),
+            "vals": block.values[a : a + CHUNK_POINTS].astype(FLOAT_DTYPE).tobytes(),
+        }
+
+
+def decode(name: str, rows: Iterable[tuple[bytes, bytes, bytes]]) -> Block:
+    """One series from its chunks' (steps, epochs, vals), given in step order."""
+    rows = list(rows)
+    return Block(
+        name,
+        np.frombuffer(b"".join(r[0] for r in rows), STEP_DTYPE).astype(np.int64),
+        np.frombuffer(b"".join(r[1] for r in rows), FLOAT_DTYPE).astype(np.float64),
+        np.frombuffer(b"".join(r[2] for r in rows), FLOAT_DTYPE).astype(np.float64),
+    )
+
+
+def _merge(session: Session, job_id: str, block: Block) -> None:
+    """Replace the stored chunks that overlap ``block``'s step range by their points merged with
+    it (its values win). The merged stretch covers no other chunk: ranges never overlap."""
+    c = MetricChunk
+    lo, hi = int(block.steps[0]), int(block.steps[-1])
+    where = (c.job_id == job_id, c.name == block.name, c.last_step >= lo, c.first_step <= hi)
+    old = session.execute(
+        select(c.first_step, c.steps, c.epochs, c.vals).where(*where).order_by(c.first_step).with_for_update()
+    ).all()
+    if old:
+        stored = decode(block.name, [row[1:] for row in old])
+        keep = ~np.isin(stored.steps, block.steps)
+        block = sorted_block(
+            block.name,
+            np.concatenate([stored.steps[keep], block.steps]),
+            np.concatenate([stored.epochs[keep], block.epochs]),
+            np.concatenate([stored.values[keep], block.values]),
+        )
+        session.execute(delete(c).where(*where[:2], c.first_step.in_([row[0] for row in old])))
+    session.execute(insert(c), [{"job_id": job_id, **row} for row in _chunk_rows(block)])
 
 
 def delete_after(session: Session, job_id: str, step: int) -> None:
@@ -113,8 +206,78 @@ def delete_after(session: Session, job_id: str, step: int) -> None:
     for this transaction and sees the shortened series."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(ROLLUP_LOCK_SHARED, {"cls": ROLLUP_LOCK_CLASS, "job": job_id})
+    c = MetricChunk
     session.execute(delete(MetricRollup).where(MetricRollup.job_id == job_id, MetricRollup.last_step > step))
-    session.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > step))
+    straddling = session.execute(
+        select(c.name, c.first_step, c.steps, c.epochs, c.vals).where(
+            c.job_id == job_id, c.first_step <= step, c.last_step > step
+        )
+    ).all()
+    session.execute(delete(c).where(c.job_id == job_id, c.first_step > step))
+    for name, first, *arrays in straddling:  # keep each one's points up to the step
+        kept = decode(name, [arrays]).within(first, step)
+        row = next(_chunk_rows(kept))
+        session.execute(
+            update(c)
+            .where(c.job_id == job_id, c.name == name, c.first_step == first)
+            .values(
+                last_step=row["last_step"],
+                n=row["n"],
+                steps=row["steps"],
+                epochs=row["epochs"],
+                vals=row["vals"],
+            )
+        )
+
+
+def load_blocks(
+    session: Session,
+    job_ids: Sequence[str],
+    names: Sequence[str] | None = None,
+    prefix: str | None = None,
+    lo: int | None = None,
+    hi: int | None = None,
+) -> Iterator[tuple[str, Block]]:
+    """(job id, series) for the jobs' series (those in ``names`` or starting with ``prefix``) within
+    the step range, in job, name order: every stored point once."""
+    c = MetricChunk
+    stmt = select(c.job_id, c.name, c.steps, c.epochs, c.vals).where(c.job_id.in_(list(job_ids)))
+    if names:
+        stmt = stmt.where(c.name.in_(list(names)))
+    if prefix:
+        stmt = stmt.where(c.name.startswith(prefix, autoescape=True))
+    if lo is not None:
+        stmt = stmt.where(c.last_step >= lo)
+    if hi is not None:
+        stmt = stmt.where(c.first_step <= hi)
+    rows = session.execute(stmt.order_by(c.job_id, c.name, c.first_step)).all()
+    start = 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or rows[i][:2] != rows[start][:2]:
+            job_id, name = rows[start][:2]
+            block = decode(name, [row[2:] for row in rows[start:i]])
+            block = block.within(-NO_STEP if lo is None else lo, NO_STEP if hi is None else hi)
+            if len(block.steps):
+                yield job_id, block
+            start = i
+
+
+def last_values(
+    session: Session, job_ids: Sequence[str], names: Sequence[str]
+) -> dict[tuple[str, str], float]:
+    """The value at the last step of each of the jobs' series, by (job id, name)."""
+    c, newest = MetricChunk, MetricChunk.__table__.alias("newest")
+    last_chunk = (
+        select(func.max(newest.c.first_step))
+        .where(newest.c.job_id == c.job_id, newest.c.name == c.name)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(c.job_id, c.name, c.vals).where(
+            c.job_id.in_(list(job_ids)), c.name.in_(list(names)), c.first_step == last_chunk
+        )
+    ).all()
+    return {(job_id, name): float(np.frombuffer(vals[-8:], FLOAT_DTYPE)[0]) for job_id, name, vals in rows}
 
 
 @dataclass
@@ -143,29 +306,21 @@ def read_series(
     names = list(names or [])
     if session.get_bind().dialect.name == "postgresql":
         return _read_pg(session, job_id, names, prefix, step_min, step_max, max_points)
-    stmt = select(MetricPoint.name, MetricPoint.step, MetricPoint.epoch, MetricPoint.value).where(
-        MetricPoint.job_id == job_id
-    )
-    if names:
-        stmt = stmt.where(MetricPoint.name.in_(names))
-    if prefix:
-        stmt = stmt.where(MetricPoint.name.startswith(prefix, autoescape=True))
-    if step_min is not None:
-        stmt = stmt.where(MetricPoint.step >= step_min)
-    if step_max is not None:
-        stmt = stmt.where(MetricPoint.step <= step_max)
-    rows = session.execute(stmt.order_by(MetricPoint.name, MetricPoint.step)).all()
-    if not rows:
-        return []
-    # Columns as arrays, split where the name changes (rows come sorted by name, then step).
-    row_names, steps, epochs, values = zip(*rows, strict=True)
-    steps_a = np.fromiter(steps, dtype=np.int64, count=len(rows))
-    epochs_a = np.fromiter(epochs, dtype=np.float64, count=len(rows))
-    values_a = np.fromiter(values, dtype=np.float64, count=len(rows))
-    cuts = [0] + [i for i in range(1, len(row_names)) if row_names[i] != row_names[i - 1]] + [len(row_names)]
+    return _read_raw(session, job_id, names, prefix, step_min, step_max, max_points)
+
+
+def _read_raw(
+    session: Session,
+    job_id: str,
+    names: list[str],
+    prefix: str | None,
+    lo: int | None,
+    hi: int | None,
+    max_points: int,
+) -> list[Series]:
     return [
-        _to_series(row_names[a], steps_a[a:b], epochs_a[a:b], values_a[a:b], max_points)
-        for a, b in zip(cuts[:-1], cuts[1:], strict=True)
+        _to_series(b.name, b.steps, b.epochs, b.values, max_points)
+        for _, b in load_blocks(session, [job_id], names, prefix, lo, hi)
     ]
 
 
@@ -185,93 +340,76 @@ ROLLUP_LOCK_CLASS = 0x5AD1
 ROLLUP_LOCK_SHARED = text("SELECT pg_advisory_xact_lock_shared(:cls, hashtext(:job))")
 NO_STEP = 1 << 62
 
-# One name at a time, smallest first: an index probe per series, however many points each has.
+# One name at a time, smallest first: an index probe per series, however many chunks each has.
 NAMES_SQL = """
 WITH RECURSIVE names(name) AS (
-    (SELECT name FROM metric_points WHERE job_id = %(job)s ORDER BY name LIMIT 1)
+    (SELECT name FROM metric_chunks WHERE job_id = %(job)s ORDER BY name LIMIT 1)
   UNION ALL
-    SELECT (SELECT m.name FROM metric_points m
+    SELECT (SELECT m.name FROM metric_chunks m
             WHERE m.job_id = %(job)s AND m.name > names.name ORDER BY m.name LIMIT 1)
     FROM names WHERE names.name IS NOT NULL
 )
 SELECT name FROM names WHERE name IS NOT NULL
 """
 
-# Per series: first and last step in the range, the number of points there counted up to a cap (only
-# when the span could hold more than max_points), and the series' last step overall.
+# Per series: the chunks that overlap the range (the first one's start, the last one's end, their
+# points) and the series' last step overall. The two edge chunks may hold points outside the range:
+# ``_exact_range`` counts those off.
 PROBE_SQL = """
-SELECT s.name, b.first, b.last,
-       CASE WHEN b.last - b.first + 1 > %(max_points)s THEN (
-           SELECT count(*) FROM (
-               SELECT 1 FROM metric_points
-               WHERE job_id = %(job)s AND name = s.name AND step BETWEEN %(lo)s AND %(hi)s LIMIT %(cap)s
-           ) c
-       ) ELSE b.last - b.first + 1 END,
-       (SELECT step FROM metric_points WHERE job_id = %(job)s AND name = s.name ORDER BY step DESC LIMIT 1)
+SELECT s.name, b.first, b.last, b.n,
+       (SELECT max(last_step) FROM metric_chunks WHERE job_id = %(job)s AND name = s.name)
 FROM unnest(%(names)s::text[]) AS s(name)
 CROSS JOIN LATERAL (
-    SELECT (SELECT step FROM metric_points
-            WHERE job_id = %(job)s AND name = s.name AND step BETWEEN %(lo)s AND %(hi)s
-            ORDER BY step LIMIT 1) AS first,
-           (SELECT step FROM metric_points
-            WHERE job_id = %(job)s AND name = s.name AND step BETWEEN %(lo)s AND %(hi)s
-            ORDER BY step DESC LIMIT 1) AS last
+    SELECT min(first_step) AS first, max(last_step) AS last, sum(n) AS n FROM metric_chunks
+    WHERE job_id = %(job)s AND name = s.name AND last_step >= %(lo)s AND first_step <= %(hi)s
 ) b
 WHERE b.first IS NOT NULL
 ORDER BY s.name
 """
 
-FINITE = "value > '-Infinity' AND value < 'Infinity'"  # false for NaN too (Postgres sorts NaN last)
+EDGES_SQL = """
+SELECT first_step, last_step, steps FROM metric_chunks
+WHERE job_id = %(job)s AND name = %(name)s AND (first_step = %(first)s OR last_step = %(last)s)
+"""
 
-# The units a downsampled read groups: rollup rows of buckets wholly inside [lo, hi] up to the filled
-# extent, and raw points for the rest (the partial buckets at both ends and anything not filled yet).
-# One statement, so rollups and points come from one snapshot.
-UNITS_SQL = f"""
+# What a downsampled read groups, from one snapshot: the rollup rows of buckets wholly inside
+# [lo, hi] up to the filled extent (as arrays), and the chunks holding the rest (the partial
+# buckets at both ends and anything not filled yet), which ``_units`` cuts to those stretches.
+UNITS_SQL = """
 WITH cover AS (
     SELECT %(b0)s::bigint AS b0,
            greatest(%(b0)s::bigint - 1, least(%(b1)s::bigint, coalesce(max(bucket), -1))) AS b1
     FROM metric_rollups WHERE job_id = %(job)s AND name = %(name)s AND width = %(w)s::int
 )
-SELECT 0, bucket * %(w)s::bigint, n, n_finite, step_sum, epoch_sum, value_sum, value_min, value_max
-FROM metric_rollups
-WHERE job_id = %(job)s AND name = %(name)s AND width = %(w)s::int AND n > 0
-  AND bucket >= (SELECT b0 FROM cover) AND bucket <= (SELECT b1 FROM cover)
-UNION ALL
-SELECT 1, step, 1, ({FINITE})::int, step, epoch,
-       CASE WHEN {FINITE} THEN value ELSE 0 END, CASE WHEN {FINITE} THEN value END,
-       CASE WHEN {FINITE} THEN value END
-FROM metric_points
-WHERE job_id = %(job)s AND name = %(name)s
-  AND step >= %(lo)s::bigint AND step <= least(%(hi)s::bigint, (SELECT b0 FROM cover) * %(w)s::bigint - 1)
-UNION ALL
-SELECT 1, step, 1, ({FINITE})::int, step, epoch,
-       CASE WHEN {FINITE} THEN value ELSE 0 END, CASE WHEN {FINITE} THEN value END,
-       CASE WHEN {FINITE} THEN value END
-FROM metric_points
-WHERE job_id = %(job)s AND name = %(name)s
-  AND step >= greatest(%(lo)s::bigint, ((SELECT b1 FROM cover) + 1) * %(w)s::bigint) AND step <= %(hi)s::bigint
+SELECT cover.b0, cover.b1, r.*, c.*
+FROM cover
+CROSS JOIN LATERAL (
+    SELECT array_agg(bucket ORDER BY bucket), array_agg(n ORDER BY bucket), array_agg(n_finite ORDER BY bucket),
+           array_agg(step_sum ORDER BY bucket), array_agg(epoch_sum ORDER BY bucket),
+           array_agg(value_sum ORDER BY bucket), array_agg(value_min ORDER BY bucket),
+           array_agg(value_max ORDER BY bucket)
+    FROM metric_rollups
+    WHERE job_id = %(job)s AND name = %(name)s AND width = %(w)s::int AND n > 0
+      AND bucket >= cover.b0 AND bucket <= cover.b1
+) r
+CROSS JOIN LATERAL (
+    SELECT array_agg(steps ORDER BY first_step), array_agg(epochs ORDER BY first_step),
+           array_agg(vals ORDER BY first_step)
+    FROM metric_chunks
+    WHERE job_id = %(job)s AND name = %(name)s AND (
+        (last_step >= %(lo)s::bigint AND first_step <= least(%(hi)s::bigint, cover.b0 * %(w)s::bigint - 1))
+        OR (last_step >= greatest(%(lo)s::bigint, (cover.b1 + 1) * %(w)s::bigint) AND first_step <= %(hi)s::bigint)
+    )
+) c
 """
 
-# Rollups of buckets [b0, b1] from the raw points, plus an empty row for b1 when it holds no point,
-# so that the largest bucket stored always says how far the fill went.
-FILL_RAW_SQL = f"""
-WITH agg AS (
-    SELECT step / %(w)s::bigint AS bucket, count(*) AS n, count(*) FILTER (WHERE {FINITE}) AS n_finite,
-           sum(step::float8) AS step_sum, sum(epoch) AS epoch_sum,
-           coalesce(sum(value) FILTER (WHERE {FINITE}), 0) AS value_sum,
-           min(value) FILTER (WHERE {FINITE}) AS value_min, max(value) FILTER (WHERE {FINITE}) AS value_max
-    FROM metric_points
-    WHERE job_id = %(job)s AND name = %(name)s AND step >= %(b0)s::bigint * %(w)s::bigint AND step < (%(b1)s::bigint + 1) * %(w)s::bigint
-    GROUP BY 1
-)
+# Rollups from per-bucket aggregates computed here (``_aggregate``), as arrays.
+FILL_RAW_SQL = """
 INSERT INTO metric_rollups
     (job_id, name, width, bucket, last_step, n, n_finite, step_sum, epoch_sum, value_sum, value_min, value_max)
-SELECT %(job)s, %(name)s, %(w)s::bigint, bucket, (bucket + 1) * %(w)s::bigint - 1, n, n_finite, step_sum, epoch_sum,
-       value_sum, value_min, value_max
-FROM agg
-UNION ALL
-SELECT %(job)s, %(name)s, %(w)s::bigint, %(b1)s::bigint, (%(b1)s::bigint + 1) * %(w)s::bigint - 1, 0, 0, 0, 0, 0, NULL, NULL
-WHERE NOT EXISTS (SELECT 1 FROM agg WHERE bucket = %(b1)s::bigint)
+SELECT %(job)s, %(name)s, %(w)s::bigint, b, (b + 1) * %(w)s::bigint - 1, n, nf, ss, es, vs, mn, mx
+FROM unnest(%(b)s::bigint[], %(n)s::int[], %(nf)s::int[], %(ss)s::float8[], %(es)s::float8[],
+            %(vs)s::float8[], %(mn)s::float8[], %(mx)s::float8[]) AS t(b, n, nf, ss, es, vs, mn, mx)
 ON CONFLICT DO NOTHING
 """
 
@@ -341,59 +479,44 @@ def _read_pg(
         if not names:
             return []
         if max_points >= RAW_ONLY_POINTS:
-            return _read_raw(session, job_id, names, lo, hi, max_points)
-        params = {"job": job_id, "names": names, "lo": lo, "hi": hi, "max_points": max_points}
-        cursor.execute(PROBE_SQL, params | {"cap": max_points + 1})
+            return _read_raw(session, job_id, names, None, step_min, step_max, max_points)
+        cursor.execute(PROBE_SQL, {"job": job_id, "names": names, "lo": lo, "hi": hi})
         probes = cursor.fetchall()
     raw: list[str] = []
     rolled: list[tuple[str, int, int, int, int]] = []
     for name, first, last, count, series_last in probes:
+        if first < lo or last > hi:
+            first, last, count = _exact_range(session, job_id, name, first, last, count, lo, hi)
         width = rollup_width(last - first + 1, max_points)
         if count <= max_points or width is None or first < 0:
             raw.append(name)
         else:
             rolled.append((name, first, last, width, series_last))
-    out = {s.name: s for s in _read_raw(session, job_id, raw, lo, hi, max_points)} if raw else {}
+    out = (
+        {s.name: s for s in _read_raw(session, job_id, raw, None, step_min, step_max, max_points)}
+        if raw
+        else {}
+    )
     for name, first, last, width, series_last in rolled:
         out[name] = _read_rolled(session, job_id, name, first, last, width, series_last, max_points)
     return [out[name] for name in sorted(out)]
 
 
-# Each series packed into arrays server-side and sent in binary: one row per series instead of one
-# per point, so a 10,000-point read costs a few milliseconds of Python. One index range scan per
-# name (a lateral join): a job with millions of points never tempts the planner into a table scan.
-RAW_SQL = """
-SELECT s.name, r.steps, r.epochs, r.values
-FROM unnest(%(names)s::text[]) AS s(name)
-CROSS JOIN LATERAL (
-    SELECT array_agg(step) AS steps, array_agg(epoch) AS epochs, array_agg(value) AS values
-    FROM (
-        SELECT step, epoch, value FROM metric_points
-        WHERE job_id = %(job)s AND name = s.name AND step >= %(lo)s AND step <= %(hi)s
-        ORDER BY step
-    ) p
-) r
-WHERE r.steps IS NOT NULL
-ORDER BY s.name
-"""
-
-
-def _read_raw(
-    session: Session, job_id: str, names: list[str], lo: int, hi: int, max_points: int
-) -> list[Series]:
+def _exact_range(
+    session: Session, job_id: str, name: str, first: int, last: int, count: int, lo: int, hi: int
+) -> tuple[int, int, int]:
+    """First and last step within [lo, hi] and the points there, from the probe's chunk-level
+    figures and the steps of the edge chunks that reach past the range (count 0: none inside)."""
     with _cursor(session) as cursor:
-        cursor.execute(RAW_SQL, {"job": job_id, "names": names, "lo": lo, "hi": hi})
-        rows = cursor.fetchall()
-    return [
-        _to_series(
-            name,
-            np.asarray(steps, dtype=np.int64),
-            np.asarray(epochs, dtype=np.float64),
-            np.asarray(values, dtype=np.float64),
-            max_points,
-        )
-        for name, steps, epochs, values in rows
-    ]
+        cursor.execute(EDGES_SQL, {"job": job_id, "name": name, "first": first, "last": last})
+        edges = [(start, end, np.frombuffer(steps, STEP_DTYPE)) for start, end, steps in cursor.fetchall()]
+    head = next(steps for start, _, steps in edges if start == first)
+    tail = next(steps for _, end, steps in edges if end == last)
+    count -= int((head < lo).sum()) + int((tail > hi).sum())
+    inside_head, inside_tail = head[(head >= lo) & (head <= hi)], tail[(tail >= lo) & (tail <= hi)]
+    if count <= 0 or not len(inside_head) or not len(inside_tail):
+        return 0, 0, 0
+    return int(inside_head[0]), int(inside_tail[-1]), count
 
 
 def _units(session: Session, job_id: str, name: str, lo: int, hi: int, width: int) -> np.ndarray:
@@ -410,8 +533,30 @@ def _units(session: Session, job_id: str, name: str, lo: int, hi: int, width: in
     }
     with _cursor(session) as cursor:
         cursor.execute(UNITS_SQL, params)
-        rows = cursor.fetchall()
-    return np.array(rows, dtype=np.float64).reshape(-1, 9)[:, 1:]
+        b0, b1, *columns = cursor.fetchone()
+    rolled = np.array([[] if col is None else col for col in columns[:8]], dtype=np.float64)
+    rolled[0] *= width  # bucket → its first step
+    chunks = [] if columns[8] is None else list(zip(*columns[8:], strict=True))
+    raw = decode(name, chunks)
+    keep = ((raw.steps >= lo) & (raw.steps < b0 * width)) | (
+        (raw.steps >= (b1 + 1) * width) & (raw.steps <= hi)
+    )
+    steps, epochs, values = raw.steps[keep], raw.epochs[keep], raw.values[keep]
+    finite = np.isfinite(values)
+    points = np.array(
+        [
+            steps,
+            np.ones(len(steps)),
+            finite,
+            steps,
+            epochs,
+            np.where(finite, values, 0.0),
+            np.where(finite, values, np.nan),
+            np.where(finite, values, np.nan),
+        ],
+        dtype=np.float64,
+    )
+    return np.concatenate([rolled, points], axis=1).T
 
 
 def _b0(lo: int, width: int) -> int:
@@ -503,8 +648,7 @@ def fill_rollups(session: Session, job_id: str, name: str, width: int, series_la
                 top = extents.pop(width)
                 if top is None:
                     first = sql(
-                        "SELECT step FROM metric_points WHERE job_id = %(job)s AND name = %(name)s"
-                        " ORDER BY step LIMIT 1",
+                        "SELECT min(first_step) FROM metric_chunks WHERE job_id = %(job)s AND name = %(name)s",
                         {"job": job_id, "name": name},
                     ).scalar()
                     if first is None or first < 0:
@@ -522,11 +666,55 @@ def fill_rollups(session: Session, job_id: str, name: str, width: int, series_la
                     None,
                 )
                 if source is None:
-                    sql(FILL_RAW_SQL, params)
+                    sql(FILL_RAW_SQL, params | _aggregate(conn, job_id, name, width, b0, b1))
                 else:
                     sql(FILL_FINER_SQL, params | {"fw": source, "f": width // source})
             if b1 >= target:
                 return True
+
+
+def _aggregate(conn, job_id: str, name: str, width: int, b0: int, b1: int) -> dict[str, list]:  # noqa: ANN001
+    """Per-bucket aggregates of buckets [b0, b1] from the chunks, as FILL_RAW_SQL's arrays; b1 gets
+    an empty row when it holds no point, so the largest bucket stored says how far the fill went."""
+    lo, hi = b0 * width, (b1 + 1) * width - 1
+    rows = conn.exec_driver_sql(
+        "SELECT steps, epochs, vals FROM metric_chunks WHERE job_id = %(job)s AND name = %(name)s"
+        " AND last_step >= %(lo)s AND first_step <= %(hi)s ORDER BY first_step",
+        {"job": job_id, "name": name, "lo": lo, "hi": hi},
+    ).all()
+    points = decode(name, rows).within(lo, hi)
+    bucket = points.steps // width
+    cuts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]]) if len(bucket) else np.zeros(0, np.int64)
+    finite = np.isfinite(points.values)
+    clean = np.where(finite, points.values, np.nan)
+
+    def per_bucket(ufunc: np.ufunc, values: np.ndarray) -> list:
+        return ufunc.reduceat(values, cuts).tolist() if len(cuts) else []
+
+    out = {
+        "b": bucket[cuts].tolist(),
+        "n": np.diff(np.r_[cuts, len(bucket)]).tolist(),
+        "nf": per_bucket(np.add, finite.astype(np.int64)),
+        "ss": per_bucket(np.add, points.steps.astype(np.float64)),
+        "es": per_bucket(np.add, points.epochs),
+        "vs": per_bucket(np.add, np.where(finite, points.values, 0.0)),
+        # NULL where no value of the bucket is finite (Postgres's min/max would take NaN for a value).
+        "mn": [v if v == v else None for v in per_bucket(np.fmin, clean)],
+        "mx": [v if v == v else None for v in per_bucket(np.fmax, clean)],
+    }
+    if not out["b"] or out["b"][-1] != b1:
+        for key, empty in (
+            ("b", b1),
+            ("n", 0),
+            ("nf", 0),
+            ("ss", 0.0),
+            ("es", 0.0),
+            ("vs", 0.0),
+            ("mn", None),
+            ("mx", None),
+        ):
+            out[key].append(empty)
+    return out
 
 
 def json_floats(values: np.ndarray) -> list[float | None]:

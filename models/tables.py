@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -234,18 +235,27 @@ class SweepTrial(Base):
     )
 
 
-class MetricPoint(Base):
-    """One value of one series. (job, name, step) is the primary key, so a retried batch cannot
-    duplicate a point. No surrogate id and no foreign key: each costs an index lookup per row on the
-    hottest write path (jobs are never deleted under their points; see models.metrics)."""
+class MetricChunk(Base):
+    """A stretch of one series: its points in step order, packed into three arrays (one row per
+    block of steps instead of one per point, see ``models.metrics``). Steps are big-endian int64,
+    epochs and values big-endian float64 (Postgres's own ``int8send``/``float8send`` byte order, so
+    SQL can build chunks too). NaN and ±inf are stored as themselves, on SQLite as well.
 
-    __tablename__ = "metric_points"
+    The chunks of a series never overlap: ``[first_step, last_step]`` ranges are disjoint, so a
+    point lives in exactly one chunk and a re-logged step replaces its value (``write_points``)."""
+
+    __tablename__ = "metric_chunks"
 
     job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(100), primary_key=True)  # "<split>/<metric>", e.g. "val/loss"
-    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    epoch: Mapped[float] = mapped_column(Float)
-    value: Mapped[float] = mapped_column(MetricValue, nullable=True)  # NULL only on SQLite: NaN
+    first_step: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    last_step: Mapped[int] = mapped_column(BigInteger)
+    n: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[bytes] = mapped_column(LargeBinary)
+    epochs: Mapped[bytes] = mapped_column(LargeBinary)
+    vals: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (Index("ix_metric_chunks_last_step", "job_id", "name", "last_step"),)
 
 
 class MetricRollup(Base):

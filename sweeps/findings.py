@@ -14,10 +14,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from models.findings import Finding, write_diagnoses
+from models.metrics import load_blocks
 from models.numeric import is_finite, rounded
 from models.patch import get_path, set_path
 from models.summary import RunSummary
-from models.tables import Diagnosis, Job, MetricPoint, Spectrum, SweepTrial
+from models.tables import Diagnosis, Job, Spectrum, SweepTrial
 from sweeps.spec import canonical
 
 # A trial is better than its sibling only by a margin that noise between seeds does not reach.
@@ -79,14 +80,8 @@ def load_runs(session: Session, *, sweep_id: str) -> list[Run]:
     ids = list(runs)
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        for job_id, name, epoch, value in session.execute(
-            select(MetricPoint.job_id, MetricPoint.name, MetricPoint.epoch, MetricPoint.value)
-            .where(
-                MetricPoint.job_id.in_(chunk), MetricPoint.name.in_(("train/loss", "val/loss", "test/loss"))
-            )
-            .order_by(MetricPoint.step)
-        ):
-            runs[job_id].series.setdefault(name, {})[int(epoch)] = value
+        for job_id, block in load_blocks(session, chunk, ("train/loss", "val/loss", "test/loss")):
+            runs[job_id].series[block.name] = block.by_epoch()
         # λ_max of the final model: the "final" spectrum, else the newest one.
         newest: dict[str, tuple[int, int]] = {}
         for job_id, step, reason, top in session.execute(

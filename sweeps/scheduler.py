@@ -20,11 +20,12 @@ from sqlalchemy.orm import Session
 from models.budget import budget_problems, uploaded_shape
 from models.db import get_engine, session_scope, with_retries
 from models.jsonsafe import json_safe
+from models.metrics import load_blocks
 from models.patch import set_path
 from models.settings import get_settings
 from models.spec import JobSpec
 from models.summary import RunSummary
-from models.tables import FINISHED_STATUSES, Job, MetricPoint, Sweep, SweepTrial, new_id, utcnow
+from models.tables import FINISHED_STATUSES, Job, Sweep, SweepTrial, new_id, utcnow
 from sweeps.findings import cross_run_findings
 from sweeps.spec import ACTIVE, ADMITTED, Objective, SweepSpec, spec_of, sweep_spec
 from sweeps.study import ask, load_views
@@ -107,11 +108,6 @@ def lookahead(max_concurrency: int, algorithm: str = "tpe") -> int:
 
 # ----- recording ended trials -----------------------------------------------------------------
 # Statements are built once (a statement built per call costs more Python than its round trip).
-_OBJECTIVE_SERIES = (
-    select(MetricPoint.epoch, MetricPoint.value)
-    .where(MetricPoint.job_id == bindparam("b_job"), MetricPoint.name == bindparam("b_metric"))
-    .order_by(MetricPoint.step)
-)
 _LAST_NUMBER = select(func.max(_T.c.number)).where(_T.c.sweep_id == bindparam("b_sweep"))
 _UNFINISHED = (
     select(_T.c.id, _T.c.state, _T.c.job_id, _J.c.status, _J.c.summary, _LAST_NUMBER.scalar_subquery())
@@ -133,8 +129,10 @@ _OUTCOME = (
 
 
 def objective_series(conn: Session | Connection, *, job_id: str, metric: str) -> dict[int, float]:
-    rows = conn.execute(_OBJECTIVE_SERIES, {"b_job": job_id, "b_metric": metric}).all()
-    return {int(epoch): float(value) for epoch, value in rows}
+    series: dict[int, float] = {}
+    for _, block in load_blocks(conn, [job_id], [metric]):  # type: ignore[arg-type]  # a Connection reads the same
+        series = block.by_epoch()
+    return series
 
 
 def objective_value(objective: Objective, series: dict[int, float], summary: RunSummary) -> float | None:

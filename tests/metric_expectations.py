@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sqlalchemy import func, select
+import numpy as np
 from sqlalchemy.orm import Session
 
-from models.tables import MetricPoint
+from models.metrics import load_blocks
 
 PER_UPDATE = ("train/lr", "train/batch_loss")
 PER_EPOCH_FROM_0 = ("train/loss", "val/loss")
@@ -53,11 +53,11 @@ def metric_problems(session: Session, job_id: str, epochs: int, updates: int) ->
 
     Every series must follow one of the expected step patterns exactly; the named series must
     follow theirs."""
-    rows = session.execute(
-        select(MetricPoint.name, MetricPoint.step, func.count())
-        .where(MetricPoint.job_id == job_id)
-        .group_by(MetricPoint.name, MetricPoint.step)
-    ).all()
+    rows = [
+        (block.name, step, count)
+        for _, block in load_blocks(session, [job_id])
+        for step, count in zip(*(a.tolist() for a in np.unique(block.steps, return_counts=True)), strict=True)
+    ]
     patterns = expected_patterns(epochs, updates)
     steps: dict[str, set[int]] = {}
     problems: list[str] = []

@@ -6,10 +6,18 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from models.db import session_scope
-from models.metrics import RAW_ONLY_POINTS, Point, delete_after, read_series, write_points
+from models.metrics import (
+    RAW_ONLY_POINTS,
+    Point,
+    delete_after,
+    read_series,
+    sorted_block,
+    write_blocks,
+    write_points,
+)
 from models.tables import Job, MetricRollup, Project
 
 N = 200_000  # steps of the long series: 2,000 points take rollups 64 steps wide (100 steps a point)
@@ -17,7 +25,7 @@ N = 200_000  # steps of the long series: 2,000 points take rollups 64 steps wide
 
 def _job_with_series(label: str) -> str:
     """A job whose 'train/batch_loss' holds N smooth points (one NaN stretch) and whose 'val/loss'
-    holds 50, written server-side: the write path is exercised below, batch by batch."""
+    holds 50, written as whole arrays: the point-by-point write path is exercised below."""
     with session_scope() as session:
         project = Project(name=f"rollups-{label}-{id(session)}")
         session.add(project)
@@ -25,14 +33,9 @@ def _job_with_series(label: str) -> str:
         job = Job(project_id=project.id, spec={"data": {"dataset": "iris"}})
         session.add(job)
         session.flush()
-        session.execute(
-            text(
-                "INSERT INTO metric_points SELECT :job, 'train/batch_loss', s, s / 100.0,"
-                " CASE WHEN s BETWEEN 5000 AND 5099 THEN 'NaN'::float8 ELSE sin(s / 20000.0) END"
-                " FROM generate_series(0, :n - 1) s"
-            ),
-            {"job": job.id, "n": N},
-        )
+        steps = np.arange(N)
+        values = np.where((steps >= 5000) & (steps <= 5099), np.nan, np.sin(steps / 20000.0))
+        write_blocks(session, job.id, [sorted_block("train/batch_loss", steps, steps / 100.0, values)])
         write_points(session, job.id, [Point("val/loss", 4000 * e, e, 1 / (1 + e)) for e in range(50)])
         return job.id
 

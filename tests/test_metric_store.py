@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 
-from sqlalchemy import create_engine, func, select
+import numpy as np
+from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from migrations import run_upgrade
 from models.db import session_scope
-from models.metrics import Point, read_series, write_points
-from models.tables import Job, MetricPoint, Project
+from models.metrics import Point, load_blocks, read_series, write_points
+from models.tables import Job, Project
 
 
 def _job(session) -> str:
@@ -31,10 +32,8 @@ def test_a_retried_batch_does_not_duplicate_rows(database: str) -> None:
         with session_scope() as session:
             write_points(session, job_id, points)
     with session_scope() as session:
-        count = session.scalar(
-            select(func.count()).select_from(MetricPoint).where(MetricPoint.job_id == job_id)
-        )
-        assert count == 12_000
+        (_, stored), *others = load_blocks(session, [job_id])
+        assert not others and len(stored.steps) == len(np.unique(stored.steps)) == 12_000
         # A re-logged point replaces the old value instead of adding a row.
         write_points(session, job_id, [Point("train/loss", 5, 0.5, 42.0), Point("train/loss", 5, 0.5, 43.0)])
     with session_scope() as session:
@@ -70,11 +69,11 @@ def test_sqlite_stores_nan_and_infinities_of_a_diverged_run(tmp_path) -> None:
             write_points(session, job_id, points)
             write_points(session, job_id, points)  # a retried batch still replaces, never duplicates
         with Session(engine) as session:
-            stored = session.execute(
-                select(MetricPoint.name, MetricPoint.step, MetricPoint.value)
-                .where(MetricPoint.job_id == job_id)
-                .order_by(MetricPoint.name, MetricPoint.step)
-            ).all()
+            stored = [
+                (b.name, step, value)
+                for _, b in load_blocks(session, [job_id])
+                for step, value in zip(b.steps.tolist(), b.values.tolist(), strict=True)
+            ]
             series = {s.name: s.values for s in read_series(session, job_id)}
     finally:
         engine.dispose()

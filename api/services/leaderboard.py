@@ -17,9 +17,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.services.sweeps import progress
+from models.metrics import last_values
 from models.numeric import finite_or_none
 from models.summary import RunSummary
-from models.tables import Job, MetricPoint, Sweep, SweepTrial
+from models.tables import Job, Sweep, SweepTrial
 from sweeps.spec import sweep_spec
 
 DEFAULT_LIMIT = 50
@@ -81,14 +82,6 @@ def leaderboard(session: Session, *, sweep: Sweep, limit: int = DEFAULT_LIMIT) -
         .limit(limit)
         .subquery()
     )
-    last_values = [
-        select(MetricPoint.value)
-        .where(MetricPoint.job_id == top.c.job_id, MetricPoint.name == name)
-        .order_by(MetricPoint.step.desc())
-        .limit(1)
-        .scalar_subquery()
-        for name in FINAL_SERIES
-    ]
     top_order = top.c.value.desc() if mode == "max" else top.c.value.asc()
     rows = session.execute(
         select(
@@ -100,11 +93,11 @@ def leaderboard(session: Session, *, sweep: Sweep, limit: int = DEFAULT_LIMIT) -
             Job.status,
             Job.verdict,
             Job.summary,
-            *last_values,
         )
         .join(Job, Job.id == top.c.job_id)
         .order_by(top_order, top.c.number)
     ).all()
+    finals = last_values(session, [row.job_id for row in rows], FINAL_SERIES)
     entries = [
         {
             "rank": rank,
@@ -115,7 +108,7 @@ def leaderboard(session: Session, *, sweep: Sweep, limit: int = DEFAULT_LIMIT) -
             "status": status,
             "verdict": verdict,
             "summary": RunSummary.of(summary).model_dump(include=set(SUMMARY_KEYS)),
-            "final": {name: finite_or_none(v) for name, v in zip(FINAL_SERIES, finals, strict=True)},
+            "final": {name: finite_or_none(finals.get((job_id, name))) for name in FINAL_SERIES},
             "finished_at": finished_at,
         }
         for rank, (
@@ -127,7 +120,6 @@ def leaderboard(session: Session, *, sweep: Sweep, limit: int = DEFAULT_LIMIT) -
             status,
             verdict,
             summary,
-            *finals,
         ) in enumerate(rows, start=1)
     ]
     return {
