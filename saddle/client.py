@@ -255,6 +255,16 @@ class Client:
 
 def default_token() -> str | None:
     """``SADDLE_TOKEN``, else the token ``saddle demo`` saved in ``.saddle/token``."""
+    return token_and_source()[0]
+
+
+def token_and_source(explicit: str | None = None) -> tuple[str | None, str]:
+    """The token to send and where it came from (the CLI names it when the API refuses the token):
+    ``explicit`` (the CLI's ``--token``), else ``SADDLE_TOKEN``, else the demo's ``.saddle/token``."""
+    if explicit:
+        return explicit, "--token"
     if os.environ.get("SADDLE_TOKEN"):
-        return os.environ["SADDLE_TOKEN"]
-    return TOKEN_FILE.read_text().strip() if TOKEN_FILE.exists() else None
+        return os.environ["SADDLE_TOKEN"], "SADDLE_TOKEN"
+    if TOKEN_FILE.exists():
+        return TOKEN_FILE.read_text().strip(), f"{TOKEN_FILE} (written by saddle demo)"
+    return None, ""

@@ -8,6 +8,9 @@ production.
 The demo owns its two child processes: Ctrl-C, SIGTERM and SIGHUP all stop both (the worker hands a
 running job back to its queue first), and a port another server holds is found before anything
 says "ready".
+
+Nothing of the server reads its settings when imported: this module sets the embedded environment
+before the first read.
 """
 
 from __future__ import annotations
@@ -22,7 +25,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+import click
+
+from api.auth import create_token
+from migrations import run_upgrade
+from models.db import session_scope
 from saddle import processes
+from saddle.client import Client
+from saddle.commands import EXIT_USAGE
+from saddle.inputs import load_spec_file
+from saddle.output import describe_result
+from saddle.progress import ProgressDisplay
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "digits.yaml"
 DEFAULT_PORT = 8000
@@ -126,19 +139,12 @@ def run_demo(port: int | None, serve: bool, spec_path: str | None, home: Path = 
             return _run(home, port, serve, spec_path)
     except DemoError as err:
         print(f"saddle demo: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 def _run(home: Path, port: int, serve: bool, spec_path: str | None) -> int:
     env = embedded_env(home)
     os.environ.update(env)  # this process migrates and mints the token with the same settings
-    from api.auth import create_token
-    from migrations import run_upgrade
-    from models.db import session_scope
-    from saddle.cli import describe_result, load_spec_file
-    from saddle.client import Client
-    from saddle.progress import ProgressLine
-
     say(f"embedded mode: database {home / 'saddle.db'}, broker folder {home / 'broker'}")
     run_upgrade(env["SADDLE_DATABASE_URL"])
     with session_scope() as session:
@@ -168,9 +174,9 @@ def _run(home: Path, port: int, serve: bool, spec_path: str | None) -> int:
         client = Client(url, token)
         job = client.submit(load_spec_file(spec_path or str(EXAMPLE)))
         say(f"submitted job {job['id']} ({job['name']}); training:")
-        line = ProgressLine(sys.stdout)
-        final = client.wait(job["id"], on_progress=line)
-        line.close()
+        display = ProgressDisplay(sys.stdout)
+        final = client.wait(job["id"], on_progress=display)
+        display.close()
         print(describe_result(final))
         spectra = client.spectra(job["id"])
         for s in spectra:
@@ -225,3 +231,15 @@ def command_path() -> str:
 
 def say(text: str) -> None:
     print(text, flush=True)
+
+
+@click.command()
+@click.option(
+    "--port",
+    type=int,
+    help="the API's port (default 8000, or $SADDLE_DEMO_PORT; when taken, the next free one)",
+)
+@click.option("--spec", help="spec to run instead of the built-in example")
+@click.option("--exit", "exit_after", is_flag=True, help="stop the services after the job instead of serving")
+def command(port: int | None, spec: str | None, exit_after: bool) -> int:
+    return run_demo(port=port, serve=not exit_after, spec_path=spec)

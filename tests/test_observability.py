@@ -16,8 +16,8 @@ from sqlalchemy import delete
 
 from models.db import session_scope
 from models.tables import Job, Project, utcnow
-from saddle.cli import CURRENT_JOB, JobIdFilter, StructuredFormatter
 from saddle.client import Client
+from saddle.logs import CURRENT_JOB, JobIdFilter, StructuredFormatter
 from tests.conftest import RUN_ID, TMP, tiny_spec
 
 
@@ -179,7 +179,7 @@ def test_json_log_lines_parse() -> None:
 
 
 def test_log_config_is_what_the_processes_use() -> None:
-    from saddle.cli import logging_config
+    from saddle.logs import logging_config
 
     config = logging_config("json", "debug")
     assert config["disable_existing_loggers"] is False
