@@ -79,7 +79,13 @@ def test_a_table_in_a_pipe_is_plain_text_one_row_a_line() -> None:
     assert not ANSI.search(out)
     header, row = out.splitlines()
     assert header.split() == ["ID", "NAME", "STATUS", "VAL", "LOSS", "VERDICT"]
-    assert row.split() == [ID, "a-name-long-enough-that-a-narrow-terminal-must-wrap-it", "succeeded", "0.1235", "-"]
+    assert row.split() == [
+        ID,
+        "a-name-long-enough-that-a-narrow-terminal-must-wrap-it",
+        "succeeded",
+        "0.1235",
+        "-",
+    ]
     assert not any(line != line.rstrip() for line in out.splitlines())
     assert row.index("succeeded") == header.index("STATUS")  # columns line up
 
