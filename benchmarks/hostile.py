@@ -77,7 +77,8 @@ def probe_load(url: str, pid: int, token: str, other: str) -> None:
     start = time.perf_counter()
 
     def send(p: tuple[bytes, str]) -> int:
-        return hostile.post("/v1/datasets", data={"name": "h"}, files={"file": (p[1], p[0])}).status_code
+        name = f"h-{uuid.uuid4().hex[:12]}"  # names are unique in a project
+        return hostile.post("/v1/datasets", data={"name": name}, files={"file": (p[1], p[0])}).status_code
 
     with ThreadPoolExecutor(max_workers=len(payloads)) as pool:
         codes = list(pool.map(send, payloads))

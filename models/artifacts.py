@@ -54,10 +54,14 @@ def key_for_escape_direction(job_id: str, spectrum_id: int) -> str:
     return f"jobs/{_hex_id(job_id)}/spectra/escape-{int(spectrum_id)}.pt"
 
 
+# An upload's stored file by its format; images are stored decoded, as an NPZ of uint8 arrays.
+_DATASET_FILES = {"csv": "data.csv", "npz": "data.npz", "images": "images.npz"}
+
+
 def key_for_dataset(dataset_id: str, fmt: str) -> str:
-    if fmt not in ("csv", "npz"):
+    if fmt not in _DATASET_FILES:
         raise ArtifactKeyError(f"unknown dataset format {fmt!r}")
-    return f"datasets/{_hex_id(dataset_id)}/data.{fmt}"
+    return f"datasets/{_hex_id(dataset_id)}/{_DATASET_FILES[fmt]}"
 
 
 class ArtifactStore(Protocol):

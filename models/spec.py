@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 BUILTIN_DATASETS = (
     "digits",
@@ -22,6 +22,8 @@ BUILTIN_DATASETS = (
     "blobs",
     "gaussian_regression",
 )
+# Built-in datasets that are images, with their (C, H, W): the ones data.augment applies to.
+IMAGE_BUILTINS: dict[str, tuple[int, int, int]] = {"digits": (1, 8, 8)}
 
 # Parameters each generated dataset accepts, with their defaults (scikit-learn's make_* functions).
 GENERATOR_DEFAULTS: dict[str, dict[str, int | float]] = {
@@ -56,27 +58,49 @@ class Split(Strict):
         return self
 
 
+class Augment(Strict):
+    """Image augmentation, drawn afresh for every training batch on the device (images only)."""
+
+    # Pad each side by this many pixels (with zeros: the channel mean once normalized), then crop
+    # back to the original size at a random offset; 0 is off.
+    random_crop: int = Field(0, ge=0, le=64)
+    hflip: bool = False  # mirror left-right with probability 1/2
+
+
 class Data(Strict):
-    dataset: str = Field(min_length=1, max_length=64)
+    # A built-in name, or one of the project's uploads by its id or its name (the API resolves a
+    # name to the id at submission, so a stored job always names its upload by id).
+    dataset: str = Field(min_length=1, max_length=200)
     params: dict[str, int | float | str | bool] = Field(default_factory=dict)
     task: Literal["auto", "classification", "regression"] = "auto"
     split: Split = Field(default_factory=Split)
-    test_dataset: str | None = Field(None, max_length=64)
+    test_dataset: str | None = Field(None, min_length=1, max_length=200)
     train_size: int | None = Field(None, ge=2, le=10_000_000)
     label_noise: Fraction = 0.0
     input_noise: float = Field(0.0, ge=0.0, le=100.0)
     scaling: Literal["none", "minmax", "mean", "standardize", "unit_length"] = "none"
     shuffle: bool = True
+    augment: Augment | None = None
 
     @field_validator("dataset", "test_dataset")
     @classmethod
-    def _known_or_uploaded(cls, value: str | None) -> str | None:
-        # Uploaded datasets are referenced by their 32-hex id; the API checks they exist.
-        if value is None or value in BUILTIN_DATASETS or _is_dataset_id(value):
-            return value
-        raise ValueError(
-            f"unknown dataset {value!r}: use one of {', '.join(BUILTIN_DATASETS)} or an uploaded dataset id"
-        )
+    def _not_blank(cls, value: str | None) -> str | None:
+        # Any other text may be an upload's name: the API checks it exists in the project.
+        if value is not None and not value.strip():
+            raise ValueError("a dataset name cannot be blank")
+        return value
+
+    @field_validator("augment")
+    @classmethod
+    def _augment_needs_images(cls, value: Augment | None, info: ValidationInfo) -> Augment | None:
+        # Uploads are checked by the API, which knows their shape; built-ins are known here.
+        dataset = info.data.get("dataset")
+        if value is not None and dataset in BUILTIN_DATASETS and dataset not in IMAGE_BUILTINS:
+            raise ValueError(
+                f"{dataset} is not an image dataset; augment needs images "
+                f"({', '.join(IMAGE_BUILTINS)} or an uploaded image dataset)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _params_fit_the_dataset(self) -> Data:
@@ -113,7 +137,8 @@ class Data(Strict):
         return params
 
 
-def _is_dataset_id(value: str) -> bool:
+def is_dataset_id(value: str) -> bool:
+    """An uploaded dataset's id: 32 lowercase hex digits (never a name: uploads refuse such names)."""
     return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
 
 

@@ -119,7 +119,7 @@ class Dataset(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
-    format: Mapped[str] = mapped_column(String(8))  # csv | npz
+    format: Mapped[str] = mapped_column(String(8))  # csv | npz | images
     sha256: Mapped[str] = mapped_column(String(64))
     artifact: Mapped[str] = mapped_column(String(300))  # artifact-store key, derived from the id only
     n_rows: Mapped[int] = mapped_column(Integer)
@@ -129,6 +129,12 @@ class Dataset(Base):
     input_shape: Mapped[list[int] | None] = mapped_column(JSONType)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Image uploads (format "images"): the source format, class names and the per-channel mean and
+    # std the worker normalizes with; None for CSV and NPZ.
+    image_info: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+    # A spec may name an upload by its name (models.dataset_refs): one per name in a project.
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_datasets_project_name"),)
 
 
 class Job(Base):

@@ -17,13 +17,15 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from models.budget import budget_problems, uploaded_shape
+from models.budget import budget_problems
+from models.dataset_refs import resolve_uploads
 from models.db import get_engine, session_scope, with_retries
+from models.errors import Invalid
 from models.jsonsafe import json_safe
 from models.metrics import load_blocks
 from models.patch import set_path
 from models.settings import get_settings
-from models.spec import JobSpec
+from models.spec import Data, JobSpec
 from models.summary import RunSummary
 from models.tables import FINISHED_STATUSES, Job, Sweep, SweepTrial, new_id, utcnow
 from sweeps.findings import cross_run_findings
@@ -53,7 +55,7 @@ def launch(session: Session, *, sweep: Sweep, spec: SweepSpec, first: int, k: in
     views = [] if spec.algorithm == "random" else load_views(session, sweep_id=sweep.id)
     job_ids: list[str] = []
     trials: list[SweepTrial] = []
-    shapes: dict[str, tuple[int, int] | None] = {}
+    resolved: dict[str, tuple[Data, tuple[int, int] | None]] = {}
     for i, (params, attrs) in enumerate(ask(spec, sweep.config["seed"], views, first, k)):
         number = first + i
         trial = SweepTrial(
@@ -65,11 +67,14 @@ def launch(session: Session, *, sweep: Sweep, spec: SweepSpec, first: int, k: in
         except ValidationError as exc:
             _fail(trial, f"invalid spec: {exc.errors()[0]['msg']}")
             continue
-        # The API checked each dimension's values; a combination of them can still be too big.
-        dataset = job_spec.data.dataset
-        if dataset not in shapes:
-            shapes[dataset] = uploaded_shape(session, sweep.project_id, dataset)
-        problems = budget_problems(job_spec, shapes[dataset])
+        # The API checked each dimension's values; a combination of them can still be too big, and
+        # an upload named by name may have been deleted since.
+        try:
+            job_spec, shape = _with_upload_ids(session, sweep.project_id, job_spec, resolved)
+        except Invalid as exc:
+            _fail(trial, exc.message)
+            continue
+        problems = budget_problems(job_spec, shape)
         if problems:
             _fail(trial, "over budget: " + "; ".join(problems))
             continue
@@ -89,6 +94,19 @@ def launch(session: Session, *, sweep: Sweep, spec: SweepSpec, first: int, k: in
     session.add_all(trials)  # the unit of work inserts the jobs first: trial rows refer to them
     session.flush()
     return job_ids
+
+
+def _with_upload_ids(
+    session: Session, project_id: str, spec: JobSpec, cache: dict[str, tuple[Data, tuple[int, int] | None]]
+) -> tuple[JobSpec, tuple[int, int] | None]:
+    """The trial's spec naming its uploads by id, as every stored job does (models.dataset_refs), and
+    (rows, features) of its upload: read once per distinct data section of a launch."""
+    key = spec.data.model_dump_json()
+    if key not in cache:
+        resolved, upload = resolve_uploads(session, project_id=project_id, spec=spec)
+        cache[key] = resolved.data, (upload.n_rows, upload.n_features) if upload else None
+    data, shape = cache[key]
+    return spec.model_copy(update={"data": data}), shape
 
 
 def _fail(trial: SweepTrial, error: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import uuid
 
 import numpy as np
 import pytest
@@ -52,7 +53,9 @@ def npz(**arrays: np.ndarray) -> bytes:
 
 
 def upload(http, payload: bytes, filename: str, **form: str):  # noqa: ANN001, ANN201
-    return http.post("/v1/datasets", files={"file": (filename, payload)}, data={"name": "t", **form})
+    # Names are unique in a project (a spec may use them): each upload here gets its own.
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    return http.post("/v1/datasets", files={"file": (filename, payload)}, data={"name": name, **form})
 
 
 def table(rows: list[list[str]]) -> bytes:

@@ -9,6 +9,7 @@ import os
 import statistics
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from tests.upload_payloads import npz_claiming, npz_of_zeros, wide_csv
 MAX_RSS_GROWTH_MB = 250
 
 
-def _upload(http: httpx.Client, payload: bytes, filename: str, name: str = "hostile") -> httpx.Response:
+def _upload(http: httpx.Client, payload: bytes, filename: str, name: str | None = None) -> httpx.Response:
+    # Names are unique in a project: each upload gets its own unless the test names it.
+    name = name or f"hostile-{uuid.uuid4().hex[:12]}"
     return http.post("/v1/datasets", data={"name": name}, files={"file": (filename, payload)})
 
 

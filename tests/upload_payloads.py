@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -48,3 +49,42 @@ def npz_claiming(shape: tuple[int, ...] = (10_000_000, 1_000_000)) -> bytes:
         archive.writestr("X.npy", _npy_header(shape, "<f8"))
         archive.writestr("y.npy", _npy_header((shape[0],), "<i8"))
     return out.getvalue()
+
+
+# ----- image uploads (tests/test_images.py) ---------------------------------------------------
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A 70-byte PNG whose header claims width × height grayscale pixels (and holds almost none)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00"))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def zip_of(members: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+def zip_declaring(expanded: int = 3_000_000_000) -> bytes:
+    """A ZIP of one small PNG whose central directory claims it expands to ``expanded`` bytes."""
+    payload = bytearray(zip_of({"cat/a.png": png_declaring(4, 4)}))
+    directory = payload.rindex(b"PK\x01\x02")  # the member's central directory entry
+    struct.pack_into("<I", payload, directory + 24, expanded)  # its uncompressed size
+    return bytes(payload)
+
+
+def idx_claiming(n: int = 1_000_000, h: int = 10_000, w: int = 10_000) -> bytes:
+    """A ZIP of an IDX pair whose images header claims n × h × w bytes (and holds none)."""
+    images = b"\x00\x00\x08\x03" + struct.pack(">III", n, h, w)
+    labels = b"\x00\x00\x08\x01" + struct.pack(">I", n)
+    return zip_of({"train-images-idx3-ubyte": images, "train-labels-idx1-ubyte": labels})

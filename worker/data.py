@@ -26,6 +26,7 @@ class RawData:
     n_classes: int  # 0 for regression
     input_shape: tuple[int, ...] | None = None  # image shape (C, H, W) for cnn, when known
     feature_names: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)  # what the run's data facts add (uploads)
 
 
 def _classification(X: np.ndarray, y: np.ndarray, **kw: Any) -> RawData:
@@ -73,7 +74,10 @@ def load_builtin(name: str, params: dict[str, Any], seed: int) -> RawData:
 
 
 def load_uploaded(fmt: str, payload: bytes, label: str | None, task: str) -> RawData:
-    """An uploaded CSV/NPZ that the API has already validated; rows keep their file order."""
+    """An upload that the API has already validated (CSV, NPZ, or images it decoded); rows keep
+    their file order."""
+    if fmt == "images":
+        return load_images(payload, task)
     if fmt == "npz":
         with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
             X, y = np.asarray(npz["X"]), np.asarray(npz["y"])
@@ -87,6 +91,34 @@ def load_uploaded(fmt: str, payload: bytes, label: str | None, task: str) -> Raw
     if task == "classification":
         return _classification(X, y, input_shape=shape)
     return _regression(X, y, input_shape=shape)
+
+
+# Class names kept in a run's data facts (a folder of 10,000 classes would swell every summary).
+MAX_FACT_CLASSES = 100
+
+
+def load_images(payload: bytes, task: str) -> RawData:
+    """An image upload (api.services.images): uint8 N×C×H×W, normalized per channel with the mean
+    and std stored at upload, kept as rows of C·H·W values in C order, which the convolutional
+    archs view as N×C×H×W without a copy. Labels are indices into the stored class names, so a
+    train and a test upload of the same classes agree on them."""
+    with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
+        X, y, mean, std, classes = (npz[k] for k in ("X", "y", "mean", "std", "classes"))
+    shape = tuple(int(s) for s in X.shape[1:])
+    images = (X.astype(np.float32) - mean[None, :, None, None]) / std[None, :, None, None]
+    facts = {
+        "images": {
+            "shape": list(shape),
+            "classes": [str(c) for c in classes[:MAX_FACT_CLASSES]],
+            "n_classes": int(len(classes)),
+            "channel_mean": [float(m) for m in mean],
+            "channel_std": [float(s) for s in std],
+        }
+    }
+    rows = images.reshape(len(X), -1)
+    if task == "regression":
+        return _regression(rows, y, input_shape=shape, facts=facts)
+    return RawData(rows, y.astype(np.int64), "classification", int(len(classes)), shape, facts=facts)
 
 
 def parse_csv(payload: bytes, label: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -266,6 +298,8 @@ def prepare(spec_data: Data, raw: RawData, seed: int, test_raw: RawData | None =
         "data_task": raw.task,
         "feature_scale": feature_scale_summary(raw.X[train]),
         "order": order_summary(raw.y[train], task == "classification" or raw.task == "classification"),
+        **raw.facts,
+        "augment": spec_data.augment.model_dump() if spec_data.augment else None,
     }
     return Prepared(
         scaler.apply(X_train),

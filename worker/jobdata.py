@@ -16,17 +16,19 @@ def load_raw(spec: JobSpec, dataset: str, project_id: str) -> RawData:
     if dataset in BUILTIN_DATASETS:
         return load_builtin(dataset, spec.data.params, spec.seed)
 
-    def lookup() -> tuple[str, str, str | None, str]:
+    def lookup() -> tuple[str, str, str | None, str, str]:
         with session_scope() as session:
             row = session.scalars(
                 select(Dataset).where(Dataset.id == dataset, Dataset.project_id == project_id)
             ).one_or_none()
             if row is None:
                 raise ValueError(f"dataset {dataset} not found in this project")
-            return row.format, row.artifact, row.label, row.task
+            return row.format, row.artifact, row.label, row.task, row.name
 
-    fmt, artifact, label, task = with_retries(lookup)
-    return load_uploaded(fmt, get_store().get_bytes(artifact), label, task)
+    fmt, artifact, label, task, name = with_retries(lookup)
+    raw = load_uploaded(fmt, get_store().get_bytes(artifact), label, task)
+    raw.facts["dataset_name"] = name  # the spec names the upload by id (models.dataset_refs)
+    return raw
 
 
 def prepare_data(spec: JobSpec, project_id: str) -> Prepared:

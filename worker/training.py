@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from models.metrics import Point
 from models.spec import CurriculumStage, JobSpec
 from models.summary import RunSummary
+from worker.augment import make_augmenter
 from worker.data import Prepared, add_input_noise, corrupt_labels
 from worker.graphed import GraphedEpochs, fused_optimizer, graphs_unavailable
 from worker.nets import activation_sites, build_model, count_parameters, weight_parameters
@@ -208,6 +209,8 @@ class Trainer:
             if len(y) > 0
         }
         self.stages = self._build_stages()
+        # data.augment: each training batch cropped and flipped on the device (worker.augment).
+        self.augment = make_augmenter(spec.data.augment, data.input_shape, spec.seed)
         self.eval_chunk = self.EVAL_CHUNK_CPU if device.type == "cpu" else self.EVAL_CHUNK_ACCELERATOR
         self.timing = {"epoch_seconds": 0.0, "updates": 0}
         if graphs_unavailable(spec, device) is None:
@@ -321,7 +324,8 @@ class Trainer:
             idx = order[i * bs : (i + 1) * bs]
             row = i // stride if diagnostics and i % stride == 0 else None
             measure = None if row is None else lambda grads, row=row: norms_buf[row].copy_(grads)
-            losses.append(self.update(stage.X[idx], stage.y[idx], measure).detach())
+            X = stage.X[idx] if self.augment is None else self.augment(stage.X[idx], self.state.step)
+            losses.append(self.update(X, stage.y[idx], measure).detach())
             self.state.step += 1
         return EpochResult(stage, torch.stack(losses), norms_buf, lrs)
 

@@ -7,7 +7,7 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -36,13 +36,33 @@ class DatasetOut(BaseModel):
     input_shape: list[int] | None
     size_bytes: int
     created_at: datetime
+    # Image uploads: source format, layout, class names, per-channel mean and std (pixels 0-255).
+    image_info: dict[str, Any] | None = None
 
 
-@router.post("", status_code=201, response_model=DatasetOut, responses={503: {"model": ErrorOut}})
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetOut,
+    responses={409: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+)
 async def upload_dataset(
     project: ProjectOnlyDep,
-    file: Annotated[UploadFile, File(description="CSV with a header row, or NPZ with arrays X and y")],
-    name: Annotated[str, Form(min_length=1, max_length=200)],
+    file: Annotated[
+        UploadFile,
+        File(
+            description="CSV with a header row; NPZ with arrays X and y; a ZIP of class_name/*.png|jpg; "
+            "a ZIP of an MNIST-family IDX pair; CIFAR-10/100 binary batches (.bin, or a ZIP of them)"
+        ),
+    ],
+    name: Annotated[
+        str,
+        Form(
+            min_length=1,
+            max_length=200,
+            description="unique in the project; specs may use it as data.dataset (built-in names are reserved)",
+        ),
+    ],
     label: Annotated[
         str | None,
         Form(
@@ -50,6 +70,13 @@ async def upload_dataset(
         ),
     ] = None,
     task: Annotated[str, Form(pattern="^(auto|classification|regression)$")] = "auto",
+    format: Annotated[
+        str,
+        Form(
+            pattern="^(auto|csv|npz|image_folder|idx|cifar10|cifar100)$",
+            description="auto: told from the bytes (a ZIP's members, magic numbers)",
+        ),
+    ] = "auto",
 ) -> DatasetOut:
     """The body was spooled to disk as it arrived (at most SADDLE_MAX_REQUEST_BYTES). Validation
     runs in at most SADDLE_UPLOAD_SLOTS threads at once: the others wait here, on the event loop,
@@ -59,15 +86,15 @@ async def upload_dataset(
         if problem:
             raise HTTPException(422, f"{field}: {problem}")
     async with upload_slot():
-        row = await run_in_threadpool(_validate_and_store, project, file, name, label, task)
+        row = await run_in_threadpool(_validate_and_store, project, file, name, label, task, format)
     return DatasetOut.model_validate(row)
 
 
-def _validate_and_store(project, file: UploadFile, name: str, label: str | None, task: str):  # noqa: ANN001, ANN202
+def _validate_and_store(project, file: UploadFile, name: str, label: str | None, task: str, fmt: str):  # noqa: ANN001, ANN202
     # One byte past the cap is enough to know the upload is too large without reading all of it.
     payload = file.file.read(svc.size_cap() + 1)
     return svc.create_dataset(
-        project=project, name=name, payload=payload, filename=file.filename, label=label, task=task
+        project=project, name=name, payload=payload, filename=file.filename, label=label, task=task, fmt=fmt
     )
 
 

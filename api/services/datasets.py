@@ -10,6 +10,13 @@ failure leaves nothing half-written.
 integer value and there are at most ``MAX_AUTO_CLASSES`` distinct ones, *regression* otherwise. The
 worker reads the stored decision; a job may still regress class labels with ``data.task: regression``.
 
+Image uploads (a ZIP of class folders, an MNIST-family IDX pair, CIFAR binary batches) are decoded
+here once into a uint8 N×C×H×W array with class names and per-channel statistics
+(``api.services.images``); their task is classification unless ``task: regression`` is asked.
+
+A name is unique within its project (a spec may use it for ``data.dataset``): a built-in dataset's
+name or one shaped like an id is a 422, a name the project already has a 409.
+
 This module is torch-free and sklearn-free (the API never loads them); its CSV rules match
 ``worker.data.parse_csv`` (a header row, blank lines skipped, values read by Python's ``float``).
 """
@@ -27,12 +34,15 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api.services import images
 from models.artifacts import get_store, key_for_dataset
 from models.db import session_scope
 from models.errors import Conflict, Invalid, NotFound, TooLarge
 from models.settings import get_settings
+from models.spec import BUILTIN_DATASETS, is_dataset_id
 from models.tables import Dataset, Job, Project, new_id
 
 # The smaller of this and settings.max_request_bytes bounds an upload.
@@ -43,6 +53,7 @@ MIN_ROWS = 10
 MAX_AUTO_CLASSES = 50
 MAX_CLASSES = 10_000
 TASKS = ("auto", "classification", "regression")
+FORMATS = ("auto", "csv", "npz", *images.IMAGE_FORMATS)
 ACTIVE_STATUSES = ("queued", "running")
 # A CSV uploaded without naming its label column uses the first of these that its header has.
 DEFAULT_LABEL_COLUMNS = ("label", "target", "y")
@@ -87,6 +98,7 @@ class Parsed:
     labels: LabelStats
     input_shape: list[int] | None
     label: str | None = None  # a CSV's label column: the one named, else the one found by name
+    image_info: dict[str, Any] | None = None  # image uploads: source, classes, channel mean and std
 
 
 def size_cap() -> int:
@@ -102,18 +114,40 @@ LABEL_ROWS_PER_BATCH = 65_536
 
 
 def detect_format(payload: bytes, filename: str | None) -> str:
-    # An NPZ is a zip archive; its magic number decides, the file name only breaks ties.
+    """csv, npz or one of images.IMAGE_FORMATS, from the bytes (a ZIP's members, magic numbers);
+    the file name only breaks ties."""
+    image_format = images.detect_image_format(payload, filename)
+    if image_format is not None:
+        return image_format
     if payload.startswith(b"PK\x03\x04") or (filename or "").lower().endswith(".npz"):
         return "npz"
     return "csv"
 
 
-def parse_upload(payload: bytes, filename: str | None, label: str | None) -> Parsed:
+def parse_upload(payload: bytes, filename: str | None, label: str | None, fmt: str = "auto") -> Parsed:
     if not payload:
         raise DatasetError("file: the upload is empty")
-    if detect_format(payload, filename) == "npz":
+    if fmt not in FORMATS:
+        raise DatasetError(f"format: must be one of {', '.join(FORMATS)}")
+    try:
+        if fmt == "auto":
+            fmt = detect_format(payload, filename)
+        if fmt in images.IMAGE_FORMATS:
+            return parse_images(payload, fmt)
+    except images.ImageError as exc:
+        raise DatasetError(str(exc)) from None
+    if fmt == "npz":
         return parse_npz(payload)
     return parse_csv_upload(payload, label)
+
+
+def parse_images(payload: bytes, fmt: str) -> Parsed:
+    decoded = images.decode(payload, fmt)
+    n, channels, h, w = decoded.X.shape
+    _check_counts(n, channels * h * w)
+    stored, info = images.image_payload(decoded)
+    labels = LabelStats.of(decoded.y)
+    return Parsed("images", stored, n, channels * h * w, labels, [channels, h, w], image_info=info)
 
 
 def parse_csv_upload(payload: bytes, label: str | None) -> Parsed:
@@ -337,15 +371,25 @@ def resolve_task(requested: str, labels: LabelStats | Any) -> str:
 
 # ----- storage and queries ---------------------------------------------------------------------
 def create_dataset(
-    *, project: Project, name: str, payload: bytes, filename: str | None, label: str | None, task: str
+    *,
+    project: Project,
+    name: str,
+    payload: bytes,
+    filename: str | None,
+    label: str | None,
+    task: str,
+    fmt: str = "auto",
 ) -> Dataset:
     """Validate the upload (no database connection is held meanwhile: a slow parse must not starve
     other requests of the pool), then store the bytes and write the row in a session of its own."""
+    check_name(name)
+    with session_scope() as session:  # fail fast on a taken name; the unique constraint decides races
+        check_name_free(session, project=project, name=name)
     if len(payload) > size_cap():
         raise TooLarge(f"file: {len(payload)} bytes, over the dataset limit of {size_cap()}")
     try:
-        parsed = parse_upload(payload, filename, label)
-        decided = resolve_task(task, parsed.labels)
+        parsed = parse_upload(payload, filename, label, fmt)
+        decided = resolve_task(_image_task(task) if parsed.fmt == "images" else task, parsed.labels)
     except DatasetError as exc:
         raise Invalid(str(exc)) from None
     row = Dataset(
@@ -360,11 +404,40 @@ def create_dataset(
         task=decided,
         input_shape=parsed.input_shape,
         size_bytes=len(parsed.payload),
+        image_info=parsed.image_info,
     )
     row.artifact = key_for_dataset(row.id, parsed.fmt)
-    with session_scope() as session:
-        _store_then_commit(session, row=row, payload=parsed.payload)
+    try:
+        with session_scope() as session:
+            _store_then_commit(session, row=row, payload=parsed.payload)
+    except IntegrityError:  # another upload took the name meanwhile (its bytes were removed)
+        raise Conflict(_taken(name)) from None
     return row
+
+
+def _image_task(requested: str) -> str:
+    # Image labels are classes: auto means classification, whatever their number.
+    return "classification" if requested == "auto" else requested
+
+
+def check_name(name: str) -> None:
+    """A name a spec can use for data.dataset: not a built-in's, not shaped like an id."""
+    if name in BUILTIN_DATASETS:
+        raise Invalid(f"name: {name!r} is a built-in dataset's name; choose another name")
+    if is_dataset_id(name):
+        raise Invalid(f"name: {name!r} reads as a dataset id (32 hex digits); choose another name")
+    if not name.strip():
+        raise Invalid("name: cannot be blank")
+
+
+def check_name_free(session: Session, *, project: Project, name: str) -> None:
+    stmt = select(Dataset.id).where(Dataset.project_id == project.id, Dataset.name == name)
+    if session.scalar(stmt) is not None:
+        raise Conflict(_taken(name))
+
+
+def _taken(name: str) -> str:
+    return f"name: {name!r} is already taken by another dataset of this project; choose another name"
 
 
 def _store_then_commit(session: Session, *, row: Dataset, payload: bytes) -> None:

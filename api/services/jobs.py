@@ -13,10 +13,11 @@ from sqlalchemy.orm import Session
 from api.services.finetune import check_init_from
 from api.services.idempotency import check_same_body, commit_or_winner
 from models.budget import budget_problems
+from models.dataset_refs import resolve_uploads
 from models.errors import Conflict, Invalid, NotFound, QuotaExceeded
 from models.settings import get_settings
 from models.spec import JobSpec
-from models.tables import FINISHED_STATUSES, Checkpoint, Dataset, Diagnosis, Job, Project, Spectrum, utcnow
+from models.tables import FINISHED_STATUSES, Checkpoint, Diagnosis, Job, Project, Spectrum, utcnow
 from worker.celery_app import enqueue_job, enqueue_spectrum
 
 log = logging.getLogger("saddle.api")
@@ -27,21 +28,18 @@ def request_hash(payload: dict[str, Any]) -> str:
 
 
 def check_datasets_exist(session: Session, *, project: Project, spec: JobSpec) -> tuple[int, int] | None:
-    """Invalid for an uploaded dataset id that is not this project's; returns (rows, features) of data.dataset."""
-    shape = None
-    for field, value in (("data.dataset", spec.data.dataset), ("data.test_dataset", spec.data.test_dataset)):
-        if value is None or len(value) != 32:
-            continue
-        row = session.execute(
-            select(Dataset.n_rows, Dataset.n_features).where(
-                Dataset.id == value, Dataset.project_id == project.id
-            )
-        ).first()
-        if row is None:
-            raise Invalid(f"{field}: no uploaded dataset {value} in this project")
-        if field == "data.dataset":
-            shape = (row[0], row[1])
-    return shape
+    """Invalid for an upload (by id or name) that is not this project's, or for data.augment on
+    data that are not images; returns (rows, features) of data.dataset when it is an upload."""
+    return resolve_datasets(session, project=project, spec=spec)[1]
+
+
+def resolve_datasets(
+    session: Session, *, project: Project, spec: JobSpec
+) -> tuple[JobSpec, tuple[int, int] | None]:
+    """The spec with upload names replaced by their ids (models.dataset_refs), and (rows, features)
+    of data.dataset when it is an upload."""
+    spec, upload = resolve_uploads(session, project_id=project.id, spec=spec)
+    return spec, (upload.n_rows, upload.n_features) if upload else None
 
 
 def check_budget(spec: JobSpec, uploaded: tuple[int, int] | None) -> None:
@@ -50,12 +48,15 @@ def check_budget(spec: JobSpec, uploaded: tuple[int, int] | None) -> None:
         raise Invalid("; ".join(problems))
 
 
-def admit_spec(session: Session, *, project: Project, spec: JobSpec) -> None:
+def admit_spec(session: Session, *, project: Project, spec: JobSpec) -> JobSpec:
     """What a spec must satisfy before a job may exist, whichever route creates it (jobs, sweeps and
     studies, remedies, fine-tunes): its uploaded datasets and its init_from job are this project's,
-    and it fits the budget (models.budget). ``Invalid`` naming the field otherwise."""
-    check_budget(spec, check_datasets_exist(session, project=project, spec=spec))
+    and it fits the budget (models.budget). ``Invalid`` naming the field otherwise. Returns the spec
+    to store: uploads named by name are named by id."""
+    spec, shape = resolve_datasets(session, project=project, spec=spec)
+    check_budget(spec, shape)
     check_init_from(session, project=project, spec=spec)
+    return spec
 
 
 def check_queue_room(session: Session, *, project: Project, adding: int = 1) -> None:
@@ -88,13 +89,14 @@ def create_job(
     """Insert the job row and enqueue it to the task of its kind. Returns (job, created); an
     idempotent replay is not created. ``request`` is what the key's body hash covers (default: the
     spec); ``fields`` are extra columns (parent_id, sweep_id, kind, summary...)."""
-    payload = spec.model_dump(mode="json")
-    digest = request_hash(request if request is not None else payload)
+    # The key covers the request as sent (a dataset by name), not the resolved spec.
+    digest = request_hash(request if request is not None else spec.model_dump(mode="json"))
     if idempotency_key:
         existing = find_by_idempotency_key(session, project=project, key=idempotency_key)
         if existing is not None:
             return _replay(existing, digest), False
-    admit_spec(session, project=project, spec=spec)
+    spec = admit_spec(session, project=project, spec=spec)
+    payload = spec.model_dump(mode="json")
     check_queue_room(session, project=project)
     if spec.init_from is not None:
         fields.setdefault("parent_id", spec.init_from.job)  # the fine-tuned job records its parent

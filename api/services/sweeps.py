@@ -15,7 +15,13 @@ from sqlalchemy.orm import Session
 
 from api.services.finetune import check_init_from, check_parent_exists
 from api.services.idempotency import check_same_body, commit_or_winner
-from api.services.jobs import check_budget, check_datasets_exist, check_queue_room, request_hash
+from api.services.jobs import (
+    check_budget,
+    check_datasets_exist,
+    check_queue_room,
+    request_hash,
+    resolve_datasets,
+)
 from api.services.query import decode_keyset, encode_keyset
 from models.errors import Conflict, DomainError, Invalid, NotFound
 from models.numeric import finite_or_none
@@ -189,6 +195,9 @@ def create_sweep(
         if existing is not None:
             return _replay(existing, digest), False
     total = plan(session, project=project, body=body)
+    # Trials copy the base: its uploads are stored by id, as a job's are (space values that name an
+    # upload are resolved as each trial is launched).
+    payload["base"] = resolve_datasets(session, project=project, spec=body.base)[0].model_dump(mode="json")
     check_queue_room(session, project=project)  # its first trial must be able to wait in the queue
     sweep_id = new_id()
     sweep = Sweep(
