@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     # default 16 wait out about a minute, a restart or a managed database's failover).
     db_retry_attempts: int = 16
     metric_flush_points: int = 5_000
+    # Batches of metric_flush_points the worker's metric writer holds before the trainer waits.
+    metric_queue_batches: int = 8
     torch_threads: int = 0  # 0: share the cores between the worker's processes
 
     # Model factories an operator may add (import paths "pkg.module:function"), never from requests.

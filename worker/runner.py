@@ -13,8 +13,7 @@ from sqlalchemy import delete, select
 
 from models.artifacts import get_store, key_for_checkpoint
 from models.db import session_scope, with_retries
-from models.jsonsafe import json_safe
-from models.metrics import Point, delete_after, write_points
+from models.metrics import Point, delete_after
 from models.settings import get_settings
 from models.spec import JobSpec
 from models.tables import Checkpoint, utcnow
@@ -28,6 +27,7 @@ from worker.failures import describe_failure, one_line
 from worker.finetune import initialize_from_parent
 from worker.jobdata import prepare_data
 from worker.lifecycle import Claim, Heartbeat, LeaseLost, fenced_update, finish, run_claimed
+from worker.metric_writer import MetricWriter
 from worker.spectra import record_spectrum
 from worker.training import StopTraining, Trainer, resolve_device
 
@@ -35,36 +35,28 @@ log = logging.getLogger("saddle.worker")
 
 
 class DbRecorder:
-    """Buffers metric points and writes them with progress in one fenced transaction per epoch."""
+    """Hands metric points and progress to the job's metric writer (worker.metric_writer), which
+    commits them on its own thread; flushes it before anything that must find them stored."""
 
     def __init__(self, claim: Claim, heartbeat: Heartbeat) -> None:
         self.claim = claim
         self.heartbeat = heartbeat
-        self.buffer: list[Point] = []
-        self.flush_at = get_settings().metric_flush_points
+        settings = get_settings()
+        self.writer = MetricWriter(
+            claim, batch_points=settings.metric_flush_points, queue_batches=settings.metric_queue_batches
+        )
         self.store = get_store()
         self.analysis_errors: list[str] = []
 
     def log(self, points: list[Point]) -> None:
-        self.buffer.extend(points)
-        if len(self.buffer) >= self.flush_at:
-            self._write()
+        self.writer.log(points)
 
     def epoch_end(self, epoch: int, step: int, progress: dict[str, Any]) -> None:
-        self._write(progress)
+        self.writer.progress(progress)
 
-    def _write(self, progress: dict[str, Any] | None = None) -> None:
-        points, self.buffer = self.buffer, []
-
-        def transaction() -> None:
-            with session_scope() as session:
-                values: dict[str, Any] = {"heartbeat_at": utcnow()}
-                if progress is not None:
-                    values["progress"] = json_safe(progress)
-                fenced_update(session, self.claim, **values)
-                write_points(session, self.claim.job_id, points)
-
-        with_retries(transaction)
+    def close(self) -> None:
+        """Everything logged is stored (a clean stop, the end of training)."""
+        self.writer.close()
 
     def stop_reason(self) -> str | None:
         return self.heartbeat.reason
@@ -72,9 +64,9 @@ class DbRecorder:
     def save_checkpoint(
         self, kind: str, epoch: int, step: int, val_loss: float | None, payload: bytes
     ) -> None:
-        # Everything logged up to this checkpoint is stored before it: a resume from it must find
-        # the metrics of the epochs it does not replay.
-        self._write()
+        # Everything logged up to this checkpoint is stored durably before it: a resume from it
+        # must find the metrics of the epochs it does not replay.
+        self.writer.flush()
         key = key_for_checkpoint(self.claim.job_id, kind, epoch)
         size = self.store.put_bytes(key, payload)
         replaced: list[str] = []
@@ -121,7 +113,7 @@ class DbRecorder:
 
     def analyze(self, trainer: Trainer, epoch: int, reason: str) -> None:
         """A spectrum that fails is reported in the summary; it never fails the training run."""
-        self._write()  # the spectrum row refers to metrics already stored
+        self.writer.flush()  # the spectrum row refers to metrics already stored
         try:
             record_spectrum(self.claim, trainer, epoch, reason)
         except LeaseLost:
@@ -179,6 +171,7 @@ def run_job(job_id: str) -> str:
 def _train(job_claim: Claim, heartbeat: Heartbeat) -> str:
     spec = job_claim.spec
     phase = "preparing the data"  # named in the job's error if this step fails
+    recorder: DbRecorder | None = None
     try:
         configure_torch(spec)
         device = resolve_device(spec.resources.device)
@@ -195,21 +188,33 @@ def _train(job_claim: Claim, heartbeat: Heartbeat) -> str:
         phase = "training"
         resume_if_possible(job_claim, trainer)
         trainer.fit()
+        recorder.close()  # every point stored before the job can be diagnosed and finished
         summary = trainer.run_summary()
         summary.reference, summary.init_from = reference, parent
         if recorder.analysis_errors:
             summary.analysis_errors = recorder.analysis_errors
     except StopTraining as stop:
+        if stop.reason.startswith("lease lost"):
+            _abandon(recorder)
+            raise LeaseLost(stop.reason) from None
+        try:  # a clean stop keeps what was logged
+            recorder.close()  # type: ignore[union-attr]  # StopTraining comes from the trainer
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            log.exception("job %s: storing its last metrics failed", job_claim.job_id)
+            finish(job_claim, "failed", error=describe_failure(exc, phase))
+            return "failed"
         if stop.reason == "cancelled":
             finish(job_claim, "cancelled", error="cancelled by request")
             return "cancelled"
-        if stop.reason.startswith("lease lost"):
-            raise LeaseLost(stop.reason) from None
         finish(job_claim, "failed", error=one_line(stop.reason))
         return "failed"
     except LeaseLost:
+        _abandon(recorder)
         raise
     except Exception as exc:
+        _abandon(recorder)
         log.exception("job %s: %s failed", job_claim.job_id, phase)
         finish(job_claim, "failed", error=describe_failure(exc, phase))
         return "failed"
@@ -224,6 +229,12 @@ def _train(job_claim: Claim, heartbeat: Heartbeat) -> str:
     diagnose_safely(job_claim)
     finish(job_claim, "succeeded", summary=summary)
     return "succeeded"
+
+
+def _abandon(recorder: DbRecorder | None) -> None:
+    """The attempt ends without its queued points (it failed, or another attempt holds the job)."""
+    if recorder is not None:
+        recorder.writer.abandon()
 
 
 def update_job(job_claim: Claim, **values: Any) -> None:
