@@ -40,12 +40,15 @@ MEANINGS: dict[str, str] = {
     "data.split": "Fractions of the rows held out, per seed (stratified for classification).",
     "data.split.val": "Validation fraction: model selection, early stopping and the best checkpoint use it only.",
     "data.split.test": "Test fraction, reported and never used to choose anything.",
-    "data.test_dataset": "A separate test set (an uploaded dataset); a big gap to validation is diagnosed (`mismatch`).",
+    "data.test_dataset": "A separate test set (an uploaded dataset's id or name); a big gap to validation is diagnosed (`mismatch`).",
     "data.train_size": "Keep at most this many training rows (after the split).",
     "data.label_noise": "Fraction of training labels replaced by random ones.",
     "data.input_noise": "Standard deviation of Gaussian noise added to training inputs.",
     "data.scaling": "Feature scaling, fitted on the training split only.",
     "data.shuffle": "Shuffle the training rows every epoch; training unshuffled on ordered data is diagnosed.",
+    "data.augment": "Image augmentation of every training batch, on the device (image datasets only: digits or an uploaded image dataset). Drawn from the job's seed and the step: reproducible, and exact across a resume.",
+    "data.augment.random_crop": "Pad each side by this many pixels (zeros: the channel mean once normalized), then crop back at a random offset; 0: off.",
+    "data.augment.hflip": "Mirror each image left-right with probability 1/2.",
     "model": "The network.",
     "model.arch": "`mlp`, `linear`, `cnn`, or an architecture a worker's `saddle.models` entry point provides.",
     "model.hidden": "Widths of the hidden layers (mlp; the dense head of a cnn). Not used by `linear`.",
@@ -112,6 +115,7 @@ MEANINGS: dict[str, str] = {
     "resources.device": "auto: the worker's GPU if it has one; cpu or cuda to insist.",
     "resources.max_minutes": "The job stops (failed, with the reason) after this long.",
     "resources.cuda_graphs": "On CUDA, replay each update as one CUDA graph where that is bit-identical to eager.",
+    "resources.precision": "Mixed precision: the forward pass and loss under autocast in this dtype (weights, optimizer and Hessian spectra stay fp32); fp16 adds a gradient scaler and needs CUDA.",
 }
 
 # Rules models/spec.py checks across fields (its model validators); kept beside the table they qualify.
@@ -123,6 +127,7 @@ CROSS_FIELD_RULES = [
     "`curriculum` stages last `epochs` epochs in total.",
     "`model.arch: linear` takes no `model.norm`.",
     "`schedule.warmup_epochs` is shorter than `epochs`.",
+    "`data.augment` only on images; `random_crop` below the images' height and width (checked at submission for uploads).",
 ]
 
 
@@ -272,7 +277,9 @@ def render() -> str:
     lines += [
         "",
         "An uploaded dataset (`saddle dataset upload FILE --name NAME`: a CSV with a header row and a",
-        "label column, or an NPZ with arrays `X` and `y`) is used by its id or its name.",
+        "label column, an NPZ with arrays `X` and `y`, or images: a ZIP of `class_name/*.png|jpg`, a ZIP",
+        "of an MNIST-family IDX pair, CIFAR-10/100 binary batches) is used by its id or its name (unique",
+        "in its project; the API stores the id when the job is submitted).",
         "",
     ]
     return "\n".join(lines)

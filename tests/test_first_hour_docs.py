@@ -37,7 +37,7 @@ def test_the_jobspec_reference_is_generated_from_the_models_and_up_to_date() -> 
     documented = re.findall(r"^\| `([^`]+)` \|", committed, flags=re.MULTILINE)
     assert documented == [path for path, _ in gen.rows(JobSpec)]
     assert "| `optimizer.lr` | float in (0, 1000] | `0.01` |" in committed
-    assert "| `data.dataset` | str of 1–64 chars | **required** |" in committed
+    assert "| `data.dataset` | str of 1–200 chars | **required** |" in committed
 
 
 def test_a_field_without_a_meaning_stops_the_generator() -> None:

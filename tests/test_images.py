@@ -16,13 +16,15 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import create_engine, select, text
 
+from migrations import run_upgrade
 from models.artifacts import get_store
 from models.db import session_scope
 from models.spec import JobSpec
 from models.tables import Dataset, Job
 from saddle.client import Client
+from tests.conftest import create_database, drop_database
 from tests.upload_payloads import idx_claiming, png_declaring, zip_declaring, zip_of
 from worker.augment import Augmenter, random_crop, random_hflip
 from worker.data import load_builtin, load_uploaded, prepare
@@ -423,3 +425,33 @@ def test_uploaded_image_folder_idx_and_cifar_train_end_to_end(sdk: Client) -> No
     facts = sdk.job(jobs[folder]["id"])["summary"]["data"]
     assert facts["augment"] == {"random_crop": 2, "hflip": True}
     assert facts["images"]["classes"] == ["cat", "dog"]
+
+
+# ----- migration 0007: older same-named uploads ----------------------------------------------
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_0007_keeps_older_duplicate_names_apart(backend: str, tmp_path: Path) -> None:
+    name = f"saddle_names_{uuid.uuid4().hex[:8]}"
+    url = f"sqlite:///{tmp_path / 'names.db'}" if backend == "sqlite" else create_database(name)
+    engine = create_engine(url)
+    try:
+        run_upgrade(url, "0006_fair_scheduling")
+        ids = [f"{i:x}" * 32 for i in (10, 11, 12)]
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO projects (id, name, created_at) VALUES ('p' , 'p', '2026-01-01')"))
+            for i, dataset_id in enumerate(ids):
+                conn.execute(
+                    text(
+                        "INSERT INTO datasets (id, project_id, name, format, sha256, artifact, n_rows, "
+                        "n_features, task, size_bytes, created_at) VALUES (:id, 'p', 'scans', 'csv', 'h', "
+                        f"'datasets/{dataset_id}/data.csv', 10, 1, 'regression', 1, :at)"
+                    ),
+                    {"id": dataset_id, "at": f"2026-01-0{i + 1}"},
+                )
+        run_upgrade(url, "0007_dataset_names")
+        with engine.connect() as conn:
+            names = dict(conn.execute(text("SELECT id, name FROM datasets")).all())
+        assert names == {ids[0]: "scans", ids[1]: f"scans~{ids[1][:8]}", ids[2]: f"scans~{ids[2][:8]}"}
+    finally:
+        engine.dispose()
+        if backend == "postgresql":
+            drop_database(name)
