@@ -276,6 +276,32 @@ def test_names_resolve_to_ids_and_collisions_are_refused(client: TestClient) -> 
         session.get(Job, job.json()["id"]).status = "cancelled"
 
 
+def test_a_sweep_stores_upload_ids_for_its_base_and_its_space(client: TestClient) -> None:
+    base_name, other_name = unique("sweep-base"), unique("sweep-other")
+    base = upload(client, idx_pair_zip()[0], "m.zip", name=base_name).json()
+    other = upload(client, idx_pair_zip(20)[0], "m.zip", name=other_name).json()
+    spec = {
+        "data": {"dataset": base_name},
+        "model": {"arch": "cnn", "channels": [4], "hidden": [8]},
+        "epochs": 1,
+        "analysis": {"hessian": {"enabled": False}},
+    }
+    space = {"data.test_dataset": {"type": "choice", "values": [base_name, other_name]}}
+    r = client.post("/v1/sweeps", json={"name": "names", "base": spec, "space": space, "algorithm": "grid"})
+    assert r.status_code == 201, r.text
+    client.post(f"/v1/sweeps/{r.json()['id']}/cancel")
+    with session_scope() as session:
+        stored = [
+            job.spec["data"] for job in session.scalars(select(Job).where(Job.sweep_id == r.json()["id"]))
+        ]
+    assert sorted((d["dataset"], d["test_dataset"]) for d in stored) == sorted(
+        [(base["id"], base["id"]), (base["id"], other["id"])]
+    )
+    space = {"data.test_dataset": {"type": "choice", "values": [base_name, "no-such-name"]}}
+    r = client.post("/v1/sweeps", json={"name": "names", "base": spec, "space": space, "algorithm": "grid"})
+    assert r.status_code == 422 and "no uploaded dataset named 'no-such-name'" in r.json()["detail"], r.text
+
+
 # ----- data.augment ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("data", "field", "message"),
