@@ -37,6 +37,7 @@ from worker.hessian import spectrum  # noqa: E402
 REPEATS = 10
 TOP = 5
 MATCH = 1e-4  # "matched accuracy": PyHessian's top-5 within this relative error
+CURVE_REPEATS = 3
 
 
 def data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,27 +231,43 @@ def reference_top(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> np.ndar
 
 
 def curve(X: torch.Tensor, y: torch.Tensor, ph: PyHessianCounter) -> None:
-    """Top-5 at the defaults of both libraries, over model size (untrained tanh MLPs; one timed run
-    after an untimed one each): products, wall time and error, and the three targets per size."""
-    print("\nover model size, both at their defaults (top-5; ours also gives lambda_min):")
+    """Top-5 at the defaults of both libraries, over model size (untrained tanh MLPs): products,
+    wall time and error, and the three targets per size. Both are asked the same question (the top
+    5 eigenvalues: ``bottom_k=0``, no trace; method, tolerance and iteration cap at our defaults);
+    the last columns show what λ_min costs on top. Wall times: best of CURVE_REPEATS interleaved
+    runs after a warm-up (one run at 10^6 parameters)."""
+    print("\nover model size, both at their defaults, the same question (top-5):")
     print(f"{'model':<17} {'params':>9} {'PyH HVPs':>8} {'ours':>5} {'PyH s':>8} {'ours s':>8} {'PyH err':>9} {'ours err':>9}  "
-          "fewer HVPs / less time / smaller error (targets 2x / 3x / 100x)")  # fmt: skip
+          "fewer HVPs / less time / smaller error (targets 2x / 3x / 100x)   +lambda_min: HVPs, s")  # fmt: skip
     for name, hidden in CURVE.items():
         model = mlp(hidden)
         n = sum(p.numel() for p in model.parameters())
         top = reference_top(model, X, y)
-        ours_fn = lambda m=model: spectrum(m, nn.functional.cross_entropy, [(X, y)], trace=False)  # noqa: E731
-        theirs_fn = lambda m=model: ph.run(m, X, y, "top", 1e-3)  # noqa: E731
-        ours_fn(), theirs_fn()  # warm-up
-        t_ours, r = timed(ours_fn)
-        t_theirs, values = timed(theirs_fn)
-        e_ours, e_theirs = rel_err(r.top, top), rel_err(values, top)
-        ratios = (ph.calls / r.hvps, t_theirs / t_ours, e_theirs / max(e_ours, 1e-300))
+        runs = {
+            "ours": lambda m=model: spectrum(
+                m, nn.functional.cross_entropy, [(X, y)], bottom_k=0, trace=False
+            ),
+            "theirs": lambda m=model: ph.run(m, X, y, "top", 1e-3),
+            "with_min": lambda m=model: spectrum(m, nn.functional.cross_entropy, [(X, y)], trace=False),
+        }
+        out = {key: fn() for key, fn in runs.items()}  # warm-up; the results are deterministic
+        hvps = {"theirs": ph.calls, "ours": out["ours"].hvps, "with_min": out["with_min"].hvps}
+        best = dict.fromkeys(runs, math.inf)
+        for _ in range(CURVE_REPEATS if n < 10**6 else 1):
+            for key, fn in runs.items():
+                best[key] = min(best[key], timed(fn)[0])
+        e_ours, e_theirs = rel_err(out["ours"].top, top), rel_err(out["theirs"], top)
+        ratios = (
+            hvps["theirs"] / hvps["ours"],
+            best["theirs"] / best["ours"],
+            e_theirs / max(e_ours, 1e-300),
+        )
         verdict = " ".join(
             f"{'PASS' if v >= t else 'FAIL'} {v:.1f}x" for v, t in zip(ratios, (2.0, 3.0, 100.0), strict=True)
         )
-        print(f"{name:<17} {n:>9,} {ph.calls:>8} {r.hvps:>5} {t_theirs:>8.3f} {t_ours:>8.3f} {e_theirs:>9.2e} "
-              f"{e_ours:>9.2e}  {verdict}  ({r.method})")  # fmt: skip
+        print(f"{name:<17} {n:>9,} {hvps['theirs']:>8} {hvps['ours']:>5} {best['theirs']:>8.3f} {best['ours']:>8.3f} "
+              f"{e_theirs:>9.2e} {e_ours:>9.2e}  {verdict}  ({out['ours'].method})   "
+              f"{hvps['with_min']}, {best['with_min']:.3f}")  # fmt: skip
 
 
 def sensitivity(X: torch.Tensor, y: torch.Tensor, ph: PyHessianCounter) -> None:
