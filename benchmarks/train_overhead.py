@@ -1,7 +1,10 @@
 """The service's training loop against a hand-written PyTorch loop doing the same work, same process.
 
-Service: ``worker.training.Trainer`` with a ``MemoryRecorder`` (per-step and per-epoch logging on,
-Hessian off), timed around ``Trainer.fit()``. Periodic and best checkpoints are off because the hand
+Service: ``worker.training.Trainer`` with per-step and per-epoch logging on, Hessian off, timed
+around ``Trainer.fit()``. By default its points go where the worker's go: the job's metric writer
+(``worker.metric_writer``), committing to a fresh Postgres database on its own thread, flushed
+before the "last" checkpoint and closed inside the timing (``--store memory``: a ``MemoryRecorder``
+only, as before issue 18). Periodic and best checkpoints are off because the hand
 loop writes none; the one "last" checkpoint that ``fit`` always writes stays in the service's time.
 
 Hand loop: the same model (``worker.nets.build_model``, same seed, so the same initial weights), the
@@ -20,6 +23,7 @@ figure; on a GPU only wall time means anything. ``--profile`` adds a cProfile of
     .venv/bin/python benchmarks/train_overhead.py [--repeats 9] [--threads 1] [--device cpu] [--profile]
         [--curve [--curve-epochs 3]]   # also the batch-size timing curve (worker.timing), 1 to 4,096
         [--check-graphs]               # CUDA: graphs on vs off, every logged number compared
+        [--store postgres|memory]      # where the service's points go (default: the metric writer)
 
 On CUDA the service captures each update as a CUDA graph (worker/graphed.py); ``--curve`` then
 times the curve with graphs and, on digits, without them (``resources.cuda_graphs: false``), and
@@ -32,19 +36,23 @@ import argparse
 import cProfile
 import io
 import math
+import os
 import pstats
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models.settings import get_settings  # noqa: E402
 from models.spec import JobSpec  # noqa: E402
 from worker.data import Prepared, load_builtin, prepare  # noqa: E402
 from worker.nets import build_model  # noqa: E402
@@ -52,6 +60,82 @@ from worker.recorders import MemoryRecorder  # noqa: E402
 from worker.training import Trainer  # noqa: E402
 
 TARGET = 0.95
+# Issue 18: with the metric writer on, batch 32 (per-update logging at ~2,000 updates/s) keeps 0.97.
+TARGET_BY_BATCH = {32: 0.97}
+PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+
+
+class StoreRecorder(MemoryRecorder):
+    """What DbRecorder does with points and progress, without the artifact store: a MetricWriter
+    takes them on its own thread; the checkpoint waits for the flush, as the worker's does."""
+
+    def __init__(self, claim: Any) -> None:
+        from worker.metric_writer import MetricWriter
+
+        super().__init__()
+        settings = get_settings()
+        self.writer = MetricWriter(
+            claim, batch_points=settings.metric_flush_points, queue_batches=settings.metric_queue_batches
+        )
+
+    def log(self, points: list[Any]) -> None:
+        self.writer.log(points)
+
+    def epoch_end(self, epoch: int, step: int, progress: dict[str, Any]) -> None:
+        self.writer.progress(progress)
+
+    def save_checkpoint(
+        self, kind: str, epoch: int, step: int, val_loss: float | None, payload: bytes
+    ) -> None:
+        self.writer.flush()
+        super().save_checkpoint(kind, epoch, step, val_loss, payload)
+
+
+class Store:
+    """A fresh database (dropped at exit) with a running job row per service run."""
+
+    def __init__(self) -> None:
+        self.name = f"saddle_trainbench_{uuid.uuid4().hex[:8]}"
+        self.url = f"{PG_SERVER}/{self.name}"
+        admin_sql(f'CREATE DATABASE "{self.name}"')
+        os.environ["SADDLE_DATABASE_URL"] = self.url
+        get_settings.cache_clear()
+        from migrations import run_upgrade
+
+        run_upgrade(self.url)
+
+    def recorder(self) -> StoreRecorder:
+        from models.db import session_scope
+        from models.tables import Job, Project, new_id
+        from worker.lifecycle import Claim
+
+        spec = {"data": {"dataset": "digits"}}
+        with session_scope() as session:
+            project = Project(name=new_id())
+            session.add(project)
+            session.flush()
+            job = Job(project_id=project.id, spec=spec, status="running", attempts=1, attempt_token=new_id())
+            session.add(job)
+            session.flush()
+            claim = Claim(job.id, job.attempt_token or "", 1, JobSpec.model_validate(spec), project.id)
+        return StoreRecorder(claim)
+
+    def drop(self) -> None:
+        from models.db import _engines
+
+        for engine in _engines.values():
+            engine.dispose()
+        admin_sql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def admin_sql(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute(sql)
+
+
+STORE: Store | None = None  # set by main(): where run_service's points go
 
 
 @dataclass(frozen=True)
@@ -105,10 +189,13 @@ def elapsed(start: tuple[float, float], steps: int) -> Timed:
 
 
 def run_service(spec: JobSpec, data: Prepared, device: torch.device) -> Timed:
-    trainer = Trainer(spec, data, MemoryRecorder(), device)
+    recorder = STORE.recorder() if STORE is not None else MemoryRecorder()
+    trainer = Trainer(spec, data, recorder, device)
     sync(device)
     start = clocks()
     trainer.fit()
+    if isinstance(recorder, StoreRecorder):
+        recorder.writer.close()  # every point committed: part of the service's time
     sync(device)
     return elapsed(start, trainer.state.step)
 
@@ -187,12 +274,13 @@ def bench(case: Case, device: torch.device, repeats: int) -> float:
     cpu_ratio = best_rate(timed["service"], "cpu") / best_rate(timed["hand"], "cpu")
     like_for_like = best_rate(timed["service"], "cpu") / best_rate(timed["hand, fused"], "cpu")
     ratio = cpu_ratio if device.type == "cpu" else service / hand
-    verdict = "meets" if ratio >= TARGET else "misses"
+    target = TARGET_BY_BATCH.get(case.batch_size, TARGET) if STORE is not None else TARGET
+    verdict = "meets" if ratio >= target else "misses"
     print(
         f"{case.name}: hand {hand:,.0f} updates/s, service {service:,.0f} updates/s (wall), "
         f"ratio {service / hand:.3f} wall, {cpu_ratio:.3f} CPU time, "
         f"{paired_median(timed['hand'], timed['service']):.3f} median of paired rounds (CPU time) "
-        f"({verdict} {TARGET}); against the hand loop with the same fused optimizer: "
+        f"({verdict} {target}); against the hand loop with the same fused optimizer: "
         f"{like_for_like:.3f} CPU time, "
         f"{paired_median(timed['hand, fused'], timed['service']):.3f} median of paired rounds",
         flush=True,
@@ -321,13 +409,25 @@ def main() -> None:
     parser.add_argument("--curve", action="store_true", help="also the batch-size timing curve, 1 to 4,096")
     parser.add_argument("--curve-epochs", type=int, default=3)
     parser.add_argument("--check-graphs", action="store_true", help="CUDA: graphs on vs off, compared")
+    parser.add_argument("--store", choices=("postgres", "memory"), default="postgres")
     args = parser.parse_args()
+    global STORE
+    STORE = Store() if args.store == "postgres" else None
+    try:
+        run(args)
+    finally:
+        if STORE is not None:
+            STORE.drop()
+
+
+def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
         f"device {device} ({name}), torch {torch.__version__}, {args.threads} thread(s), "
-        f"{args.repeats} alternating repeats, best of each"
+        f"{args.repeats} alternating repeats, best of each; service points to "
+        f"{'the metric writer (Postgres)' if STORE else 'memory'}"
     )
     if args.check_graphs:
         print(f"{'PASS' if check_graphs(device) else 'FAIL'} CUDA graphs give the eager results", flush=True)

@@ -42,6 +42,9 @@ from worker.lifecycle import Claim, fenced_update
 # At most this long between synchronous commits: bounds what a Postgres crash can take (and what the
 # writer holds to re-send) to about this many seconds of points.
 DURABLE_SECONDS = 1.0
+# Progress alone (an epoch's end) is handed over at most this often; in between it waits for the next
+# batch or flush. A transaction per short epoch cost the trainer ~8% of its CPU at batch 256.
+PROGRESS_SECONDS = 0.5
 # A transaction takes several waiting batches at once, up to this many points.
 MAX_TRANSACTION_POINTS = 20_000
 ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
@@ -81,6 +84,8 @@ class MetricWriter:
         self.max_transaction_points = max_transaction_points
         self._queue: queue.Queue[_Batch] = queue.Queue(maxsize=queue_batches)
         self._buffer: list[Point] = []
+        self._progress: dict[str, Any] | None = None  # the newest, not handed over yet
+        self._handed_at = time.monotonic()
         self._error: BaseException | None = None
         self._unsure = _Unsure()
         self._waiting: list[_Batch] = []  # what the writer took from the queue last
@@ -96,8 +101,10 @@ class MetricWriter:
             self._hand_over()
 
     def progress(self, progress: dict[str, Any]) -> None:
-        """The points so far and the job's progress, committed together without waiting."""
-        self._hand_over(progress=progress)
+        """The job's progress, committed with the points so far (at most every PROGRESS_SECONDS)."""
+        self._progress = progress
+        if time.monotonic() - self._handed_at >= PROGRESS_SECONDS:
+            self._hand_over()
 
     def flush(self) -> None:
         """Return once everything handed over is committed durably."""
@@ -121,9 +128,11 @@ class MetricWriter:
             self._queue.put_nowait(_Batch([], stop=True))
         self._thread.join(timeout=10)
 
-    def _hand_over(self, progress: dict[str, Any] | None = None, done: threading.Event | None = None) -> None:
+    def _hand_over(self, done: threading.Event | None = None) -> None:
         self._check()
         points, self._buffer = self._buffer, []
+        progress, self._progress = self._progress, None
+        self._handed_at = time.monotonic()
         if points or progress is not None or done is not None:
             self._put(_Batch(points, progress, done))
 
