@@ -41,6 +41,11 @@ class RunSummary(BaseModel):
     init_from: dict[str, Any] | None = None
     analysis_errors: list[str] | None = None
     probes: dict[str, Any] | None = None
+    phases: dict[str, float] | None = Field(
+        None,
+        description="seconds per phase of the job (worker.phases): data, model, reference, training "
+        "(of which updates, spectra, checkpoints), writes, probes, diagnosis",
+    )
     # ----- a batch-size timing study (worker.timing)
     study: dict[str, Any] | None = None
     batch_size_timing: list[dict[str, Any]] | None = None

@@ -21,6 +21,13 @@ def test_submitted_job_trains_and_reports_over_http(sdk: Client) -> None:
     assert final["status"] == "succeeded", final["error"]
     assert final["progress"]["epoch"] == 6 and final["progress"]["epochs"] == 6
     assert final["summary"]["best_epoch"] >= 1 and final["attempts"] == 1
+    # Where the job's time went: each phase timed, the epochs' own time inside the training phase.
+    phases = final["summary"]["phases"]
+    assert {"data", "model", "reference", "training", "updates", "checkpoints", "writes", "diagnosis"} <= set(
+        phases
+    )
+    assert 0 < phases["updates"] <= phases["training"]
+    assert final["summary"]["phases"].get("spectra", 0) > 0  # tiny_spec keeps the final spectrum
 
     series = {s["name"]: s for s in sdk.metrics(job["id"])["series"]}
     for split in ("train", "val", "test"):

@@ -16,6 +16,7 @@ from models.db import session_scope, with_retries
 from models.metrics import Point, delete_after
 from models.settings import get_settings
 from models.spec import JobSpec
+from models.summary import RunSummary
 from models.tables import Checkpoint, utcnow
 from sweeps.runtime import admit_trial, is_trial, on_job_finished
 from worker.data import Prepared
@@ -28,6 +29,7 @@ from worker.finetune import initialize_from_parent
 from worker.jobdata import prepare_data
 from worker.lifecycle import Claim, Heartbeat, LeaseLost, fenced_update, finish, run_claimed
 from worker.metric_writer import MetricWriter
+from worker.phases import PhaseClock
 from worker.spectra import record_spectrum
 from worker.training import StopTraining, Trainer, resolve_device
 
@@ -38,9 +40,10 @@ class DbRecorder:
     """Hands metric points and progress to the job's metric writer (worker.metric_writer), which
     commits them on its own thread; flushes it before anything that must find them stored."""
 
-    def __init__(self, claim: Claim, heartbeat: Heartbeat) -> None:
+    def __init__(self, claim: Claim, heartbeat: Heartbeat, clock: PhaseClock) -> None:
         self.claim = claim
         self.heartbeat = heartbeat
+        self.clock = clock
         settings = get_settings()
         self.writer = MetricWriter(
             claim, batch_points=settings.metric_flush_points, queue_batches=settings.metric_queue_batches
@@ -62,6 +65,12 @@ class DbRecorder:
         return self.heartbeat.reason
 
     def save_checkpoint(
+        self, kind: str, epoch: int, step: int, val_loss: float | None, payload: bytes
+    ) -> None:
+        with self.clock.phase("checkpoints"):
+            self._save_checkpoint(kind, epoch, step, val_loss, payload)
+
+    def _save_checkpoint(
         self, kind: str, epoch: int, step: int, val_loss: float | None, payload: bytes
     ) -> None:
         # Everything logged up to this checkpoint is stored durably before it: a resume from it
@@ -115,7 +124,8 @@ class DbRecorder:
         """A spectrum that fails is reported in the summary; it never fails the training run."""
         self.writer.flush()  # the spectrum row refers to metrics already stored
         try:
-            record_spectrum(self.claim, trainer, epoch, reason)
+            with self.clock.phase("spectra"):
+                record_spectrum(self.claim, trainer, epoch, reason)
         except LeaseLost:
             raise
         except Exception as exc:
@@ -170,25 +180,33 @@ def run_job(job_id: str) -> str:
 
 def _train(job_claim: Claim, heartbeat: Heartbeat) -> str:
     spec = job_claim.spec
+    clock = PhaseClock()
     phase = "preparing the data"  # named in the job's error if this step fails
     recorder: DbRecorder | None = None
     try:
         configure_torch(spec)
         device = resolve_device(spec.resources.device)
-        data = prepare_data(spec, job_claim.project_id)
+        with clock.phase("data"):
+            data = prepare_data(spec, job_claim.project_id)
         phase = "building the model"
-        recorder = DbRecorder(job_claim, heartbeat)
-        trainer = Trainer(spec, data, recorder, device)
-        parent = initialize_from_parent(trainer, job_claim.project_id)
-        reference = reference_scores(data, spec.seed)
+        recorder = DbRecorder(job_claim, heartbeat, clock)
+        with clock.phase("model"):
+            trainer = Trainer(spec, data, recorder, device)
+            parent = initialize_from_parent(trainer, job_claim.project_id)
+        with clock.phase("reference"):
+            reference = reference_scores(data, spec.seed)
         # What the diagnosis needs besides metrics (data facts, the reference scores) is stored at
         # the start, so provisional diagnoses at checkpoints can read it while the job runs.
         early = trainer.run_summary().model_copy(update={"reference": reference, "init_from": parent})
-        update_job(job_claim, device=str(device), summary=early.as_row())
+        with clock.phase("writes"):
+            update_job(job_claim, device=str(device), summary=early.as_row())
         phase = "training"
         resume_if_possible(job_claim, trainer)
-        trainer.fit()
-        recorder.close()  # every point stored before the job can be diagnosed and finished
+        with clock.phase("training"):
+            trainer.fit()
+        with clock.phase("writes"):
+            recorder.close()  # every point stored before the job can be diagnosed and finished
+        clock.add("updates", trainer.timing["epoch_seconds"])
         summary = trainer.run_summary()
         summary.reference, summary.init_from = reference, parent
         if recorder.analysis_errors:
@@ -218,15 +236,27 @@ def _train(job_claim: Claim, heartbeat: Heartbeat) -> str:
         log.exception("job %s: %s failed", job_claim.job_id, phase)
         finish(job_claim, "failed", error=describe_failure(exc, phase))
         return "failed"
-    # The verdict is stored before the status turns succeeded, so a client that sees a finished job
-    # also sees its diagnosis, probe runs included.
-    update_job(job_claim, summary=summary.as_row())
-    # A sweep's trials are compared with each other (deeper_is_worse, the leaderboard): no probes.
-    probes = None if is_trial(job_claim.job_id) else probe_safely(job_claim, data, device)
-    if probes is not None:
-        summary.probes = probes
+    return _conclude(job_claim, summary, clock, data, device)
+
+
+def _conclude(
+    job_claim: Claim, summary: RunSummary, clock: PhaseClock, data: Prepared, device: torch.device
+) -> str:
+    """After training: probes, the verdict, then ``succeeded``. The verdict is stored before the
+    status turns succeeded, so a client that sees a finished job also sees its diagnosis, probe runs
+    included."""
+    with clock.phase("writes"):
         update_job(job_claim, summary=summary.as_row())
-    diagnose_safely(job_claim)
+    # A sweep's trials are compared with each other (deeper_is_worse, the leaderboard): no probes.
+    if not is_trial(job_claim.job_id):
+        with clock.phase("probes"):
+            probes = probe_safely(job_claim, data, device)
+        if probes is not None:
+            summary.probes = probes
+            update_job(job_claim, summary=summary.as_row())
+    with clock.phase("diagnosis"):
+        diagnose_safely(job_claim)
+    summary.phases = dict(clock.seconds)  # the finishing write itself is the rest of the job's time
     finish(job_claim, "succeeded", summary=summary)
     return "succeeded"
 
