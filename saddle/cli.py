@@ -18,14 +18,17 @@ import click
 # no docstring of its own). A command's module is imported only when the command runs, so a client
 # command never loads the server, `saddle api` never loads torch and `saddle --help` loads neither.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "api": ("saddle.commands.service:api", "Run the HTTP API (uvicorn)"),
+    "api": ("saddle.commands.server:api", "Run the HTTP API (uvicorn)"),
     "worker": ("saddle.commands.worker:run_worker", "Run a Celery training worker"),
     "reaper": (
-        "saddle.commands.service:reaper",
+        "saddle.commands.reaper:reaper",
         "Re-queue jobs whose worker or broker was lost (the API runs one too)",
     ),
-    "migrate": ("saddle.commands.service:migrate", "Create or upgrade the database schema (alembic upgrade)"),
-    "token": ("saddle.commands.service:token", "API tokens"),
+    "migrate": (
+        "saddle.commands.database:migrate",
+        "Create or upgrade the database schema (alembic upgrade)",
+    ),
+    "token": ("saddle.commands.database:token", "API tokens"),
     "submit": ("saddle.commands.client:submit", "Submit a JobSpec (YAML or JSON file, - for stdin)"),
     "ls": ("saddle.commands.client:list_jobs", "List jobs, newest first"),
     "show": ("saddle.commands.client:show", "A job's status, spec highlights, progress and result"),

@@ -1,6 +1,6 @@
 """The CLI's output and start-up without a server: tables and progress on a real terminal (a pty)
 and in a pipe, NO_COLOR, and what a command imports (a client command loads neither the server
-nor torch; `saddle api` loads no torch). Each check runs Python in a fresh subprocess."""
+nor torch; only the worker's command loads torch). Each check runs Python in a fresh subprocess."""
 
 from __future__ import annotations
 
@@ -135,6 +135,11 @@ def test_client_commands_and_help_load_neither_the_server_nor_torch() -> None:
     assert loaded_after("ls", "--api", "http://127.0.0.1:1", "--token", "x") == (4, [])
 
 
-def test_the_api_command_loads_no_torch() -> None:
-    exit_code, loaded = loaded_after("api", "--help")
-    assert exit_code == 0 and "torch" not in loaded and "sqlalchemy" in loaded
+def test_only_the_worker_command_loads_torch() -> None:
+    """The API, the reaper, migrations and tokens run without torch: only their own modules load."""
+    code = """
+    import json, sys
+    import saddle.commands.database, saddle.commands.reaper, saddle.commands.server
+    print(json.dumps("torch" in sys.modules))
+    """
+    assert json.loads(in_a_pipe(code).stdout) is False

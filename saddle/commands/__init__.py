@@ -1,6 +1,6 @@
-"""The commands of ``saddle``, a module per kind: ``client`` (they talk to the API), ``service`` (run
-the API, the reaper, migrations; make tokens) and ``worker`` (the training worker, which loads
-torch); ``saddle demo`` lives with the demo. ``saddle.cli`` imports a module only when one of its
+"""The commands of ``saddle``, in modules by what they import: ``client`` (they talk to the API),
+``server`` (the API, under uvicorn), ``database`` (migrations, tokens), ``reaper`` (the sweeps'
+samplers) and ``worker`` (torch); ``saddle demo`` lives with the demo. ``saddle.cli`` imports a module only when one of its
 commands runs, so ``saddle ls`` never loads the server and ``saddle api`` never loads torch.
 
 Exit codes a script can rely on: 0 ok; 1 the job failed or was cancelled (submit --watch, remedy
