@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import tenacity
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -78,25 +78,27 @@ def with_retries(work, attempts: int | None = None, first_delay: float = 0.25): 
     managed database's failover.
     """
     attempts = attempts or get_settings().db_retry_attempts
-    delay = first_delay
-    for attempt in range(attempts):
-        try:
-            return work()
-        except OperationalError as exc:
-            if attempt == attempts - 1:
-                raise
-            last = exc
-        except DBAPIError as exc:
-            if not exc.connection_invalidated or attempt == attempts - 1:
-                raise
-            last = exc
-        log.warning(
-            "database connection lost (%s); retry %d of %d in %.2f s",
-            type(last.orig or last).__name__,
-            attempt + 1,
-            attempts - 1,
-            delay,
-        )
-        time.sleep(delay)
-        delay = min(delay * 2, 5.0)
-    raise last  # pragma: no cover - the loop always returns or raises
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(connection_lost),
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_exponential(multiplier=first_delay, max=5.0),
+        before_sleep=lambda state: _say_retry(state, attempts),
+        reraise=True,  # the database's own error, not tenacity's RetryError
+    )
+    return retrying(work)
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """A restarted Postgres or a dropped socket, as opposed to an error in the statement."""
+    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def _say_retry(state: tenacity.RetryCallState, attempts: int) -> None:
+    exc = state.outcome.exception()
+    log.warning(
+        "database connection lost (%s); retry %d of %d in %.2f s",
+        type(exc.orig or exc).__name__,
+        state.attempt_number,
+        attempts - 1,
+        state.next_action.sleep,
+    )
