@@ -54,6 +54,14 @@ _ENGINE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], bool, dict[
 )
 
 MAX_CHUNK_ELEMENTS = 1 << 24  # batches are merged into chunks of at most this many input elements
+# Activations bound a chunk too: a ResNet-18 holds ~1.5 million activation values per 32x32 image,
+# 500 times the image, so 2,048 images are ~3 billion values per pass. A chunk gets the rows whose
+# activations fit the budget: on CUDA the free memory over HVP_ACTIVATION_COPIES (a forward-over-
+# reverse product keeps the activations, their tangents, and the backward pass's gradients and
+# their tangents: four copies, and as much again for cuDNN workspaces and the allocator's slack);
+# on a CPU a fixed CPU_ACTIVATION_ELEMENTS (1 GiB of float32 per copy).
+HVP_ACTIVATION_COPIES = 8
+CPU_ACTIVATION_ELEMENTS = 1 << 28
 
 
 @dataclass
@@ -146,11 +154,63 @@ def _mergeable(a: tuple[Any, Any], b: tuple[Any, Any]) -> bool:
     return same(a[0], b[0]) and same(a[1], b[1])
 
 
-def _chunks(batches: list[tuple[Any, Any]], merge: bool, max_elements: int) -> list[_Chunk]:
-    """Merge consecutive compatible batches, so that one HVP is one pass over few large tensors."""
+def _rows(x: Any, start: int, stop: int) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x[start:stop]
+    return type(x)(_rows(v, start, stop) for v in x)
+
+
+def _split(batches: list[tuple[Any, Any]], max_rows: int) -> list[tuple[Any, Any]]:
+    """Batches of more than ``max_rows`` rows cut into pieces of at most that many."""
+    out = []
+    for x, y in batches:
+        n = _size(x)
+        out += [(_rows(x, i, i + max_rows), _rows(y, i, i + max_rows)) for i in range(0, n, max_rows)]
+    return out
+
+
+@torch.no_grad()
+def activation_elements(model: nn.Module, x: Any) -> int:
+    """Values the model's layers output for one row of ``x`` (the sum over leaf modules of their
+    outputs' sizes): what an HVP keeps per row, a few times over."""
+    total = 0
+
+    def count(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel()
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    modes = _eval_mode(model)  # one row: batch norm on its running statistics, which stay as they are
+    try:
+        model(*(x[:1],) if isinstance(x, torch.Tensor) else tuple(_rows(v, 0, 1) for v in x))
+    finally:
+        for h in hooks:
+            h.remove()
+        for module, training in modes:
+            module.training = training
+    return max(1, total)
+
+
+def activation_budget(device: torch.device) -> int:
+    """Activation values one chunk's pass may hold on ``device`` (see HVP_ACTIVATION_COPIES)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free // (4 * HVP_ACTIVATION_COPIES)
+    return CPU_ACTIVATION_ELEMENTS
+
+
+def _chunks(
+    batches: list[tuple[Any, Any]], merge: bool, max_elements: int, max_rows: int | None = None
+) -> list[_Chunk]:
+    """Merge consecutive compatible batches, so that one HVP is one pass over few large tensors; a
+    chunk holds at most ``max_elements`` input values and ``max_rows`` rows (bigger batches are cut)."""
     total = sum(_size(b[0]) for b in batches)
     if total == 0:
         raise ValueError("spectrum needs at least one sample")
+    if max_rows is not None:
+        batches = _split(batches, max_rows)
     groups: list[list[tuple[Any, Any]]] = []
     for batch in batches:
         last = groups[-1] if groups else None
@@ -158,6 +218,7 @@ def _chunks(batches: list[tuple[Any, Any]], merge: bool, max_elements: int) -> l
             last is not None
             and _mergeable(last[0], batch)
             and sum(b[0].numel() for b in last) + batch[0].numel() <= max_elements
+            and (max_rows is None or sum(_size(b[0]) for b in last) + _size(batch[0]) <= max_rows)
         )
         if merge and fits and last is not None:
             last.append(batch)
@@ -193,11 +254,14 @@ class _HessianOperator:
         dtype: torch.dtype | None,
         mode: HvpMode,
         vmap_chunk: int,
+        row_elements: int = 1,
+        budget: int = CPU_ACTIVATION_ELEMENTS,
     ) -> None:
         named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("the model has no parameters with requires_grad=True")
         self.model, self.loss_fn, self.chunks, self.vmap_chunk = model, loss_fn, chunks, vmap_chunk
+        self.row_elements, self.budget = row_elements, budget  # activations per row, per pass
         self.names = [k for k, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.sizes = [p.numel() for _, p in named]
@@ -253,8 +317,13 @@ class _HessianOperator:
             g, loss, hv = one(vs[0])
             return g, loss, hv[None]
         # Vectors at once multiply the pass's memory: no more of them than keep the vectors times the
-        # chunk's input elements within the chunk bound (a 5,000-image CIFAR chunk: one at a time).
-        at_once = max(1, min(self.vmap_chunk, MAX_CHUNK_ELEMENTS // max(1, _size(chunk.inputs))))
+        # chunk's input elements within the chunk bound (a 5,000-image CIFAR chunk: one at a time),
+        # and the vectors times the chunk's activations within the activation budget.
+        rows = max(1, _size(chunk.inputs))
+        at_once = max(
+            1,
+            min(self.vmap_chunk, MAX_CHUNK_ELEMENTS // rows, self.budget // (rows * self.row_elements)),
+        )
         g, loss, hv = vmap(one, chunk_size=at_once)(vs)
         return g[0], loss[0], hv
 
@@ -696,6 +765,7 @@ def spectrum(
     density_sigma: float | None = None,
     merge_batches: bool = True,
     vmap_chunk: int = 64,
+    max_activations: int | None = None,
 ) -> SpectrumResult:
     """Extreme eigenvalues (and trace, density, escape direction) of the Hessian of the mean loss.
 
@@ -709,6 +779,11 @@ def spectrum(
     ``exact_threshold``: models with at most this many parameters get the full Hessian (one HVP per
     parameter); by default, exactly where that costs no more HVPs than Lanczos is predicted to need
     for what was asked (``lanczos_cost``), so the default is never the slower method.
+    ``max_activations``: activation values one pass may hold (default ``activation_budget`` of the
+    model's device); batches are cut and merged into chunks of the rows that fit, so a 2,048-image
+    batch of a ResNet-18 is several passes, not one that runs out of memory. Models in training
+    mode are measured in eval mode (batch norm on its running statistics: the Hessian of a fixed
+    function of the parameters, not one that moves with the batch).
     """
     if hvp_mode not in ("auto", "forward_over_reverse", "double_backward"):
         raise ValueError(f"unknown hvp_mode {hvp_mode!r}")
@@ -719,8 +794,11 @@ def spectrum(
         with torch.enable_grad():
             device = next(model.parameters()).device
             prepared = [(_to(x, device, dtype), _to(y, device, dtype)) for x, y in data]
-            chunks = _chunks(prepared, merge_batches, MAX_CHUNK_ELEMENTS)
-            op = _HessianOperator(model, loss_fn, chunks, dtype, hvp_mode, vmap_chunk)
+            budget = max_activations or activation_budget(device)
+            per_row = activation_elements(model, _to(data[0][0], device, None)) if data else 1
+            max_rows = max(1, budget // per_row)
+            chunks = _chunks(prepared, merge_batches, MAX_CHUNK_ELEMENTS, max_rows)
+            op = _HessianOperator(model, loss_fn, chunks, dtype, hvp_mode, vmap_chunk, per_row, budget)
             top_k, bottom_k = min(top_k, op.n), min(bottom_k, op.n)
             if exact_threshold is None:
                 wanted = (top_k, bottom_k, trace, trace_samples, density, density_runs * density_steps)

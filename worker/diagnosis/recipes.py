@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from models.patch import merge_patch
-from models.spec import JobSpec
+from models.spec import RESNETS, JobSpec
 
 # The same model, trained the way a practitioner starts: Adam at 3e-3, standardized features,
 # shuffled rows, the default initialization, no schedule, noise or clipping.
@@ -21,8 +21,11 @@ RECIPE: dict[str, Any] = {
 
 def larger_model(spec: JobSpec) -> dict[str, Any]:
     """Twice the width and one more layer, ReLU; a linear model (or a stack of identity layers, a
-    linear model in disguise) becomes a two-layer ReLU network."""
+    linear model in disguise) becomes a two-layer ReLU network; a resnet, the next deeper resnet."""
     model = spec.model
+    if model.arch in RESNETS:  # the next deeper built-in (resnet50 is the largest)
+        deeper = RESNETS[min(RESNETS.index(model.arch) + 1, len(RESNETS) - 1)]
+        return {"model": {"arch": deeper, "activation": "relu", "dropout": 0.0}}
     if model.arch == "linear" or model.activation == "identity":
         return {"model": {"arch": "mlp", "hidden": [64, 64], "activation": "relu", "dropout": 0.0}}
     hidden = [min(4096, 2 * h) for h in model.hidden] or [64]

@@ -28,6 +28,7 @@ import numpy as np
 
 from models.findings import Finding
 from models.numeric import EDGE_OF_STABILITY, rounded
+from models.spec import RESNETS
 from worker.diagnosis.evidence import Evidence
 
 # "Clearly better", the same as the benchmark's counterfactual definition: at most 70% of the loss,
@@ -450,17 +451,39 @@ def layer_rms(ev: Evidence) -> list[tuple[str, float]]:
     return out
 
 
+RESNET_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "fc")
+
+
+def stage_rms(ev: Evidence) -> list[tuple[str, float]]:
+    """A resnet's gradient RMS per residual stage (the stem conv, layer1..layer4, the classifier):
+    the root of its weight tensors' summed squared gradient norms over their summed sizes."""
+    sizes = ev.summary.get("layer_sizes") or {}
+    squares: dict[str, float] = {}
+    elements: dict[str, int] = {}
+    for name, values in ev.layer_grad_norms().items():
+        v = values[np.isfinite(values)]
+        if len(v):
+            stage = "stem" if name.startswith("conv1") else name.split(".")[0]
+            squares[stage] = squares.get(stage, 0.0) + float(np.mean(v)) ** 2
+            elements[stage] = elements.get(stage, 0) + max(1, sizes.get(name, 1))
+    return [(s, math.sqrt(squares[s] / elements[s])) for s in RESNET_STAGES if s in squares]
+
+
 def gradient_flow(ev: Evidence) -> Finding | None:
-    """Vanishing or exploding gradients across depth (needs ≥ 2 hidden layers).
+    """Vanishing or exploding gradients across depth (an mlp with ≥ 2 hidden layers, or a resnet).
 
     The first layer's gradient RMS against the last layer's: below 1/100 it learns two orders of
     magnitude slower than the head (vanishing); above 100 the early layers get steps the head's
     scale cannot absorb (exploding). A factor 100 is well outside what initialization schemes that
-    preserve variance (Glorot, He) produce, which keep the ratio near 1.
+    preserve variance (Glorot, He) produce, which keep the ratio near 1. A resnet is read per
+    residual stage (stem, layer1..layer4, fc): one stage's tensors together.
     """
-    if len(ev.spec.model.hidden) < 2 or ev.spec.model.arch != "mlp":
+    if ev.spec.model.arch in RESNETS:
+        rms = stage_rms(ev)
+    elif len(ev.spec.model.hidden) < 2 or ev.spec.model.arch != "mlp":
         return None
-    rms = layer_rms(ev)
+    else:
+        rms = layer_rms(ev)
     if len(rms) < 3:
         return None
     (first_name, first), (last_name, last) = rms[0], rms[-1]
@@ -473,7 +496,7 @@ def gradient_flow(ev: Evidence) -> Finding | None:
         "first_over_last_rms": _r(ratio),
         "grad_rms_per_layer": {name: _r(v) for name, v in rms},
         "activation": ev.spec.model.activation,
-        "depth": len(ev.spec.model.hidden),
+        "depth": len(rms) - 1 if ev.spec.model.arch in RESNETS else len(ev.spec.model.hidden),
     }
     if ratio < 1e-2:
         return Finding(
@@ -505,6 +528,8 @@ def units(ev: Evidence, underfit: bool) -> list[Finding]:
     within 2% of its limits on ≥ 90% of rows: the local derivative is then < 0.04 of its peak), at
     the end of training. A layer with half of its units in that state has lost half its width."""
     found = []
+    # A convolution's units are its channels (worker.training.unit_statistics).
+    units = "channels" if ev.spec.model.arch in ("cnn", *RESNETS) else "units"
     dead = {k: v for k, v in ev.unit_fractions("dead").items() if v >= 0.5}
     init = ev.spec.model.init
     # Units dead from the start come from the initialization (negative biases, a bad scale): reset it.
@@ -516,7 +541,7 @@ def units(ev: Evidence, underfit: bool) -> list[Finding]:
                 severity="warning",
                 confidence=confidence(max(dead.values()), 0.5),
                 evidence={"dead_fraction_per_layer": dead},
-                recommendation="Half or more of the units in a layer never activate, so they pass no gradient. "
+                recommendation=f"Half or more of the {units} in a layer never activate, so they pass no gradient. "
                 + (
                     "The initialization put them there: use the default one."
                     if from_init
@@ -544,7 +569,7 @@ def units(ev: Evidence, underfit: bool) -> list[Finding]:
                 severity="warning",
                 confidence=confidence(max(sat.values()), 0.5),
                 evidence={"saturated_fraction_per_layer": sat},
-                recommendation="Most units of a layer sit at the flat ends of their activation, where the "
+                recommendation=f"Most {units} of a layer sit at the flat ends of their activation, where the "
                 "derivative is nearly zero. Scale the inputs, or use ReLU.",
                 patch=patch,
                 blames_optimizer=underfit and driven,
