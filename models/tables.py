@@ -346,3 +346,15 @@ class Diagnosis(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (Index("ix_diagnoses_code", "code"),)
+
+
+class WorkerArchitectures(Base):
+    """The model architectures one live worker can build (built-ins and its ``saddle.models``
+    plug-ins), refreshed by the worker while it runs; the API reads them to validate ``model.arch``
+    without importing any plug-in (models.archs)."""
+
+    __tablename__ = "worker_architectures"
+
+    worker: Mapped[str] = mapped_column(String(200), primary_key=True)  # Celery hostname
+    archs: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
