@@ -37,17 +37,15 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-PG_SERVER = os.environ.get("SADDLE_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
-REDIS_URL = os.environ.get("SADDLE_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+from benchmarks.service import Service, running_service  # noqa: E402
+
 CONCURRENCY = 2
 OVERHEAD_TARGET = 0.10
 LATENCY_TARGET_MS = 100.0
@@ -62,15 +60,6 @@ TINY = {
     "epochs": 2,
     "analysis": {"hessian": {"every_epochs": 0, "samples": 64}},
 }
-
-
-def admin(sql: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(sql))
-    engine.dispose()
 
 
 def sweep_body(name: str, trials: int, epochs: int) -> dict[str, Any]:
@@ -216,130 +205,86 @@ def main() -> int:
     parser.add_argument("--keep-db", action="store_true", help="do not drop the benchmark database")
     args = parser.parse_args()
 
-    run_id = uuid.uuid4().hex[:8]
-    db = f"saddle_bench_sweep_{run_id}"
-    tmp = Path(tempfile.mkdtemp(prefix=f"saddle-bench-sweep-{run_id}-"))
-    env = {
-        "SADDLE_DATABASE_URL": f"{PG_SERVER}/{db}",
-        "SADDLE_BROKER_URL": REDIS_URL,
-        "SADDLE_QUEUE": f"saddle-bench-sweep-{run_id}",
-        "SADDLE_ARTIFACTS": str(tmp / "artifacts"),
-        "SADDLE_TORCH_THREADS": "1",  # two training processes on two cores
-    }
-    os.environ.update(env)  # before models.settings is first read
+    with running_service("sweep", workers=CONCURRENCY, keep=args.keep_db) as service:
+        return timed_sweep(service, args)
 
-    import httpx
-    import redis
 
-    from api.auth import create_token
-    from migrations import run_upgrade
-    from models.db import _engines, session_scope
-    from saddle import processes
+def timed_sweep(service: Service, args: argparse.Namespace) -> int:
+    http, tmp = service.http, service.tmp
+    # The machine may be shared: the load average says how much else competed for its cores.
+    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
 
-    admin(f'CREATE DATABASE "{db}"')
-    procs = []
-    try:
-        run_upgrade(env["SADDLE_DATABASE_URL"])
-        with session_scope() as session:
-            token = create_token(session, "bench", "bench")[1]
-        child_env = {**os.environ, **env}
-        for i in range(2):
-            log = tmp / f"worker{i}.log"
-            procs.append(processes.start_worker(child_env, log, concurrency=1, name=f"bench{i}-{run_id}"))
-            processes.wait_worker_ready(log, process=procs[-1], timeout=120)
-        port = processes.free_port()
-        procs.append(processes.start_api(child_env, port, tmp / "api.log"))
-        processes.wait_ready(f"http://127.0.0.1:{port}/healthz", process=procs[-1])
-        http = httpx.Client(
-            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=60
-        )
-        print(f"database {db}, queue {env['SADDLE_QUEUE']}, logs in {tmp}")
-        # The machine may be shared: the load average says how much else competed for its cores.
-        print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
+    print("warm-up sweep: 4 trials")
+    run_sweep(http, sweep_body("warm-up", 4, args.epochs))
 
-        print("warm-up sweep: 4 trials")
-        run_sweep(http, sweep_body("warm-up", 4, args.epochs))
+    print(
+        f"timed sweep: {args.trials} trials of {args.epochs} epochs, random, max_concurrency {CONCURRENCY},"
+        " 2 worker processes"
+    )
+    load_before = os.getloadavg()[0]
+    started = time.monotonic()
+    sweep = run_sweep(http, sweep_body("bench", args.trials, args.epochs))
+    client_wall = time.monotonic() - started
+    load_after = os.getloadavg()[0]
+    t = timings(sweep["id"])
+    n = max(1, t["trials"])
+    diagnosis = diagnosis_seconds(t["job_ids"]) if t["job_ids"] else 0.0
+    n_plain = min(len(t["job_ids"]), args.plain_jobs or max(40, args.trials // 10))
+    print(f"the specs of {n_plain} trials again, as plain jobs submitted at once")
+    sample = t["job_ids"][:: max(1, len(t["job_ids"]) // n_plain)][:n_plain]
+    plain = rerun_as_plain_jobs(http, sample)
+    load_plain = os.getloadavg()[0]
+    deferred = sum(
+        (tmp / f"worker{i}.log").read_text(errors="replace").count("runs max_concurrency trials; deferred")
+        for i in range(2)
+    )
+    ideal = t["work"] / CONCURRENCY
+    overhead = t["wall"] / ideal - 1
+    # Each trial's run time scaled by how much faster its plain twin ran (slower: the same).
+    scale = min(1.0, plain["plain_mean"] / plain["trial_mean"])
+    vs_plain = t["wall"] / (t["work"] * scale / CONCURRENCY) - 1
+    strict = t["wall"] / ((t["work"] - n * diagnosis) / CONCURRENCY) - 1
+    gap = (t["wall"] * CONCURRENCY - t["work"]) / n * 1000
+    print(
+        f"load average {load_before:.1f} before the sweep, {load_after:.1f} after (1-minute, {os.cpu_count()} cores)"
+    )
+    print(f"status {sweep['status']}: {t['succeeded']}/{t['trials']} trials succeeded")
+    print(f"wall (sweep clock)                  {t['wall']:8.1f} s   (client-side {client_wall:.1f} s)")
+    print(f"sum of trial run times              {t['work']:8.1f} s   ({t['work'] / n * 1000:.0f} ms a trial)")
+    print(f"ideal (sum / {CONCURRENCY})                     {ideal:8.1f} s")
+    print(
+        f"scheduling overhead                 {overhead * 100:8.1f} %   (target <= {OVERHEAD_TARGET * 100:.0f}%)"
+    )
+    print(
+        f"  per trial and slot: {gap:.0f} ms from a job's end to the next one's start; trials recorded"
+        f" {t['lag'] / n * 1000:.0f} ms after their job's end (off the critical path); {deferred} deliveries deferred"
+    )
+    print(
+        f"  against plain twins: {n_plain} trials' specs rerun as plain jobs took {plain['plain_mean'] * 1000:.0f} ms"
+        f" against {plain['trial_mean'] * 1000:.0f} ms as trials (load {load_plain:.1f}; their own overhead"
+        f" {plain['overhead'] * 100:.1f}%); trial times scaled down to theirs: {vs_plain * 100:.1f} %"
+    )
+    print(
+        f"  counting each trial's diagnosis ({diagnosis * 1000:.0f} ms, re-run on 20 trials) as overhead too:"
+        f" {strict * 100:.1f} %"
+    )
 
-        print(
-            f"timed sweep: {args.trials} trials of {args.epochs} epochs, random, max_concurrency {CONCURRENCY},"
-            " 2 worker processes"
-        )
-        load_before = os.getloadavg()[0]
-        started = time.monotonic()
-        sweep = run_sweep(http, sweep_body("bench", args.trials, args.epochs))
-        client_wall = time.monotonic() - started
-        load_after = os.getloadavg()[0]
-        t = timings(sweep["id"])
-        n = max(1, t["trials"])
-        diagnosis = diagnosis_seconds(t["job_ids"]) if t["job_ids"] else 0.0
-        n_plain = min(len(t["job_ids"]), args.plain_jobs or max(40, args.trials // 10))
-        print(f"the specs of {n_plain} trials again, as plain jobs submitted at once")
-        sample = t["job_ids"][:: max(1, len(t["job_ids"]) // n_plain)][:n_plain]
-        plain = rerun_as_plain_jobs(http, sample)
-        load_plain = os.getloadavg()[0]
-        deferred = sum(
-            (tmp / f"worker{i}.log")
-            .read_text(errors="replace")
-            .count("runs max_concurrency trials; deferred")
-            for i in range(2)
-        )
-        ideal = t["work"] / CONCURRENCY
-        overhead = t["wall"] / ideal - 1
-        # Each trial's run time scaled by how much faster its plain twin ran (slower: the same).
-        scale = min(1.0, plain["plain_mean"] / plain["trial_mean"])
-        vs_plain = t["wall"] / (t["work"] * scale / CONCURRENCY) - 1
-        strict = t["wall"] / ((t["work"] - n * diagnosis) / CONCURRENCY) - 1
-        gap = (t["wall"] * CONCURRENCY - t["work"]) / n * 1000
-        print(
-            f"load average {load_before:.1f} before the sweep, {load_after:.1f} after (1-minute, {os.cpu_count()} cores)"
-        )
-        print(f"status {sweep['status']}: {t['succeeded']}/{t['trials']} trials succeeded")
-        print(f"wall (sweep clock)                  {t['wall']:8.1f} s   (client-side {client_wall:.1f} s)")
-        print(
-            f"sum of trial run times              {t['work']:8.1f} s   ({t['work'] / n * 1000:.0f} ms a trial)"
-        )
-        print(f"ideal (sum / {CONCURRENCY})                     {ideal:8.1f} s")
-        print(
-            f"scheduling overhead                 {overhead * 100:8.1f} %   (target <= {OVERHEAD_TARGET * 100:.0f}%)"
-        )
-        print(
-            f"  per trial and slot: {gap:.0f} ms from a job's end to the next one's start; trials recorded"
-            f" {t['lag'] / n * 1000:.0f} ms after their job's end (off the critical path); {deferred} deliveries deferred"
-        )
-        print(
-            f"  against plain twins: {n_plain} trials' specs rerun as plain jobs took {plain['plain_mean'] * 1000:.0f} ms"
-            f" against {plain['trial_mean'] * 1000:.0f} ms as trials (load {load_plain:.1f}; their own overhead"
-            f" {plain['overhead'] * 100:.1f}%); trial times scaled down to theirs: {vs_plain * 100:.1f} %"
-        )
-        print(
-            f"  counting each trial's diagnosis ({diagnosis * 1000:.0f} ms, re-run on 20 trials) as overhead too:"
-            f" {strict * 100:.1f} %"
-        )
+    url = f"/v1/sweeps/{sweep['id']}"
+    rows = [
+        (f"GET /v1/sweeps/{{id}}, {t['trials']} trials", latency(http, url)),
+        ("GET /v1/sweeps/{id}, 100-trial page", latency(http, url, {"trials_limit": 100})),
+        ("GET /v1/sweeps (list)", latency(http, "/v1/sweeps")),
+    ]
+    worst = 0.0
+    for label, (median, p95, size) in rows:
+        print(f"{label:45s} median {median:6.1f} ms  p95 {p95:6.1f} ms  ({size / 1024:.0f} KiB)")
+        worst = max(worst, p95)
 
-        url = f"/v1/sweeps/{sweep['id']}"
-        rows = [
-            (f"GET /v1/sweeps/{{id}}, {t['trials']} trials", latency(http, url)),
-            ("GET /v1/sweeps/{id}, 100-trial page", latency(http, url, {"trials_limit": 100})),
-            ("GET /v1/sweeps (list)", latency(http, "/v1/sweeps")),
-        ]
-        worst = 0.0
-        for label, (median, p95, size) in rows:
-            print(f"{label:45s} median {median:6.1f} ms  p95 {p95:6.1f} ms  ({size / 1024:.0f} KiB)")
-            worst = max(worst, p95)
-
-        ok_overhead = sweep["status"] == "succeeded" and overhead <= OVERHEAD_TARGET
-        ok_latency = worst < LATENCY_TARGET_MS
-        print(f"{'PASS' if ok_overhead else 'FAIL'} scheduling overhead {overhead * 100:.1f}% <= 10%")
-        print(f"{'PASS' if ok_latency else 'FAIL'} sweep endpoints p95 {worst:.1f} ms < 100 ms")
-        return 0 if ok_overhead and ok_latency else 1
-    finally:
-        for proc in procs:
-            processes.stop(proc)
-        for engine in _engines.values():
-            engine.dispose()
-        if not args.keep_db:
-            admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        redis.Redis.from_url(REDIS_URL).delete(env["SADDLE_QUEUE"])
+    ok_overhead = sweep["status"] == "succeeded" and overhead <= OVERHEAD_TARGET
+    ok_latency = worst < LATENCY_TARGET_MS
+    print(f"{'PASS' if ok_overhead else 'FAIL'} scheduling overhead {overhead * 100:.1f}% <= 10%")
+    print(f"{'PASS' if ok_latency else 'FAIL'} sweep endpoints p95 {worst:.1f} ms < 100 ms")
+    return 0 if ok_overhead and ok_latency else 1
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ class RunSummary(BaseModel):
     phases: dict[str, float] | None = Field(
         None,
         description="seconds per phase of the job (worker.phases): data, model, reference, training "
-        "(of which updates, spectra, checkpoints), writes, probes, diagnosis",
+        "(of which updates, spectra, checkpoints, provisional_diagnosis), writes, probes, diagnosis",
     )
     # ----- a batch-size timing study (worker.timing)
     study: dict[str, Any] | None = None

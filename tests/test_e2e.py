@@ -59,16 +59,19 @@ def test_metrics_filters_and_downsampling_over_http(sdk: Client) -> None:
 
 
 def test_cancel_stops_a_running_job(sdk: Client) -> None:
-    spec = tiny_spec(name="e2e-cancel", epochs=2000, batch_size=1)
+    spec = tiny_spec(name="e2e-cancel", epochs=2000, batch_size=1, checkpoints={"every_epochs": 1000})
     job = sdk.submit(spec)
     deadline = time.monotonic() + 120
-    while sdk.job(job["id"])["status"] != "running":
-        assert time.monotonic() < deadline, "job never started"
+    # Two epochs in: a best checkpoint exists, held in memory until a periodic one (epoch 1000).
+    while sdk.job(job["id"])["progress"].get("epoch", 0) < 2:
+        assert time.monotonic() < deadline, "job never reached epoch 2"
         time.sleep(0.2)
     sdk.cancel(job["id"])
     final = sdk.wait(job["id"], timeout=60)
     assert final["status"] == "cancelled"
     assert final["progress"].get("epoch", 0) < 2000
+    # A clean stop stores the best weights it held.
+    assert "best" in {c["kind"] for c in sdk.checkpoints(job["id"])}
 
 
 def test_a_failing_job_ends_failed_with_its_error(sdk: Client) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+from threadpoolctl import threadpool_limits
 
 from worker.data import Prepared
 
@@ -39,6 +40,14 @@ def _subsample(n: int, cap: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def reference_scores(data: Prepared, seed: int) -> dict[str, Any]:
+    # One thread: the data are capped (MAX_TRAIN, MAX_VAL), and scikit-learn's OpenMP k-NN on every
+    # core of a worker that is busy training took 0.6-0.9 s on digits against 0.03 s on one thread
+    # (benchmarks/job_cost.py: it was 15% of a small job).
+    with threadpool_limits(limits=1):
+        return _reference_scores(data, seed)
+
+
+def _reference_scores(data: Prepared, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed + 11)
     tr = _subsample(len(data.y_train), MAX_TRAIN, rng)
     held_X, held_y = (data.X_val, data.y_val) if len(data.y_val) else (data.X_test, data.y_test)
