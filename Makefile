@@ -5,10 +5,14 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint install clean bench docs
 
-$(BIN)/saddle: pyproject.toml
+PLUGIN := examples/plugin/saddle-example-models
+
+# The example model plug-in is installed too: tests submit its arch by name (docs/models.md).
+$(BIN)/saddle: pyproject.toml $(PLUGIN)/pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e $(PLUGIN)
 	touch $(BIN)/saddle
 
 install: $(BIN)/saddle

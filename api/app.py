@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from api.limits import RequestLimits
-from api.routers import dashboard, datasets, health, jobs, observability, studies, sweeps
+from api.routers import architectures, dashboard, datasets, health, jobs, observability, studies, sweeps
 from api.schemas import ERROR_RESPONSES
 from dispatch.reaper import Reaper
 from models.errors import Conflict, DomainError, Invalid, NotFound, QuotaExceeded, TooLarge
@@ -127,6 +127,7 @@ def create_app() -> FastAPI:
     # The dashboard's page and scripts hold no data (it reads the API with the user's token): public.
     app.include_router(dashboard.router)
     app.include_router(sweeps.router, responses=ERROR_RESPONSES)
+    app.include_router(architectures.router, responses=ERROR_RESPONSES)
     return app
 
 

@@ -15,6 +15,7 @@ from celery.signals import task_prerun, worker_shutting_down
 from sweeps.runtime import connect_signals
 from worker.celery_app import ON_DEMAND_SPECTRUM, RUN_JOB, app
 from worker.lifecycle import DatabaseAway, ShuttingDown, stop_for_shutdown
+from worker.registry import connect_arch_reports
 from worker.runner import run_job
 from worker.spectra import on_demand_spectrum
 from worker.timing import BATCH_TIMING_TASK, run_study
@@ -54,6 +55,8 @@ def on_demand_spectrum_task(job_id: str, checkpoint_id: int, settings: dict) -> 
 
 # A sweep trial's worker also runs its pruning watcher (see sweeps.runtime).
 connect_signals()
+# The API validates model.arch against what live workers report (worker.registry).
+connect_arch_reports()
 
 
 # ----- shutdown: a worker asked to stop hands its running jobs back instead of finishing them

@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 
 from api.services.finetune import check_init_from
 from api.services.idempotency import check_same_body, commit_or_winner
+from models.arch_reports import available
+from models.archs import arch_problem
 from models.budget import budget_problems
 from models.dataset_refs import resolve_uploads
 from models.errors import Conflict, Invalid, NotFound, QuotaExceeded
@@ -54,9 +56,18 @@ def admit_spec(session: Session, *, project: Project, spec: JobSpec) -> JobSpec:
     and it fits the budget (models.budget). ``Invalid`` naming the field otherwise. Returns the spec
     to store: uploads named by name are named by id."""
     spec, shape = resolve_datasets(session, project=project, spec=spec)
+    check_architecture(session, spec=spec)
     check_budget(spec, shape)
     check_init_from(session, project=project, spec=spec)
     return spec
+
+
+def check_architecture(session: Session, *, spec: JobSpec) -> None:
+    """Invalid for a model.arch that no live worker offers (models.arch_reports), listing those
+    that are, and for a resnet on a built-in table."""
+    problem = arch_problem(spec, available(session))
+    if problem:
+        raise Invalid(problem)
 
 
 def check_queue_room(session: Session, *, project: Project, adding: int = 1) -> None:
