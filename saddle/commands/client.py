@@ -33,7 +33,7 @@ from saddle.specview import model_view, optimizer_view, schedule_view
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 STUDIES = ("depth", "batch-size", "batch-size-timing")
-idempotency_key = click.option("--idempotency-key", help="the same key never creates two")
+idempotency_option = click.option("--idempotency-key", help="the same key never creates two")
 watch_option = click.option("--watch", is_flag=True, help="show progress until it ends, then its result")
 
 
@@ -59,7 +59,7 @@ def print_or_json(api: Api, value: Any, text: Callable[[], None]) -> int:
     help="override a field, e.g. --set epochs=5 --set init_from.job=ID; repeatable",
 )
 @watch_option
-@idempotency_key
+@idempotency_option
 @api_command
 def submit(api: Api, spec: str, overrides: tuple[str, ...], watch: bool, idempotency_key: str | None) -> int:
     client = api.client()
@@ -302,7 +302,7 @@ def sweep() -> None:
 
 @sweep.command("create")
 @click.argument("file")
-@idempotency_key
+@idempotency_option
 @api_command
 def sweep_create(api: Api, file: str, idempotency_key: str | None) -> int:
     """Create a sweep from a YAML/JSON file."""
@@ -393,7 +393,7 @@ def print_sweep(state: dict[str, Any]) -> None:
 @click.argument("kind", type=click.Choice(STUDIES))
 @click.argument("file")
 @click.option("--watch", is_flag=True, help="follow it until it ends")
-@idempotency_key
+@idempotency_option
 @api_command
 def study(api: Api, kind: str, file: str, watch: bool, idempotency_key: str | None) -> int:
     """A checklist experiment in one call. FILE is the study's YAML/JSON body, e.g.
