@@ -30,11 +30,20 @@ def test_probes_run_inside_an_underfitting_job_within_a_quarter_of_its_time(sdk:
     )
     runs = job["summary"]["probes"]["runs"]
     assert runs["larger_model"]["patch"]["model"]["arch"] == "mlp" and runs["larger_model"]["train_loss"] > 0
-    # Inside the job: no sibling jobs, and each probe's budget an eighth of the job's training time.
+    # Inside the job: no sibling jobs, and each probe's budget an eighth of the job's training
+    # compute (parameter-row passes: 3 per row of an update, 1 per row evaluated each epoch).
     assert sdk.jobs(parent=job["id"])["items"] == []
-    job_seconds = job["summary"]["seconds_per_epoch"] * job["summary"]["epochs_run"]
+    s, batch = job["summary"], job["spec"]["batch_size"]
+    rows = s["data"]["n_train"] + s["data"]["n_val"] + s["data"]["n_test"]
+    job_compute = s["n_parameters"] * (3 * s["steps"] * batch + s["epochs_run"] * rows)
     for run in runs.values():
-        assert run["budget_seconds"] <= 0.125 * job_seconds + 1e-3
+        assert run["budget_compute"] == pytest.approx(0.125 * job_compute)
+        # Checked before every update: at most one update and one evaluation past the budget.
+        assert (
+            run["budget_compute"]
+            <= run["compute"]
+            <= run["budget_compute"] + run["parameters"] * (3 * batch + run["rows"])
+        )
 
 
 def test_a_rate_far_too_low_is_optimization_trouble_not_model_bias(sdk: Client) -> None:

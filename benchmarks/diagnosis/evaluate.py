@@ -46,6 +46,9 @@ def _evidence_key(case: Case) -> str:
     return json.dumps([case.spec, case.data.__dict__], sort_keys=True)
 
 
+PROBES_VERSION = 2  # 2: probes stop at a share of the job's compute (counted), no longer of its time
+
+
 def collect(case: Case) -> dict[str, Any]:
     """Train the case as the service would and keep what the rules read (JSON, no pickle)."""
     import torch
@@ -54,8 +57,6 @@ def collect(case: Case) -> dict[str, Any]:
     from models.jsonsafe import json_safe
     from models.spec import JobSpec
     from worker.diagnosis.evidence import from_points
-    from worker.diagnosis.probes import SHARE_PER_PROBE, job_seconds, probe
-    from worker.diagnosis.recipes import probe_patches
     from worker.diagnosis.reference import reference_scores
     from worker.recorders import MemoryRecorder
     from worker.training import Trainer
@@ -65,29 +66,52 @@ def collect(case: Case) -> dict[str, Any]:
     if path.exists():
         cached = json.loads(path.read_text())
         if cached.get("fingerprint") == _evidence_key(case):
-            return cached
+            if cached.get("probes_version") == PROBES_VERSION:
+                return cached
+            # Only the probes changed: rerun them on the cached evidence, not the whole case.
+            spec = JobSpec.model_validate(case.spec)
+            ev = evidence_of(case, cached, with_probes=False)
+            return _store(path, cached | {"probes": _probes(spec, prepared(spec, case.data), ev)})
     spec = JobSpec.model_validate(case.spec)
     data = prepared(spec, case.data)
     recorder = MemoryRecorder(spectra=True)
     summary = Trainer(spec, data, recorder, CPU).fit()
     summary["reference"] = reference_scores(data, spec.seed)
     ev = from_points(spec, summary, recorder.points, recorder.spectra)
-    probes = None
-    if summary["diverged_step"] is None and math.isfinite(ev.final("train/loss")):
-        seconds = SHARE_PER_PROBE * job_seconds(ev)
-        probes = {
+    return _store(
+        path,
+        {
+            "fingerprint": _evidence_key(case),
+            "summary": json_safe(summary),
+            "epoch_series": {k: _floats(v) for k, v in ev.epoch_series.items()},
+            "step_series": {k: _floats(v) for k, v in ev.step_series.items()},
+            "spectra": json_safe(recorder.spectra),
+            "probes": _probes(spec, data, ev),
+        },
+    )
+
+
+def _probes(spec: Any, data: Any, ev: Any) -> dict[str, Any] | None:
+    """The probes of every finite run (the rules decide later whether the service would have run
+    them: ``evidence_of``), with the service's own budget."""
+    from models.jsonsafe import json_safe
+    from worker.diagnosis.probes import SHARE_PER_PROBE, job_compute, probe
+    from worker.diagnosis.recipes import probe_patches
+
+    if ev.summary["diverged_step"] is not None or not math.isfinite(ev.final("train/loss")):
+        return None
+    budget = SHARE_PER_PROBE * job_compute(ev)
+    return json_safe(
+        {
             "parent_train_loss": ev.final("train/loss"),
-            "budget": f"each probe at most {SHARE_PER_PROBE:.1%} of the job's training time",
-            "runs": {w: probe(spec, data, p, seconds) for w, p in probe_patches(spec).items()},
+            "budget": f"each probe at most {SHARE_PER_PROBE:.1%} of the job's training compute",
+            "runs": {w: probe(spec, data, p, budget) for w, p in probe_patches(spec).items()},
         }
-    out = {
-        "fingerprint": _evidence_key(case),
-        "summary": json_safe(summary),
-        "epoch_series": {k: _floats(v) for k, v in ev.epoch_series.items()},
-        "step_series": {k: _floats(v) for k, v in ev.step_series.items()},
-        "spectra": json_safe(recorder.spectra),
-        "probes": json_safe(probes),
-    }
+    )
+
+
+def _store(path: Path, out: dict[str, Any]) -> dict[str, Any]:
+    out["probes_version"] = PROBES_VERSION
     CACHE.mkdir(exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(out))
@@ -99,7 +123,7 @@ def _floats(values: np.ndarray) -> list[str | float]:
     return [float(v) if math.isfinite(v) else str(float(v)) for v in values]
 
 
-def evidence_of(case: Case, cached: dict[str, Any]):  # noqa: ANN201
+def evidence_of(case: Case, cached: dict[str, Any], with_probes: bool = True):  # noqa: ANN201
     from benchmarks.diagnosis.engine import prepared
     from models.spec import JobSpec
     from worker.diagnosis.evidence import Evidence
@@ -121,7 +145,7 @@ def evidence_of(case: Case, cached: dict[str, Any]):  # noqa: ANN201
         cached["spectra"],
         bool(spec.data.test_dataset),
     )
-    if wanted(ev):  # the service runs the probes here, and only here
+    if with_probes and wanted(ev):  # the service runs the probes here, and only here
         ev.summary["probes"] = cached["probes"]
     return ev
 

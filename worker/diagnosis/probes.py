@@ -5,10 +5,12 @@ the verdict is written (``analysis.probes``, on by default):
     ``tuned_optimizer``  the *same* model with a standard recipe: Adam at 3e-3, standardized
                          features, shuffled rows, the default initialization;
     ``larger_model``     twice the width and one more layer, ReLU, with the same recipe.
-Each trains on at most ``MAX_ROWS`` of the job's training rows and stops when an eighth of the
-job's own training time is spent (or after 4x the job's epochs), so both together cost at most a
-quarter of the job. Its loss is then measured on all of the job's training rows (and its validation
-rows) and compared with the job's by ``rules.probe_outcome``.
+Each trains on at most ``MAX_ROWS`` of the job's training rows and stops when it has spent an eighth
+of the job's own training compute (or after 4x the job's epochs), so both together cost at most a
+quarter of the job. Compute is counted, not timed (``compute``): the same job gets the same probes,
+and so the same verdict, on a busy machine and on an idle one. Its loss is then measured on all of
+the job's training rows (and its validation rows) and compared with the job's by
+``rules.probe_outcome``.
 """
 
 from __future__ import annotations
@@ -41,9 +43,18 @@ QUIET = {
 }
 
 
-def job_seconds(ev: Evidence) -> float:
-    """The job's own training time (epochs with their evaluations; spectra not counted)."""
-    return float(ev.summary.get("seconds_per_epoch") or 0.0) * ev.epochs_run
+def compute(n_params: int, updates: int, batch_size: int, epochs: int, rows_evaluated: int) -> float:
+    """Training compute in parameter-row passes: an update is a forward and a backward pass over its
+    batch (about three forward passes), and every epoch evaluates ``rows_evaluated`` rows once."""
+    return float(n_params) * (3.0 * updates * batch_size + float(epochs) * rows_evaluated)
+
+
+def job_compute(ev: Evidence) -> float:
+    """The job's own training compute (its updates and per-epoch evaluations; spectra not counted)."""
+    data = ev.summary.get("data") or {}
+    rows = sum(int(data.get(k) or 0) for k in ("n_train", "n_val", "n_test"))
+    steps = int(ev.summary.get("steps") or 0)
+    return compute(int(ev.summary.get("n_parameters") or 0), steps, ev.spec.batch_size, ev.epochs_run, rows)
 
 
 def wanted(ev: Evidence) -> bool:
@@ -61,38 +72,48 @@ def run_probes(
     """Run the probes the evidence calls for (on the job's device); None when none are wanted."""
     if not wanted(ev):
         return None
-    seconds = SHARE_PER_PROBE * job_seconds(ev)
-    runs = {what: probe(spec, data, patch, seconds, device) for what, patch in probe_patches(spec).items()}
+    budget = SHARE_PER_PROBE * job_compute(ev)
+    runs = {what: probe(spec, data, patch, budget, device) for what, patch in probe_patches(spec).items()}
     return {
         "parent_train_loss": ev.final("train/loss"),
-        "budget": f"each probe at most {SHARE_PER_PROBE:.1%} of the job's training time",
+        "budget": f"each probe at most {SHARE_PER_PROBE:.1%} of the job's training compute",
         "runs": runs,
     }
 
 
-class Deadline(MemoryRecorder):
-    """Stops a probe's training once its share of the job's time is spent."""
+class ComputeBudget(MemoryRecorder):
+    """Stops a probe's training once it has spent its share of the job's compute (checked before
+    every update)."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, budget: float) -> None:
         super().__init__()
-        self.deadline = time.monotonic() + seconds
+        self.budget = budget
+        self.trainer: Trainer | None = None
+
+    def spent(self) -> float:
+        t = self.trainer
+        if t is None:
+            return 0.0
+        return compute(t.n_params, t.state.step, t.spec.batch_size, t.state.epoch, len(t.train_y))
 
     def stop_reason(self) -> str | None:
-        return "probe budget spent" if time.monotonic() > self.deadline else None
+        return "probe budget spent" if self.spent() >= self.budget else None
 
 
 def probe(
-    spec: JobSpec, data: Prepared, patch: dict[str, Any], seconds: float, device: torch.device = CPU
+    spec: JobSpec, data: Prepared, patch: dict[str, Any], budget: float, device: torch.device = CPU
 ) -> dict[str, Any]:
-    """One probe, stopped after ``seconds``; its loss on all training rows and on the validation rows."""
+    """One probe, stopped once it has spent ``budget`` (``compute``); its loss on all training rows
+    and on the validation rows."""
     probe_spec = JobSpec.model_validate(
         merge_patch(merge_patch(spec.model_dump(mode="json"), patch), QUIET)
         | {"epochs": MAX_EPOCH_FACTOR * spec.epochs}
     )
     rows = _subset(len(data.y_train), spec.seed)
     scaler = _standardizer(data.X_train[rows])
-    recorder = Deadline(seconds)
+    recorder = ComputeBudget(budget)
     trainer = Trainer(probe_spec, _training_rows(data, rows, scaler), recorder, device)
+    recorder.trainer = trainer
     start = time.monotonic()
     with contextlib.suppress(StopTraining):  # the budget is spent: measure the model as it is
         trainer.fit()
@@ -103,7 +124,8 @@ def probe(
         "epochs": trainer.state.epoch,
         "updates": trainer.state.step,
         "seconds": round(time.monotonic() - start, 3),
-        "budget_seconds": round(seconds, 3),
+        "compute": recorder.spent(),
+        "budget_compute": budget,
     }
     if trainer.state.diverged_step is not None:
         return out | {"train_loss": None, "diverged": True}
