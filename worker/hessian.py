@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -45,13 +45,35 @@ from torch.func import functional_call, grad_and_value, jvp, vmap
 LossFn = Callable[[Any, Any], torch.Tensor]
 HvpMode = Literal["auto", "forward_over_reverse", "double_backward"]
 
-# Models on which forward mode (or vmap) raised once: later calls go straight to what works.
-_NO_FORWARD_MODE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-_NO_VMAP: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-# "auto": which engine was faster for a model on data of a given shape; later calls skip the timing.
-_ENGINE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], bool, dict[str, float]]] = (
-    weakref.WeakKeyDictionary()
-)
+
+class _Remembered(OrderedDict):
+    """What a worker learned about an architecture, for the next model of the same architecture
+    (the next job of a sweep, a probe, the best checkpoint's copy): keyed by ``_architecture``, not
+    by the model object, so that each job does not pay the engine timing again. The newest
+    ``MAX_REMEMBERED`` architectures are kept."""
+
+    def remember(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > MAX_REMEMBERED:
+            self.popitem(last=False)
+
+
+MAX_REMEMBERED = 256
+# Architectures on which forward mode (or vmap) raised once: later calls go straight to what works.
+_NO_FORWARD_MODE = _Remembered()
+_NO_VMAP = _Remembered()
+# "auto": which engine was faster for an architecture on data of a given shape: later calls skip the
+# timing (on digits the first spectrum of a job took 2.9 s with it against 0.6 s without).
+_ENGINE = _Remembered()
+
+
+def _architecture(model: nn.Module) -> tuple[Any, ...]:
+    """What the cost of a Hessian-vector product depends on besides the data: the modules and the
+    parameters' names, shapes and trainability (not their values)."""
+    params = tuple((k, tuple(p.shape), p.requires_grad) for k, p in model.named_parameters())
+    return (repr(model), params)
+
 
 MAX_CHUNK_ELEMENTS = 1 << 24  # batches are merged into chunks of at most this many input elements
 # Activations bound a chunk too: a ResNet-18 holds ~1.5 million activation values per 32x32 image,
@@ -269,15 +291,16 @@ class _HessianOperator:
         self.flat = torch.cat([p.detach().reshape(-1) for _, p in named]).to(self.dtype)
         self.n = self.flat.numel()
         self.consts = self._constants(model, dtype)
+        self.architecture = _architecture(model)
         self.forward_mode = mode == "forward_over_reverse" or (
-            mode == "auto" and model not in _NO_FORWARD_MODE
+            mode == "auto" and self.architecture not in _NO_FORWARD_MODE
         )
         self.fallback_allowed = mode == "auto"
         self.calibrate = mode == "auto" and self.forward_mode and len(chunks) == 1
         self.timings: dict[str, float] = {}  # seconds per product, measured by the calibration
         self._stage = 0
         self._key = (str(self.flat.device), self.dtype, [_shape(c.inputs) for c in chunks])
-        cached = _ENGINE.get(model)
+        cached = _ENGINE.get(self.architecture)
         if self.calibrate and cached is not None and cached[0] == self._key:
             self.calibrate, self.forward_mode, self.timings = False, cached[1], dict(cached[2])
         self.hvps = 0
@@ -393,13 +416,13 @@ class _HessianOperator:
         graph, one at a time is faster: autograd's batched backward (is_grads_batched) is a slow
         vmap fallback, while each plain backward through the kept graph is cheap."""
         kept = self._graph is not None and not self.forward_mode
-        if not batched or kept or self.model in _NO_VMAP:
+        if not batched or kept or self.architecture in _NO_VMAP:
             return torch.cat([self._products(v[None], False) for v in vs])
         try:
             return self._products(vs, True)
         except Exception:
             single = self._products(vs[:1], False)  # raises if the engine, not vmap, is the problem
-            _NO_VMAP.add(self.model)
+            _NO_VMAP.remember(self.architecture, True)
             return torch.cat([single, *(self._products(v[None], False) for v in vs[1:])])
 
     def _robust(self, vs: torch.Tensor, batched: bool) -> torch.Tensor:
@@ -409,7 +432,7 @@ class _HessianOperator:
             if not (self.forward_mode and self.fallback_allowed):
                 raise
         # Forward mode is unsupported somewhere in this model: double backward from now on.
-        _NO_FORWARD_MODE.add(self.model)
+        _NO_FORWARD_MODE.remember(self.architecture, True)
         self.forward_mode, self.calibrate, self.grad, self.loss = False, False, None, math.nan
         return self._looped(vs, batched)
 
@@ -440,7 +463,7 @@ class _HessianOperator:
             out, seconds = self._timed(lambda: self._kept_products(vs))
         except Exception:  # no double backward here (or out of memory): stay with forward mode
             self._graph, self.calibrate = None, False
-            _ENGINE[self.model] = (self._key, True, dict(self.timings))
+            _ENGINE.remember(self.architecture, (self._key, True, dict(self.timings)))
             return self._robust(vs, batched)
         self._record(engine, seconds / vs.shape[0])
         if self._stage == len(_CALIBRATION):
@@ -448,7 +471,7 @@ class _HessianOperator:
             self.forward_mode = self.timings["forward_over_reverse"] <= self.timings["double_backward"]
             if self.forward_mode:
                 self._graph = None
-            _ENGINE[self.model] = (self._key, self.forward_mode, dict(self.timings))
+            _ENGINE.remember(self.architecture, (self._key, self.forward_mode, dict(self.timings)))
         return out
 
     def _kept_products(self, vs: torch.Tensor) -> torch.Tensor:
