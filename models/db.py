@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import tenacity
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -56,9 +56,10 @@ def session_factory() -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on error."""
-    session = session_factory()()
+def session_scope(bind: Connection | None = None) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on error. ``bind``: a connection the caller
+    holds itself (the metric writer's), instead of one from the pool."""
+    session = session_factory()() if bind is None else Session(bind=bind)
     try:
         yield session
         session.commit()

@@ -25,15 +25,12 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, text
-from sqlalchemy.orm import Session
 
-from models.db import get_engine, with_retries
+from models.db import get_engine, session_scope, with_retries
 from models.jsonsafe import json_safe
 from models.metrics import Point, write_points
 from models.tables import utcnow
@@ -219,7 +216,7 @@ class MetricWriter:
             # A retry follows a broken connection: what committed without a WAL flush may be gone.
             resend = self._unsure.points if retried else []
             retried = True
-            with _session(conn) as session:
+            with session_scope(bind=conn) as session:
                 if not (durable or resend) and conn.dialect.name == "postgresql":
                     session.execute(ASYNC_COMMIT)
                 values: dict[str, Any] = {"heartbeat_at": utcnow()}
@@ -233,17 +230,3 @@ class MetricWriter:
                 self._unsure.points.extend(points)
 
         with_retries(transaction)
-
-
-@contextmanager
-def _session(conn: Connection) -> Iterator[Session]:
-    """One transaction on the writer's own connection (a broken one reconnects on its next use)."""
-    session = Session(bind=conn)
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
