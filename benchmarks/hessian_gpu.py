@@ -1,6 +1,7 @@
 """worker.hessian against PyHessian 0.1 on a GPU: a ResNet-style CNN, 10,000 CIFAR-shaped samples.
 
     python benchmarks/hessian_gpu.py [--samples 10000] [--skip-pyhessian] [--compile]
+    python benchmarks/hessian_gpu.py --resnet18 [--samples 2048]   # the worker's spectrum of a ResNet-18
 
 The model (~450k parameters: residual blocks with batch norm, widths 32-64-144) is trained for two
 epochs on synthetic CIFAR-shaped data (Gaussian images, labels from a random convolutional teacher,
@@ -26,6 +27,7 @@ Targets (issue 4): top-5 and lambda_min in <= 1/8 of PyHessian's top-5 time; an 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -42,7 +44,16 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from worker.hessian import MAX_CHUNK_ELEMENTS, _chunks, _HessianOperator, spectrum  # noqa: E402
+from models.spec import Model as ModelSpec  # noqa: E402
+from worker.hessian import (  # noqa: E402
+    MAX_CHUNK_ELEMENTS,
+    _chunks,
+    _HessianOperator,
+    activation_budget,
+    activation_elements,
+    spectrum,
+)
+from worker.nets import build_model  # noqa: E402
 
 
 class Block(nn.Module):
@@ -193,6 +204,41 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
+def resnet18_spectrum(samples: int, device: torch.device) -> int:
+    """``--resnet18``: the spectrum the worker takes of a ResNet-18 (worker.nets, batch norm, small
+    stem; 11.2M parameters) on ``samples`` CIFAR-shaped images, at the worker's settings (top-5,
+    lambda_min, trace): batch norm in eval mode, the batch cut into chunks whose activations fit
+    the device's free memory (worker.hessian.activation_budget). Prints the chunking, time, HVPs and
+    peak memory; no baseline (PyHessian runs the whole batch in one pass)."""
+    spec = ModelSpec.model_validate({"arch": "resnet18", "norm": "batch"})
+    X, y = synthetic(samples, device)
+    model = build_model(spec, 3 * 32 * 32, 10, (3, 32, 32), 0).to(device)
+    train(model, X.flatten(1), y, epochs=1)
+    flat = X.flatten(1)
+    per_row = activation_elements(model, flat)
+    budget = activation_budget(device)
+    rows = max(1, budget // per_row)
+    print(
+        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}; ResNet-18 (batch norm), "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters, {samples:,} images; {per_row:,} activation "
+        f"values per image, budget {budget:,}: {rows:,} images per chunk, {-(-samples // rows)} chunks",
+        flush=True,
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    batches = [(flat[i : i + 1024], y[i : i + 1024]) for i in range(0, samples, 1024)]  # as worker.curvature
+    seconds, result = timed(
+        lambda: spectrum(model, nn.functional.cross_entropy, batches, exact_threshold=1000)
+    )
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    print(
+        f"spectrum: {seconds:.1f} s, {result.hvps} HVPs ({result.hvp_mode}), top-5 {result.top}, "
+        f"lambda_min {result.bottom}, trace {result.trace}; peak GPU memory {peak:.1f} GiB",
+        flush=True,
+    )
+    return 0 if all(math.isfinite(v) for v in result.top) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=10_000)
@@ -200,8 +246,13 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-pyhessian", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time the HVP through torch.compile")
+    parser.add_argument(
+        "--resnet18", action="store_true", help="the worker's spectrum of a ResNet-18 instead"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.resnet18:
+        return resnet18_spectrum(min(args.samples, 2048), device)
     X, y = synthetic(args.samples, device)
     torch.manual_seed(0)
     model = resnet().to(device)
