@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from models.spectrum import SpectrumRecord
 from models.summary import RunSummary
 
 
@@ -83,27 +84,10 @@ class CheckpointOut(BaseModel):
     created_at: datetime
 
 
-class SpectrumOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+class SpectrumOut(SpectrumRecord):
+    """A stored spectrum (models.spectrum.SpectrumRecord) with its row's id and creation time."""
 
     id: int
-    checkpoint_id: int | None
-    epoch: int
-    step: int
-    reason: str
-    method: str
-    samples: int
-    hvps: int
-    seconds: float
-    top: list[float]
-    bottom: list[float]
-    trace: float | None
-    trace_stderr: float | None
-    grad_norm: float
-    hg_norm: float | None
-    critical_point: dict[str, Any]
-    density: dict[str, Any] | None
-    has_escape_direction: bool
     created_at: datetime
 
 

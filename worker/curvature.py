@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from models.jsonsafe import json_safe
+from models.spectrum import SpectrumRecord
 from worker.hessian import classify_critical_point, spectrum
 from worker.training import Trainer
 
@@ -88,24 +89,30 @@ def gradient_on(
     return loss_sum, float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
 
 
-def spectrum_fields(measured: dict[str, Any]) -> dict[str, Any]:
-    """The stored columns of a measured spectrum (also what in-memory runs keep)."""
+def spectrum_record(
+    measured: dict[str, Any], epoch: int, step: int, reason: str, checkpoint_id: int | None = None
+) -> SpectrumRecord:
+    """What is kept of a measured spectrum (``measure``): the row, the diagnosis's evidence, the API."""
     result = measured["result"]
-    return {
-        "method": result.method,
-        "samples": measured["samples"],
-        "hvps": result.hvps,
-        "seconds": result.seconds,
+    return SpectrumRecord(
+        epoch=epoch,
+        step=step,
+        reason=reason,
+        checkpoint_id=checkpoint_id,
+        method=result.method,
+        samples=measured["samples"],
+        hvps=result.hvps,
+        seconds=result.seconds,
         # A spectrum at a diverged point holds NaN: JSON keeps it as null, the columns as NaN.
-        "top": json_safe([float(v) for v in result.top]),
-        "bottom": json_safe([float(v) for v in result.bottom]),
-        "trace": _float_or_none(result.trace),
-        "trace_stderr": _float_or_none(result.trace_stderr),
-        "grad_norm": float(result.grad_norm),
-        "hg_norm": _float_or_none(result.hg_norm),
-        "critical_point": json_safe(measured["critical"]),
-        "density": json_safe(result.density),
-    }
+        top=json_safe([float(v) for v in result.top]),
+        bottom=json_safe([float(v) for v in result.bottom]),
+        trace=_float_or_none(result.trace),
+        trace_stderr=_float_or_none(result.trace_stderr),
+        grad_norm=float(result.grad_norm),
+        hg_norm=_float_or_none(result.hg_norm),
+        critical_point=json_safe(measured["critical"]),
+        density=json_safe(result.density),
+    )
 
 
 def _float_or_none(value: Any) -> float | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from models.metrics import Point
-from worker.curvature import measure, spectrum_fields
+from worker.curvature import measure, spectrum_record
 
 
 class MemoryRecorder:
@@ -38,10 +38,8 @@ class MemoryRecorder:
     def analyze(self, trainer: Any, epoch: int, reason: str) -> None:
         self.analyses.append((epoch, reason))
         if self.measure_spectra:
-            measured = measure(trainer, trainer.model)
-            self.spectra.append(
-                {"epoch": epoch, "step": trainer.state.step, "reason": reason, **spectrum_fields(measured)}
-            )
+            record = spectrum_record(measure(trainer, trainer.model), epoch, trainer.state.step, reason)
+            self.spectra.append(record.model_dump())
 
     def series(self, name: str) -> list[float]:
         return [p.value for p in self.points if p.name == name]

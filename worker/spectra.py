@@ -15,8 +15,8 @@ from models.artifacts import get_store, key_for_escape_direction
 from models.db import session_scope, with_retries
 from models.spec import JobSpec
 from models.summary import RunSummary
-from models.tables import Checkpoint, Job, Spectrum
-from worker.curvature import measure, spectrum_fields
+from models.tables import Checkpoint, Job
+from worker.curvature import measure, spectrum_record
 from worker.jobdata import prepare_data
 from worker.lifecycle import Claim, fenced_update
 from worker.recorders import MemoryRecorder
@@ -42,14 +42,7 @@ def store(
         with session_scope() as session:
             if claim is not None:
                 fenced_update(session, claim)
-            row = Spectrum(
-                job_id=job_id,
-                checkpoint_id=checkpoint_id,
-                epoch=epoch,
-                step=step,
-                reason=reason,
-                **spectrum_fields(measured),
-            )
+            row = spectrum_record(measured, epoch, step, reason, checkpoint_id).as_row(job_id)
             session.add(row)
             session.flush()
             if result.escape_direction is not None:

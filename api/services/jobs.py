@@ -19,6 +19,7 @@ from models.dataset_refs import resolve_uploads
 from models.errors import Conflict, Invalid, NotFound, QuotaExceeded
 from models.settings import get_settings
 from models.spec import JobSpec
+from models.spectrum import SpectrumRecord
 from models.tables import FINISHED_STATUSES, Checkpoint, Diagnosis, Job, Project, Spectrum, utcnow
 from worker.celery_app import enqueue_job, enqueue_spectrum
 
@@ -198,13 +199,7 @@ def list_spectra(session: Session, *, job_id: str) -> list[dict[str, Any]]:
     rows = session.scalars(
         select(Spectrum).where(Spectrum.job_id == job_id).order_by(Spectrum.step, Spectrum.id)
     )
-    return [
-        {
-            **{c.name: getattr(r, c.name) for c in Spectrum.__table__.columns},
-            "has_escape_direction": bool(r.escape_artifact),
-        }
-        for r in rows
-    ]
+    return [SpectrumRecord.of_row(r).model_dump() | {"created_at": r.created_at} for r in rows]
 
 
 def request_spectrum(session: Session, *, job_id: str, checkpoint_id: int, settings: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from models.db import session_scope
 from models.metrics import read_series
 from models.spec import JobSpec
+from models.spectrum import SpectrumRecord
 from models.tables import Job, Spectrum
 
 
@@ -81,12 +82,8 @@ def from_database(job_id: str, spec: JobSpec | None = None) -> tuple[Evidence, J
         if job is None:
             raise LookupError(f"job {job_id} not found")
         series = read_series(session, job_id, max_points=10**9)
-        spectra = [
-            {c.name: getattr(r, c.name) for c in Spectrum.__table__.columns}
-            for r in session.scalars(
-                select(Spectrum).where(Spectrum.job_id == job_id).order_by(Spectrum.step)
-            )
-        ]
+        rows = session.scalars(select(Spectrum).where(Spectrum.job_id == job_id).order_by(Spectrum.step))
+        spectra = [SpectrumRecord.of_row(r).model_dump() for r in rows]
         session.expunge(job)
     spec = spec or JobSpec.model_validate(job.spec)
     epoch, step = {}, {}

@@ -681,7 +681,7 @@ def critical_points(ev: Evidence, underfit: bool) -> list[Finding]:
                     "lambda_max": _r(_top(final)),
                     "grad_norm": _r(final.get("grad_norm")),
                     "noise_floor": _r(cp.get("noise_floor")),
-                    "escape_direction_stored": bool(final.get("escape_artifact")),
+                    "escape_direction_stored": bool(final.get("has_escape_direction")),
                     "spectrum_id": final.get("id"),
                 },
                 recommendation="The optimizer sits at a saddle point: the gradient is (nearly) zero but the Hessian "
