@@ -61,7 +61,7 @@ def resolve_uploads(session: Session, *, project_id: str, spec: JobSpec) -> tupl
             continue
         upload = find_upload(session, project_id=project_id, ref=ref)
         if upload is None:
-            raise Invalid(f"data.{field}: {_not_found(ref)}")
+            raise Invalid(_not_found(ref), loc=("data", field))
         uploads[field], resolved[field] = upload, upload.id
     if resolved:
         spec = spec.model_copy(update={"data": spec.data.model_copy(update=resolved)})
@@ -91,11 +91,12 @@ def check_augment(spec: JobSpec, upload: Upload | None) -> None:
     shape = image_shape(spec, upload)
     if shape is None:
         raise Invalid(
-            f"data.augment: dataset {spec.data.dataset} is not an image dataset; augment needs images"
+            f"dataset {spec.data.dataset} is not an image dataset; augment needs images",
+            loc=("data", "augment"),
         )
     smallest = min(shape[1:])
     if augment.random_crop >= smallest:
         raise Invalid(
-            f"data.augment.random_crop: {augment.random_crop} pixels of padding on {shape[1]}×{shape[2]} "
-            f"images; it must be below {smallest}"
+            f"{augment.random_crop} pixels of padding on {shape[1]}×{shape[2]} images; it must be below {smallest}",
+            loc=("data", "augment", "random_crop"),
         )
