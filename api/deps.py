@@ -4,7 +4,7 @@ objects a path names, fetched within that project (another project's answer 404 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException
 from sqlalchemy.orm import Session
@@ -64,3 +64,17 @@ def owned_sweep(sweep_id: str, session: SessionDep, project: ProjectDep) -> Swee
 OwnedJob = Annotated[Job, Depends(owned_job)]
 OwnedJobId = Annotated[str, Depends(owned_job_id)]
 OwnedSweep = Annotated[Sweep, Depends(owned_sweep)]
+
+# An idempotent POST: the client's key for replaying it safely (api.services.idempotency).
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+
+
+def creates(model: type, *, exclude_unset: bool = False) -> dict[str, Any]:
+    """Route options of an idempotent POST that creates a ``model``: 201, or 200 when an
+    Idempotency-Key replays an earlier request (both in the schema)."""
+    return {
+        "status_code": 201,
+        "response_model": model,
+        "responses": {200: {"model": model}},
+        "response_model_exclude_unset": exclude_unset,
+    }

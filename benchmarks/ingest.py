@@ -33,8 +33,8 @@ from typing import Any, TypeVar
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
-REDIS_URL = "redis://127.0.0.1:6379/0"
+from benchmarks.service import PG_SERVER, REDIS_URL, admin_execute  # noqa: E402
+
 MLFLOW_BIN = REPO / ".bench-venv" / "bin" / "mlflow"
 
 # Series logged at every step, as the worker logs several series at the end of each epoch.
@@ -112,17 +112,6 @@ def summary(samples: list[float]) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------- databases
-
-
-def admin_execute(sql: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(text(sql))
-    finally:
-        engine.dispose()
 
 
 def create_database(name: str) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import OwnedJob, OwnedJobId, ProjectDep, SessionDep
+from api.deps import IdempotencyKey, OwnedJob, OwnedJobId, ProjectDep, SessionDep, creates
 from api.schemas import (
     CheckpointOut,
     DiagnosisOut,
@@ -26,19 +26,12 @@ from models.spec import JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
 # Integers reach SQL as 64-bit values: anything wider is a 422 here, not an overflow in the driver.
 MAX_INT64 = 2**63 - 1
 Step = Annotated[int | None, Query(ge=0, le=MAX_INT64)]
 
 
-@router.post(
-    "",
-    status_code=201,
-    response_model=JobOut,
-    responses={200: {"model": JobOut}},
-    response_model_exclude_unset=True,
-)
+@router.post("", **creates(JobOut, exclude_unset=True))
 def submit_job(
     spec: JobSpec,
     session: SessionDep,
@@ -157,13 +150,7 @@ class RemedyOut(BaseModel):
     patch: dict[str, Any]
 
 
-@router.post(
-    "/{job_id}/remedy",
-    status_code=201,
-    response_model=RemedyOut,
-    responses={200: {"model": RemedyOut}},
-    response_model_exclude_unset=True,
-)
+@router.post("/{job_id}/remedy", **creates(RemedyOut, exclude_unset=True))
 def remedy(
     parent: OwnedJob,
     session: SessionDep,

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 
-from api.deps import ProjectDep, SessionDep
+from api.deps import IdempotencyKey, ProjectDep, SessionDep, creates
 from api.schemas import JobOut
 from api.services.jobs import create_job
 from models.spec import JobSpec
@@ -60,19 +60,13 @@ def create_batch_timing(
     )
 
 
-@router.post(
-    "/batch-size-timing",
-    status_code=201,
-    response_model=JobOut,
-    responses={200: {"model": JobOut}},
-    response_model_exclude_unset=True,
-)
+@router.post("/batch-size-timing", **creates(JobOut, exclude_unset=True))
 def batch_size_timing(
     body: BatchTimingRequest,
     session: SessionDep,
     project: ProjectDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     job, created = create_batch_timing(session, project=project, body=body, idempotency_key=idempotency_key)
     if not created:

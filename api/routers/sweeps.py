@@ -6,18 +6,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
 
-from api.deps import OwnedSweep, ProjectDep, SessionDep
+from api.deps import IdempotencyKey, OwnedSweep, ProjectDep, SessionDep, creates
 from api.services import leaderboard as board
 from api.services import sweeps as svc
 from models.settings import get_settings
 from sweeps.spec import SweepSpec
 
 router = APIRouter(prefix="/v1", tags=["sweeps"])
-
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
 
 
 class ProgressOut(BaseModel):
@@ -98,7 +96,7 @@ def _created(session: SessionDep, sweep_and_created: tuple[Any, bool]) -> Respon
     return _json(svc.sweep_view(session, sweep=sweep), 201 if created else 200)
 
 
-@router.post("/sweeps", status_code=201, response_model=SweepOut, responses={200: {"model": SweepOut}})
+@router.post("/sweeps", **creates(SweepOut))
 def create_sweep(
     body: SweepSpec,
     session: SessionDep,
@@ -158,7 +156,7 @@ def cancel_sweep(sweep_id: str, session: SessionDep, project: ProjectDep) -> Res
     return _json(svc.sweep_view(session, sweep=svc.cancel_sweep(session, project=project, sweep_id=sweep_id)))
 
 
-@router.post("/studies/depth", status_code=201, response_model=SweepOut, responses={200: {"model": SweepOut}})
+@router.post("/studies/depth", **creates(SweepOut))
 def depth_study(
     body: svc.DepthStudy,
     session: SessionDep,
@@ -171,9 +169,7 @@ def depth_study(
     )
 
 
-@router.post(
-    "/studies/batch-size", status_code=201, response_model=SweepOut, responses={200: {"model": SweepOut}}
-)
+@router.post("/studies/batch-size", **creates(SweepOut))
 def batch_size_study(
     body: svc.BatchSizeStudy,
     session: SessionDep,
