@@ -26,6 +26,11 @@ class Invalid(DomainError):
         super().__init__(message)
         self.loc = loc
 
+    @property
+    def described(self) -> str:
+        """The message with the field it is about in front, for text outside an HTTP answer."""
+        return f"{'.'.join(self.loc)}: {self.message}" if self.loc else self.message
+
 
 class Conflict(DomainError):
     """The request clashes with the object's state (it has finished, is in use)."""

@@ -269,6 +269,13 @@ def start_watcher(job_id: str, sweep_id: str, trial_id: int, number: int, spec: 
     return watcher
 
 
+def is_watched(job_id: str) -> bool:
+    """Whether a pruner judges this job's epoch values while it runs (its writer then commits each
+    epoch's values at the epoch's end)."""
+    with _watchers_lock:
+        return job_id in _watchers
+
+
 def stop_watcher(job_id: str) -> None:
     with _watchers_lock:
         watcher = _watchers.pop(job_id, None)

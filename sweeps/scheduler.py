@@ -72,7 +72,7 @@ def launch(session: Session, *, sweep: Sweep, spec: SweepSpec, first: int, k: in
         try:
             job_spec, shape = _with_upload_ids(session, sweep.project_id, job_spec, resolved)
         except Invalid as exc:
-            _fail(trial, exc.message)
+            _fail(trial, exc.described)
             continue
         problems = budget_problems(job_spec, shape)
         if problems:

@@ -22,7 +22,7 @@ from migrations import run_upgrade
 from models.artifacts import get_store
 from models.db import session_scope
 from models.spec import JobSpec
-from models.tables import Dataset, Job
+from models.tables import Dataset, Job, utcnow
 from saddle.client import Client
 from tests.conftest import create_database, drop_database
 from tests.upload_payloads import idx_claiming, png_declaring, zip_declaring, zip_of
@@ -268,12 +268,20 @@ def test_names_resolve_to_ids_and_collisions_are_refused(client: TestClient) -> 
     assert unknown.json()["detail"].startswith("data.dataset: no uploaded dataset named 'no-such-scans'")
     unknown = client.post("/v1/jobs", json={**spec, "data": {"dataset": name, "test_dataset": "nope"}})
     assert unknown.status_code == 422 and unknown.json()["detail"].startswith("data.test_dataset:")
-    # A queued job that named the upload by name holds it: the row names its id, which deletion reads.
+    # An unfinished job that named the upload by name holds it: the row names its id, which deletion
+    # reads. A row of its own, never enqueued and with a fresh heartbeat, so that no worker or reaper
+    # of the session takes it up and ends it under the test.
     with session_scope() as session:
-        session.get(Job, job.json()["id"]).status = "queued"
+        submitted = session.get(Job, job.json()["id"])
+        holder = Job(
+            project_id=submitted.project_id, spec=submitted.spec, status="running", heartbeat_at=utcnow()
+        )
+        session.add(holder)
+        session.flush()
+        holder_id = holder.id
     assert client.delete(f"/v1/datasets/{ds['id']}").status_code == 409
     with session_scope() as session:
-        session.get(Job, job.json()["id"]).status = "cancelled"
+        session.get(Job, holder_id).status = "cancelled"
 
 
 def test_a_sweep_stores_upload_ids_for_its_base_and_its_space(client: TestClient) -> None:

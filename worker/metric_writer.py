@@ -75,9 +75,11 @@ class MetricWriter:
         batch_points: int,
         queue_batches: int,
         max_transaction_points: int = MAX_TRANSACTION_POINTS,
+        progress_seconds: float = PROGRESS_SECONDS,
     ) -> None:
         self.claim = claim
         self.batch_points = batch_points
+        self.progress_seconds = progress_seconds
         self.max_transaction_points = max_transaction_points
         self._queue: queue.Queue[_Batch] = queue.Queue(maxsize=queue_batches)
         self._buffer: list[Point] = []
@@ -98,9 +100,9 @@ class MetricWriter:
             self._hand_over()
 
     def progress(self, progress: dict[str, Any]) -> None:
-        """The job's progress, committed with the points so far (at most every PROGRESS_SECONDS)."""
+        """The job's progress, committed with the points so far (at most every ``progress_seconds``)."""
         self._progress = progress
-        if time.monotonic() - self._handed_at >= PROGRESS_SECONDS:
+        if time.monotonic() - self._handed_at >= self.progress_seconds:
             self._hand_over()
 
     def flush(self) -> None:

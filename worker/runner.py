@@ -18,7 +18,7 @@ from models.settings import get_settings
 from models.spec import JobSpec
 from models.summary import RunSummary
 from models.tables import Checkpoint, utcnow
-from sweeps.runtime import admit_trial, is_trial, on_job_finished
+from sweeps.runtime import admit_trial, is_trial, is_watched, on_job_finished
 from worker.data import Prepared
 from worker.diagnosis import diagnose_job
 from worker.diagnosis.evidence import from_database
@@ -28,7 +28,7 @@ from worker.failures import describe_failure, one_line
 from worker.finetune import initialize_from_parent
 from worker.jobdata import prepare_data
 from worker.lifecycle import Claim, Heartbeat, LeaseLost, fenced_update, finish, run_claimed
-from worker.metric_writer import MetricWriter
+from worker.metric_writer import PROGRESS_SECONDS, MetricWriter
 from worker.phases import PhaseClock
 from worker.spectra import record_spectrum
 from worker.training import StopTraining, Trainer, resolve_device
@@ -46,7 +46,11 @@ class DbRecorder:
         self.clock = clock
         settings = get_settings()
         self.writer = MetricWriter(
-            claim, batch_points=settings.metric_flush_points, queue_batches=settings.metric_queue_batches
+            claim,
+            batch_points=settings.metric_flush_points,
+            queue_batches=settings.metric_queue_batches,
+            # A pruner reads a trial's epoch values while it runs: each epoch's, as it ends.
+            progress_seconds=0.0 if is_watched(claim.job_id) else PROGRESS_SECONDS,
         )
         self.store = get_store()
         self.analysis_errors: list[str] = []

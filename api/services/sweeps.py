@@ -118,7 +118,8 @@ def plan(session: Session, *, project: Project, body: SweepSpec) -> int:
         if body.base.init_from is not None:
             check_parent_exists(session, project=project, job_id=body.base.init_from.job)
     except DomainError as exc:
-        raise Invalid(loc=("base",), message=exc.message) from None
+        inner = exc.loc if isinstance(exc, Invalid) and exc.loc else ()
+        raise Invalid(loc=("base", *inner), message=exc.message) from None
     base = body.base.model_dump(mode="json")
     firsts = {path: dim.candidates()[0] for path, dim in body.space.items()}
     for path, dim in body.space.items():
