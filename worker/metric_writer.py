@@ -44,7 +44,9 @@ DURABLE_SECONDS = 1.0
 PROGRESS_SECONDS = 0.5
 # A transaction takes several waiting batches at once, up to this many points.
 MAX_TRANSACTION_POINTS = 20_000
-ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
+# The writer's connection commits without waiting for the WAL flush by default (set once, when it
+# connects: one round trip less per batch); a commit that must be durable asks for it.
+DURABLE_COMMIT = text("SET LOCAL synchronous_commit = on")
 
 
 @dataclass
@@ -157,17 +159,27 @@ class MetricWriter:
             with get_engine().connect() as conn:
                 if conn.dialect.name == "postgresql":  # names the connection in pg_stat_activity
                     conn.exec_driver_sql(f"SET application_name = '{self.application_name}'")
+                    conn.exec_driver_sql("SET synchronous_commit = off")
                     conn.commit()
                 try:
                     self._serve(conn)
-                finally:  # the pooled connection goes back unnamed
-                    with contextlib.suppress(Exception):
-                        conn.exec_driver_sql("RESET application_name")
-                        conn.commit()
+                finally:  # the pooled connection goes back unnamed, and committing durably
+                    self._reset(conn)
         except BaseException as exc:  # noqa: BLE001 - handed to the training thread
             self._error = self._error or exc
         finally:
             self._release(self._waiting)
+
+    @staticmethod
+    def _reset(conn: Connection) -> None:
+        if conn.dialect.name != "postgresql":
+            return
+        try:
+            conn.exec_driver_sql("RESET application_name")
+            conn.exec_driver_sql("RESET synchronous_commit")
+            conn.commit()
+        except Exception:  # never hand the pool a connection that may still commit asynchronously
+            conn.invalidate()
 
     def _serve(self, conn: Connection) -> None:
         while self._error is None:
@@ -219,8 +231,8 @@ class MetricWriter:
             resend = self._unsure.points if retried else []
             retried = True
             with session_scope(bind=conn) as session:
-                if not (durable or resend) and conn.dialect.name == "postgresql":
-                    session.execute(ASYNC_COMMIT)
+                if (durable or resend) and conn.dialect.name == "postgresql":
+                    session.execute(DURABLE_COMMIT)
                 values: dict[str, Any] = {"heartbeat_at": utcnow()}
                 if progress is not None:
                     values["progress"] = json_safe(progress)
