@@ -5,10 +5,11 @@ the training thread, and points a broken connection may have lost are sent again
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text, update
 
 from models.db import session_scope
 from models.metrics import Point, load_blocks
@@ -29,6 +30,19 @@ def _claim(label: str) -> Claim:
         session.add(job)
         session.flush()
         return Claim(job.id, job.attempt_token or "", 1, JobSpec.model_validate(spec), project.id)
+
+
+@pytest.fixture(autouse=True)
+def _jobs_end() -> Iterator[None]:
+    """The made-up running jobs end with their test: left running, they would hold the projects'
+    fair share (dispatch.fairness) and the reaper's attention for the rest of the session."""
+    yield
+    with session_scope() as session:
+        session.execute(
+            update(Job)
+            .where(Job.project_id.in_(select(Project.id).where(Project.name.like("writer-%"))))
+            .values(status="cancelled")
+        )
 
 
 def _points(first: int, count: int) -> list[Point]:

@@ -36,7 +36,8 @@ SLOW_SPEC = {
 
 def _insert_job(spec: dict | None = None) -> str:
     with session_scope() as session:
-        project = session.scalars(select(Project).limit(1)).first()
+        # The session's own project: other tests' projects may hold jobs that fairness counts.
+        project = session.scalars(select(Project).where(Project.name == f"test-{RUN_ID}")).one()
         job = Job(project_id=project.id, spec=spec or {"data": {"dataset": "iris"}})
         session.add(job)
         session.flush()
