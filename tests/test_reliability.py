@@ -11,12 +11,12 @@ import signal
 import time
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from models.db import session_scope
 from models.metrics import load_blocks
 from models.settings import get_settings
-from models.tables import Job, Project
+from models.tables import Job, Project, new_id
 from saddle import processes
 from saddle.client import Client
 from tests.conftest import RUN_ID, SERVICE_ENV, TMP
@@ -36,8 +36,11 @@ SLOW_SPEC = {
 
 def _insert_job(spec: dict | None = None) -> str:
     with session_scope() as session:
-        # The session's own project: other tests' projects may hold jobs that fairness counts.
-        project = session.scalars(select(Project).where(Project.name == f"test-{RUN_ID}")).one()
+        # A project of its own: a claim may hand out another queued job of the same project whose
+        # turn it is (dispatch.fairness), and other tests leave queued jobs in theirs.
+        project = Project(name=f"reliability-{new_id()[:8]}")
+        session.add(project)
+        session.flush()
         job = Job(project_id=project.id, spec=spec or {"data": {"dataset": "iris"}})
         session.add(job)
         session.flush()
