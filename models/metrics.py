@@ -23,9 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import Connection, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from models.tables import MetricChunk, MetricRollup
@@ -38,32 +40,53 @@ STEP_DTYPE = np.dtype(">i8")
 FLOAT_DTYPE = np.dtype(">f8")
 
 # Postgres: a batch's chunks are seven array parameters unnested server-side (constant statement
-# text, prepared once per connection). A series whose chunk would overlap a stored chunk of it is
-# left out (RETURNING names what went in) and merged by ``_merge``. The rollups at or after the
-# batch's first step go in the same statement: an index probe that finds nothing unless a read
-# cached that stretch.
-PG_APPEND = text(
-    """
-    WITH new AS (
-        SELECT * FROM unnest(
-            CAST(:names AS varchar[]), CAST(:firsts AS bigint[]), CAST(:lasts AS bigint[]),
-            CAST(:ns AS int[]), CAST(:steps AS bytea[]), CAST(:epochs AS bytea[]), CAST(:vals AS bytea[])
-        ) AS t(name, first_step, last_step, n, steps, epochs, vals)
-    ), stale AS (
-        DELETE FROM metric_rollups
-        WHERE job_id = :job_id AND name = ANY(CAST(:names AS varchar[])) AND last_step >= :first_step
-    ), clash AS (
-        SELECT new.name FROM new WHERE EXISTS (
-            SELECT 1 FROM metric_chunks c
-            WHERE c.job_id = :job_id AND c.name = new.name
-              AND c.last_step >= new.first_step AND c.first_step <= new.last_step
-        )
+# text, prepared once per connection), sent in binary (``%b``: a text array of bytea would be
+# hex-escaped by the client and parsed back by the server). A series whose chunk would overlap a
+# stored chunk of it is left out (``ins`` names what went in) and merged by ``_merge``. The rollups
+# at or after the batch's first step go in the same statement: an index probe that finds nothing
+# unless a read cached that stretch. ``{held}`` is what every write waits on: nothing, or the
+# fenced update of the job row (``PG_APPEND_FENCED``).
+_APPEND_CTES = """
+new AS (
+    SELECT t.* FROM unnest(
+        %(names)b::varchar[], %(firsts)b::bigint[], %(lasts)b::bigint[], %(ns)b::int[],
+        %(steps)b::bytea[], %(epochs)b::bytea[], %(vals)b::bytea[]
+    ) AS t(name, first_step, last_step, n, steps, epochs, vals)
+    WHERE {held}
+), stale AS (
+    DELETE FROM metric_rollups
+    WHERE job_id = %(job_id)s AND name = ANY(%(names)b::varchar[]) AND last_step >= %(first_step)s
+      AND {held}
+), clash AS (
+    SELECT new.name FROM new WHERE EXISTS (
+        SELECT 1 FROM metric_chunks c
+        WHERE c.job_id = %(job_id)s AND c.name = new.name
+          AND c.last_step >= new.first_step AND c.first_step <= new.last_step
     )
+), ins AS (
     INSERT INTO metric_chunks (job_id, name, first_step, last_step, n, steps, epochs, vals)
-    SELECT :job_id, new.* FROM new WHERE new.name NOT IN (SELECT name FROM clash)
+    SELECT %(job_id)s, new.* FROM new WHERE new.name NOT IN (SELECT name FROM clash)
     ON CONFLICT DO NOTHING
     RETURNING name
-    """
+)
+"""
+PG_APPEND = "WITH " + _APPEND_CTES.format(held="true") + "SELECT name FROM ins"
+
+# The metric writer's batch, one statement: the job row's fenced update (the heartbeat, and the
+# progress when there is one) and the append, which writes only when the update found the row
+# still held by the attempt's token. A stale attempt changes nothing, and learns it from ``held``
+# (0); ``written`` names the series that went in. All parts run once, on one snapshot; the update
+# locks the job row until the transaction ends, as the separate UPDATE did.
+_BEAT = """
+UPDATE jobs SET heartbeat_at = %(heartbeat_at)s, progress = coalesce(%(progress)s::jsonb, progress)
+WHERE id = %(job_id)s AND attempt_token = %(token)s
+"""
+PG_APPEND_FENCED = (
+    "WITH beat AS ("
+    + _BEAT
+    + "RETURNING id\n), "
+    + _APPEND_CTES.format(held="EXISTS (SELECT FROM beat)")
+    + "SELECT (SELECT count(*) FROM beat)::int AS held, ARRAY(SELECT name FROM ins) AS written"
 )
 
 
@@ -99,10 +122,16 @@ def write_points(session: Session, job_id: str, points: Sequence[Point]) -> int:
     """Store points; a step already stored for its series gets the new value. Returns how many were sent."""
     if not points:
         return 0
+    write_blocks(session, job_id, blocks_of(points))
+    return len(points)
+
+
+def blocks_of(points: Sequence[Point]) -> list[Block]:
+    """The points as one ``sorted_block`` per series, in the order the series first appear."""
     by_name: dict[str, list[Point]] = {}
     for p in points:
         by_name.setdefault(p.name, []).append(p)
-    blocks = [
+    return [
         sorted_block(
             name,
             np.fromiter((p.step for p in ps), np.int64, len(ps)),
@@ -111,34 +140,74 @@ def write_points(session: Session, job_id: str, points: Sequence[Point]) -> int:
         )
         for name, ps in by_name.items()
     ]
-    write_blocks(session, job_id, blocks)
-    return len(points)
 
 
-def write_blocks(session: Session, job_id: str, blocks: Sequence[Block]) -> None:
+def write_blocks(session: Session | Connection, job_id: str, blocks: Sequence[Block]) -> None:
     """Store whole series stretches (``sorted_block``s): appends go in as new chunks in one
     statement on Postgres; a stretch that overlaps stored chunks of its series is merged into them."""
     merge = list(blocks)
-    if session.get_bind().dialect.name == "postgresql":
-        rows = [row for b in blocks for row in _chunk_rows(b)]
-        sent = session.execute(
-            PG_APPEND,
-            {
-                "job_id": job_id,
-                "first_step": min(int(b.steps[0]) for b in blocks),
-                "names": [r["name"] for r in rows],
-                "firsts": [r["first_step"] for r in rows],
-                "lasts": [r["last_step"] for r in rows],
-                "ns": [r["n"] for r in rows],
-                "steps": [r["steps"] for r in rows],
-                "epochs": [r["epochs"] for r in rows],
-                "vals": [r["vals"] for r in rows],
-            },
-        )
-        written = {row[0] for row in sent}
+    if _dialect(session) == "postgresql" and blocks:
+        conn = session.connection() if isinstance(session, Session) else session
+        written = {row[0] for row in conn.exec_driver_sql(PG_APPEND, _append_params(job_id, blocks))}
         merge = [b for b in blocks if b.name not in written]
     for block in merge:
         _merge(session, job_id, block)
+
+
+def append_fenced(
+    conn: Connection,
+    job_id: str,
+    token: str,
+    blocks: Sequence[Block],
+    heartbeat_at: datetime,
+    progress: dict[str, Any] | None = None,
+) -> tuple[bool, list[Block]]:
+    """Postgres, in the caller's transaction: the job row's heartbeat (and ``progress``, JSON-safe,
+    when given) and the blocks' appends, only if attempt ``token`` still holds the job
+    (``PG_APPEND_FENCED``). Returns whether it does (False: nothing was written) and the blocks
+    that overlap stored chunks of their series, which the caller merges (``merge_blocks``) in the
+    same transaction."""
+    from psycopg.types.json import Jsonb
+
+    params = {
+        "job_id": job_id,
+        "token": token,
+        "heartbeat_at": heartbeat_at,
+        "progress": None if progress is None else Jsonb(progress),
+    }
+    if not blocks:  # progress alone, or a flush
+        return conn.exec_driver_sql(_BEAT, params).rowcount == 1, []
+    held, written = conn.exec_driver_sql(PG_APPEND_FENCED, params | _append_params(job_id, blocks)).one()
+    if not held:
+        return False, []
+    return True, [b for b in blocks if b.name not in set(written)]
+
+
+def merge_blocks(conn: Session | Connection, job_id: str, blocks: Sequence[Block]) -> None:
+    """Merge each block into the stored chunks of its series it overlaps (its values win)."""
+    for block in blocks:
+        _merge(conn, job_id, block)
+
+
+def _append_params(job_id: str, blocks: Sequence[Block]) -> dict[str, Any]:
+    from psycopg.types.numeric import Int8  # one parameter type, so one prepared statement
+
+    rows = [row for b in blocks for row in _chunk_rows(b)]
+    return {
+        "job_id": job_id,
+        "first_step": Int8(min(int(b.steps[0]) for b in blocks)),
+        "names": [r["name"] for r in rows],
+        "firsts": [Int8(r["first_step"]) for r in rows],
+        "lasts": [Int8(r["last_step"]) for r in rows],
+        "ns": [Int8(r["n"]) for r in rows],
+        "steps": [r["steps"] for r in rows],
+        "epochs": [r["epochs"] for r in rows],
+        "vals": [r["vals"] for r in rows],
+    }
+
+
+def _dialect(session: Session | Connection) -> str:
+    return (session.get_bind() if isinstance(session, Session) else session).dialect.name
 
 
 def sorted_block(name: str, steps: np.ndarray, epochs: np.ndarray, values: np.ndarray) -> Block:
@@ -176,7 +245,7 @@ def decode(name: str, rows: Iterable[tuple[bytes, bytes, bytes]]) -> Block:
     )
 
 
-def _merge(session: Session, job_id: str, block: Block) -> None:
+def _merge(session: Session | Connection, job_id: str, block: Block) -> None:
     """Replace the stored chunks that overlap ``block``'s step range by their points merged with
     it (its values win). The merged stretch covers no other chunk: ranges never overlap."""
     c = MetricChunk

@@ -109,3 +109,71 @@ def test_points_a_broken_connection_may_have_lost_are_sent_again(database: str) 
     writer.close()
     stored = _stored(claim.job_id)
     assert stored["a"].tolist() == stored["b"].tolist() == list(range(20))
+
+
+def _row(job_id: str) -> tuple:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        return job.heartbeat_at, job.progress
+
+
+def test_a_resumed_attempt_re_logging_stored_steps_replaces_them(database: str) -> None:
+    """The writer's one-statement append leaves out a series whose steps are stored already; they
+    are merged in the same transaction: the new values win and no step is stored twice."""
+    claim = _claim("relog")
+    writer = MetricWriter(claim, batch_points=100, queue_batches=4)
+    writer.log(_points(0, 300))
+    writer.flush()
+    writer.log([Point(name, s, s / 10, -1.0) for s in range(150, 400) for name in ("a", "b")])
+    writer.progress({"epoch": 2})
+    writer.close()
+    with session_scope() as session:
+        stored = {block.name: block for _, block in load_blocks(session, [claim.job_id])}
+    for block in stored.values():
+        assert block.steps.tolist() == list(range(400))
+        assert block.values.tolist() == [s / 2 for s in range(150)] + [-1.0] * 250
+    assert _row(claim.job_id)[1] == {"epoch": 2}
+
+
+def test_a_stale_attempt_token_writes_nothing_in_the_single_statement(database: str) -> None:
+    """append_fenced checks the fence in the same statement as the append: with another attempt's
+    token neither the points nor the heartbeat nor the progress change, and the caller is told."""
+    from models.db import get_engine
+    from models.metrics import append_fenced, blocks_of
+    from models.tables import utcnow
+
+    if get_engine().dialect.name != "postgresql":
+        pytest.skip("the one-statement write is Postgres's")
+    claim = _claim("fence")
+    before = _row(claim.job_id)
+    with get_engine().connect() as conn:
+        held, clashing = append_fenced(
+            conn, claim.job_id, new_id(), blocks_of(_points(0, 50)), utcnow(), {"epoch": 9}
+        )
+        conn.commit()
+        assert (held, clashing) == (False, [])
+        held, _ = append_fenced(conn, claim.job_id, new_id(), [], utcnow(), {"epoch": 9})  # progress alone
+        conn.commit()
+        assert not held
+    assert _stored(claim.job_id) == {}
+    assert _row(claim.job_id) == before
+    with get_engine().connect() as conn:  # the attempt's own token writes both
+        held, clashing = append_fenced(
+            conn, claim.job_id, claim.token, blocks_of(_points(0, 50)), utcnow(), {"epoch": 1}
+        )
+        conn.commit()
+    assert (held, clashing) == (True, [])
+    assert _stored(claim.job_id)["a"].tolist() == list(range(50))
+    assert _row(claim.job_id)[1] == {"epoch": 1}
+
+
+def test_a_progress_only_hand_over_of_a_stale_attempt_is_refused(database: str) -> None:
+    claim = _claim("stale-progress")
+    with session_scope() as session:
+        session.get(Job, claim.job_id).attempt_token = new_id()
+    writer = MetricWriter(claim, batch_points=10, queue_batches=2, progress_seconds=0)
+    writer.progress({"epoch": 1})
+    with pytest.raises(LeaseLost):
+        writer.flush()
+    writer.abandon()
+    assert _row(claim.job_id)[1] != {"epoch": 1}

@@ -32,9 +32,9 @@ from sqlalchemy import Connection, text
 
 from models.db import get_engine, session_scope, with_retries
 from models.jsonsafe import json_safe
-from models.metrics import Point, write_points
+from models.metrics import Point, append_fenced, blocks_of, merge_blocks, write_points
 from models.tables import utcnow
-from worker.lifecycle import Claim, fenced_update
+from worker.lifecycle import Claim, LeaseLost, fenced_update
 
 # At most this long between synchronous commits: bounds what a Postgres crash can take (and what the
 # writer holds to re-send) to about this many seconds of points.
@@ -230,17 +230,45 @@ class MetricWriter:
             # A retry follows a broken connection: what committed without a WAL flush may be gone.
             resend = self._unsure.points if retried else []
             retried = True
-            with session_scope(bind=conn) as session:
-                if (durable or resend) and conn.dialect.name == "postgresql":
-                    session.execute(DURABLE_COMMIT)
-                values: dict[str, Any] = {"heartbeat_at": utcnow()}
-                if progress is not None:
-                    values["progress"] = json_safe(progress)
-                fenced_update(session, self.claim, **values)
-                write_points(session, self.claim.job_id, resend + points)
+            if conn.dialect.name == "postgresql":
+                self._write_pg(conn, resend + points, progress, durable=durable or bool(resend))
+            else:
+                with session_scope(bind=conn) as session:
+                    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+                    if progress is not None:
+                        values["progress"] = json_safe(progress)
+                    fenced_update(session, self.claim, **values)
+                    write_points(session, self.claim.job_id, resend + points)
             if durable or resend:
                 self._unsure = _Unsure()
             else:
                 self._unsure.points.extend(points)
 
         with_retries(transaction)
+
+    def _write_pg(
+        self, conn: Connection, points: list[Point], progress: dict[str, Any] | None, *, durable: bool
+    ) -> None:
+        """One transaction: the fenced heartbeat (and progress) and the append in one statement
+        (``append_fenced``), then the merge of any series whose steps were stored already (a
+        resumed attempt re-logging, a re-sent batch)."""
+        try:
+            if durable:
+                conn.execute(DURABLE_COMMIT)
+            held, clashing = append_fenced(
+                conn,
+                self.claim.job_id,
+                self.claim.token,
+                blocks_of(points) if points else [],
+                heartbeat_at=utcnow(),
+                progress=None if progress is None else json_safe(progress),
+            )
+            if not held:
+                raise LeaseLost(
+                    f"job {self.claim.job_id}: attempt {self.claim.attempt} no longer holds the job"
+                )
+            merge_blocks(conn, self.claim.job_id, clashing)
+            conn.commit()
+        except BaseException:
+            conn.rollback()  # also what a broken connection needs before the retry reconnects
+            raise
