@@ -300,7 +300,7 @@ def delete_after(session: Session, job_id: str, step: int) -> None:
 
 
 def load_blocks(
-    session: Session,
+    session: Session | Connection,
     job_ids: Sequence[str],
     names: Sequence[str] | None = None,
     prefix: str | None = None,
@@ -309,17 +309,20 @@ def load_blocks(
 ) -> Iterator[tuple[str, Block]]:
     """(job id, series) for the jobs' series (those in ``names`` or starting with ``prefix``) within
     the step range, in job, name order: every stored point once."""
-    c = MetricChunk
-    stmt = select(c.job_id, c.name, c.steps, c.epochs, c.vals).where(c.job_id.in_(list(job_ids)))
-    if names:
-        stmt = stmt.where(c.name.in_(list(names)))
-    if prefix:
-        stmt = stmt.where(c.name.startswith(prefix, autoescape=True))
-    if lo is not None:
-        stmt = stmt.where(c.last_step >= lo)
-    if hi is not None:
-        stmt = stmt.where(c.first_step <= hi)
-    rows = session.execute(stmt.order_by(c.job_id, c.name, c.first_step)).all()
+    if _dialect(session) == "postgresql":
+        rows = _load_chunks_pg(session, job_ids, names, prefix, lo, hi)
+    else:
+        c = MetricChunk
+        stmt = select(c.job_id, c.name, c.steps, c.epochs, c.vals).where(c.job_id.in_(list(job_ids)))
+        if names:
+            stmt = stmt.where(c.name.in_(list(names)))
+        if prefix:
+            stmt = stmt.where(c.name.startswith(prefix, autoescape=True))
+        if lo is not None:
+            stmt = stmt.where(c.last_step >= lo)
+        if hi is not None:
+            stmt = stmt.where(c.first_step <= hi)
+        rows = session.execute(stmt.order_by(c.job_id, c.name, c.first_step)).all()
     start = 0
     for i in range(1, len(rows) + 1):
         if i == len(rows) or rows[i][:2] != rows[start][:2]:
@@ -329,6 +332,40 @@ def load_blocks(
             if len(block.steps):
                 yield job_id, block
             start = i
+
+
+def _load_chunks_pg(
+    session: Session | Connection,
+    job_ids: Sequence[str],
+    names: Sequence[str] | None,
+    prefix: str | None,
+    lo: int | None,
+    hi: int | None,
+) -> list[tuple]:
+    """load_blocks' rows on Postgres, through a binary cursor: the arrays arrive as they are stored
+    (through SQLAlchemy they came hex-encoded, and decoding 10,000 points' took ~3 ms)."""
+    where = ["job_id = ANY(%(jobs)s::text[])"]
+    params: dict[str, Any] = {"jobs": list(job_ids)}
+    if names:
+        where.append("name = ANY(%(names)s::text[])")
+        params["names"] = list(names)
+    if prefix:
+        where.append("name LIKE %(prefix)s ESCAPE '/'")
+        params["prefix"] = prefix.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
+    if lo is not None:
+        where.append("last_step >= %(lo)s::bigint")
+        params["lo"] = lo
+    if hi is not None:
+        where.append("first_step <= %(hi)s::bigint")
+        params["hi"] = hi
+    sql = (
+        "SELECT job_id, name, steps, epochs, vals FROM metric_chunks WHERE "
+        + " AND ".join(where)
+        + " ORDER BY job_id, name, first_step"
+    )
+    with _cursor(session) as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
 
 
 def last_values(
@@ -512,9 +549,10 @@ FROM unnest(%(widths)s::int[]) AS w(width)
 """
 
 
-def _cursor(session: Session):  # noqa: ANN202
+def _cursor(session: Session | Connection):  # noqa: ANN202
     """A binary cursor on the session's own connection (arrays and floats arrive unparsed)."""
-    return session.connection().connection.driver_connection.cursor(binary=True)
+    conn = session.connection() if isinstance(session, Session) else session
+    return conn.connection.driver_connection.cursor(binary=True)
 
 
 def rollup_width(span: int, max_points: int) -> int | None:

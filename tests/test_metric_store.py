@@ -97,3 +97,18 @@ def test_downsampling_keeps_the_envelope(database: str) -> None:
     assert series.downsampled and len(series.values) == 100 and series.total_points == 10_000
     assert min(series.min) == 0.0 and max(series.max) == 6.0
     assert series.steps == sorted(series.steps)
+
+
+def test_load_blocks_by_prefix_takes_like_wildcards_literally(database: str) -> None:
+    with session_scope() as session:
+        job_id = _job(session)
+        names = ("tr_in/loss", "train/loss", "t%/loss", "tx/loss")
+        write_points(session, job_id, [Point(name, 1, 0.1, 1.0) for name in names])
+    with session_scope() as session:
+        assert [b.name for _, b in load_blocks(session, [job_id], prefix="tr_")] == ["tr_in/loss"]
+        assert [b.name for _, b in load_blocks(session, [job_id], prefix="t%")] == ["t%/loss"]
+        assert sorted(b.name for _, b in load_blocks(session, [job_id], prefix="t")) == sorted(names)
+        assert [b.name for _, b in load_blocks(session, [job_id], ["tx/loss"], "t", lo=1, hi=1)] == [
+            "tx/loss"
+        ]
+        assert list(load_blocks(session, [job_id], ["tx/loss"], lo=2)) == []
