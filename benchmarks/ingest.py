@@ -1,13 +1,15 @@
 """Metric ingestion and read latency: Saddle against MLflow's tracking server, on the same Postgres.
 
 Saddle's figures go through the service's own code: ingestion is the worker's metric writer
-(``worker.metric_writer.MetricWriter``: the fenced heartbeat UPDATE of the job row and
-``models.metrics.write_points`` in one transaction per 1,000-point batch, on the writer's thread),
-with 1, 2, 4 and 8 jobs writing at once, each in a process of its own; the reads are the real API
-(``GET /v1/jobs/{id}/metrics``) served by uvicorn in its own process: a 10,000-point series, and a
-1,000,000-point one downsampled to 2,000 points. MLflow's server runs from a
-separate virtualenv (``.bench-venv``) and is driven over REST with the same httpx client, so
-neither side pays for a client library the other does not.
+(``worker.metric_writer.MetricWriter``: the fenced heartbeat UPDATE of the job row and the
+append in one statement, ``models.metrics.append_fenced``, one transaction per 1,000-point batch,
+on the writer's thread), with 1, 2, 4 and 8 jobs writing at once, each in a process of its own;
+the reads are the real API
+(``GET /v1/jobs/{id}/metrics``) served by uvicorn in its own process and read the way users read
+it, through ``saddle.client.Client.metrics``: a 10,000-point series, and a 1,000,000-point one
+downsampled to 2,000 points. MLflow's server runs from a separate virtualenv (``.bench-venv``) and
+is driven over REST with the same httpx client and the same JSON parser as Saddle's client
+(orjson), so neither side pays for a client library or a parser the other does not.
 
     .venv/bin/python benchmarks/ingest.py [--points N] [--mlflow-points N] [--no-mlflow]
 """
@@ -233,17 +235,13 @@ def concurrent_ingest(jobs: list[tuple[str, str]], total: int) -> tuple[float, f
 
 
 def saddle_read(base_url: str, token: str, job_id: str) -> list[float]:
-    import httpx
+    from saddle.client import Client
 
-    url = f"{base_url}/v1/jobs/{job_id}/metrics"
-    params = {"name": READ_SERIES, "max_points": READ_POINTS}
     samples: list[float] = []
-    with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+    with Client(base_url, token, timeout=60) as client:
         for i in range(WARMUP_READS + READ_REPEATS):
             started = time.perf_counter()
-            response = client.get(url, params=params)
-            response.raise_for_status()
-            body = response.json()
+            body = client.metrics(job_id, READ_SERIES, max_points=READ_POINTS)
             elapsed = time.perf_counter() - started
             check_saddle_series(body)
             if i >= WARMUP_READS:
@@ -340,17 +338,13 @@ def fill_long_series(job_id: str) -> None:
 
 def long_read(base_url: str, token: str, job_id: str) -> tuple[float, list[float]]:
     """The downsampled read of the long series: the first one alone, then READ_REPEATS after warm-ups."""
-    import httpx
+    from saddle.client import Client
 
-    url = f"{base_url}/v1/jobs/{job_id}/metrics"
-    params = {"name": READ_SERIES, "max_points": LONG_MAX_POINTS}
     timings: list[float] = []
-    with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=120) as client:
+    with Client(base_url, token, timeout=120) as client:
         for _ in range(1 + WARMUP_READS + READ_REPEATS):
             started = time.perf_counter()
-            response = client.get(url, params=params)
-            response.raise_for_status()
-            series = response.json()["series"][0]
+            series = client.metrics(job_id, READ_SERIES, max_points=LONG_MAX_POINTS)["series"][0]
             timings.append(time.perf_counter() - started)
             if series["total_points"] != LONG_POINTS or len(series["values"]) > LONG_MAX_POINTS:
                 raise RuntimeError(f"long read: {summarize_body([series])}")
@@ -433,12 +427,14 @@ def mlflow_ingest(client: Any, bodies: list[bytes]) -> float:
 
 def mlflow_history(client: Any, run_id: str) -> int:
     """Read the whole history of the read series, following next_page_token if the server pages."""
+    import orjson
+
     params: dict[str, Any] = {"run_id": run_id, "metric_key": READ_SERIES, "max_results": 25_000}
     count = 0
     while True:
         response = client.get("/api/2.0/mlflow/metrics/get-history", params=params)
         response.raise_for_status()
-        body = response.json()
+        body = orjson.loads(response.content)  # the parser Saddle's client uses
         count += len(body.get("metrics", []))
         token = body.get("next_page_token")
         if not token:
