@@ -51,6 +51,10 @@ def stop_for_shutdown() -> None:
     _shutting_down.set()
 
 
+def shutting_down() -> bool:
+    return _shutting_down.is_set()
+
+
 class ShuttingDown(Exception):
     """A delivery reached a worker on its way out (Celery may hand it one more message while its
     pool drains): the job is not claimed, and worker.tasks puts the message back on the queue."""

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import billiard.process
@@ -13,8 +14,9 @@ from celery.exceptions import Reject
 from celery.signals import task_prerun, worker_shutting_down
 
 from sweeps.runtime import connect_signals
+from worker import handover
 from worker.celery_app import ON_DEMAND_SPECTRUM, RUN_JOB, app
-from worker.lifecycle import DatabaseAway, ShuttingDown, stop_for_shutdown
+from worker.lifecycle import DatabaseAway, ShuttingDown, shutting_down, stop_for_shutdown
 from worker.registry import connect_arch_reports
 from worker.runner import run_job
 from worker.spectra import on_demand_spectrum
@@ -37,20 +39,36 @@ def requeue_unclaimed(run: Callable[..., Any], *args: Any) -> Any:
         raise Reject(str(exc), requeue=True) from exc
 
 
+# What each task runs, also for the messages a pool process takes itself (worker.handover).
+RUNS: dict[str, Callable[..., Any]] = {
+    RUN_JOB: partial(requeue_unclaimed, run_job),
+    BATCH_TIMING_TASK: partial(requeue_unclaimed, run_study),
+    ON_DEMAND_SPECTRUM: partial(requeue_unclaimed, on_demand_spectrum),
+}
+
+
+def then_the_next(result: Any) -> Any:
+    """After a task that ran something, this process takes its queue's next messages itself
+    (worker.handover) before Celery gets the slot back."""
+    if result not in handover.RAN_NOTHING:
+        handover.run_following(RUNS, shutting_down)
+    return result
+
+
 @app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True)
 def run_job_task(job_id: str) -> str:
-    return requeue_unclaimed(run_job, job_id)
+    return then_the_next(RUNS[RUN_JOB](job_id))
 
 
 @app.task(name=BATCH_TIMING_TASK, acks_late=True, reject_on_worker_lost=True)
 def batch_size_timing_task(job_id: str) -> str:
     """A batch-size timing study (a Job row of kind "study"); see worker.timing."""
-    return requeue_unclaimed(run_study, job_id)
+    return then_the_next(RUNS[BATCH_TIMING_TASK](job_id))
 
 
 @app.task(name=ON_DEMAND_SPECTRUM, acks_late=True, reject_on_worker_lost=True)
 def on_demand_spectrum_task(job_id: str, checkpoint_id: int, settings: dict) -> int:
-    return requeue_unclaimed(on_demand_spectrum, job_id, checkpoint_id, settings)
+    return then_the_next(RUNS[ON_DEMAND_SPECTRUM](job_id, checkpoint_id, settings))
 
 
 # A sweep trial's worker also runs its pruning watcher (see sweeps.runtime).
