@@ -119,15 +119,22 @@ def cause_rank(ev: Evidence, finding: Finding) -> int:
     return CAUSE_PRIORITY.index(finding.code)
 
 
-def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) -> Finding:
+def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) -> Finding | None:
     """Model bias or optimization trouble. Probe runs decide when they are conclusive (the same
     model trained with a standard recipe does clearly better: optimization; only a larger model
     does: bias). Otherwise: a convex model (linear, no hidden layer) that converged cannot be stuck,
     so it is bias; any finding that blames the optimizer makes it optimization trouble; with none,
-    the optimizer reached the model's best: bias."""
+    the optimizer reached the model's best: bias.
+
+    None (not underfitting) when the loss was judged large only for being near chance, the model
+    fits its training rows as well as the k-NN reference does, and both probes ran and neither
+    trained clearly lower: the labels carry little signal (heavy noise, overlapping classes), and
+    the experiment shows no fix that lowers the loss."""
     outcome, probes = rules.probe_outcome(ev, facts(ev))
     if probes:
         under = under | {"probes": probes}
+    if outcome == "neither" and not under.get("below_reference"):
+        return None
     convex = ev.spec.model.arch == "linear"
     if rules.at_linear_optimum(ev, facts(ev)):  # a linear model in disguise that reached its optimum
         return bias_verdict(ev, under | {"linear_optimum": True}, "it reached the best linear model's loss")
@@ -219,6 +226,9 @@ def good_fit_evidence(ev: Evidence) -> dict[str, Any]:
             "val_accuracy": rules._r(ev.final("val/accuracy")),
             "reference_val_accuracy": rules._r(ev.reference["knn_val_accuracy"]),
         }
+    _, probes = rules.probe_outcome(ev, f)
+    if probes:  # the loss was near chance and the probe runs found nothing that trains lower
+        out["probes"] = probes
     return out
 
 

@@ -127,6 +127,7 @@ def underfit_evidence(ev: Evidence, f: Facts) -> dict[str, Any] | None:
     else:
         below = False
     out["near_chance"] = near_chance
+    out["below_reference"] = below
     material = loss >= MATERIAL * f.chance
     # The model a user keeps is the best checkpoint: if it does as well as the k-NN on validation
     # rows, the large final loss is a bad last bounce, not a model that cannot fit.
