@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import groupby
 from typing import Any
 
 import numpy as np
@@ -473,6 +474,20 @@ WHERE b.first IS NOT NULL
 ORDER BY s.name
 """
 
+# The chunks of the series whose chunks in the range hold at most %(raw)s points: those are read
+# raw whatever PROBE_SQL finds, so this goes out with it, in the same round trip.
+SHORT_CHUNKS_SQL = """
+WITH short AS MATERIALIZED (
+    SELECT s.name FROM unnest(%(names)s::text[]) AS s(name)
+    WHERE (SELECT sum(n) FROM metric_chunks
+           WHERE job_id = %(job)s AND name = s.name AND last_step >= %(lo)s AND first_step <= %(hi)s) <= %(raw)s
+)
+SELECT name, steps, epochs, vals FROM metric_chunks
+WHERE job_id = %(job)s AND name = ANY(ARRAY(SELECT name FROM short))
+  AND last_step >= %(lo)s AND first_step <= %(hi)s
+ORDER BY name, first_step
+"""
+
 EDGES_SQL = """
 SELECT first_step, last_step, steps FROM metric_chunks
 WHERE job_id = %(job)s AND name = %(name)s AND (first_step = %(first)s OR last_step = %(last)s)
@@ -574,7 +589,10 @@ def _read_pg(
 ) -> list[Series]:
     lo = step_min if step_min is not None else -NO_STEP
     hi = step_max if step_max is not None else NO_STEP
-    with _cursor(session) as cursor:
+    params = {"job": job_id, "lo": lo, "hi": hi, "raw": max_points}
+    # One pipeline: the setting, the probe and the short series' chunks go out together and come
+    # back in one round trip (on a busy machine each round trip costs a wake-up of both processes).
+    with _cursor(session) as cursor, _cursor(session) as chunks, cursor.connection.pipeline():
         # A job with millions of points inflates the planner's estimates past jit_above_cost; the
         # statements here take milliseconds, and compiling them would take tens.
         cursor.execute("SET LOCAL jit = off")
@@ -585,13 +603,28 @@ def _read_pg(
             names = [n for n in names if n.startswith(prefix)]
         if not names:
             return []
-        if max_points >= RAW_ONLY_POINTS:
-            return _read_raw(session, job_id, names, None, step_min, step_max, max_points)
-        cursor.execute(PROBE_SQL, {"job": job_id, "names": names, "lo": lo, "hi": hi})
-        probes = cursor.fetchall()
+        raw_only = max_points >= RAW_ONLY_POINTS
+        if not raw_only:
+            cursor.execute(PROBE_SQL, params | {"names": names})
+            chunks.execute(SHORT_CHUNKS_SQL, params | {"names": names})
+            probes, short = cursor.fetchall(), chunks.fetchall()
+    if raw_only:
+        return _read_raw(session, job_id, names, None, step_min, step_max, max_points)
+    out: dict[str, Series] = {}
+    read: set[str] = set()
+    for name, group in groupby(short, key=lambda row: row[0]):
+        read.add(name)
+        block = decode(name, [row[1:] for row in group]).within(lo, hi)
+        if len(block.steps):
+            out[name] = _to_series(name, block.steps, block.epochs, block.values, max_points)
     raw: list[str] = []
     rolled: list[tuple[str, int, int, int, int]] = []
     for name, first, last, count, series_last in probes:
+        if name in read:  # read above, with the probe
+            continue
+        if count <= max_points:  # it grew past max_points between the two statements' snapshots
+            raw.append(name)
+            continue
         if first < lo or last > hi:
             first, last, count = _exact_range(session, job_id, name, first, last, count, lo, hi)
         width = rollup_width(last - first + 1, max_points)
@@ -599,11 +632,8 @@ def _read_pg(
             raw.append(name)
         else:
             rolled.append((name, first, last, width, series_last))
-    out = (
-        {s.name: s for s in _read_raw(session, job_id, raw, None, step_min, step_max, max_points)}
-        if raw
-        else {}
-    )
+    if raw:
+        out |= {s.name: s for s in _read_raw(session, job_id, raw, None, step_min, step_max, max_points)}
     for name, first, last, width, series_last in rolled:
         out[name] = _read_rolled(session, job_id, name, first, last, width, series_last, max_points)
     return [out[name] for name in sorted(out)]
