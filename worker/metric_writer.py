@@ -175,11 +175,12 @@ class MetricWriter:
         if conn.dialect.name != "postgresql":
             return
         try:
+            conn.connection.driver_connection.autocommit = False
             conn.exec_driver_sql("RESET application_name")
             conn.exec_driver_sql("RESET synchronous_commit")
             conn.commit()
-        except Exception:  # never hand the pool a connection that may still commit asynchronously
-            conn.invalidate()
+        except Exception:  # never hand the pool a connection that may still commit asynchronously,
+            conn.invalidate()  # or on its own
 
     def _serve(self, conn: Connection) -> None:
         while self._error is None:
@@ -249,10 +250,14 @@ class MetricWriter:
     def _write_pg(
         self, conn: Connection, points: list[Point], progress: dict[str, Any] | None, *, durable: bool
     ) -> None:
-        """One transaction: the fenced heartbeat (and progress) and the append in one statement
-        (``append_fenced``), then the merge of any series whose steps were stored already (a
-        resumed attempt re-logging, a re-sent batch)."""
+        """The fenced heartbeat (and progress) and the append in one statement (``append_fenced``),
+        then the merge of any series whose steps were stored already (a resumed attempt re-logging,
+        a re-sent batch). Between durable commits that statement is a transaction of its own
+        (autocommit: no BEGIN and COMMIT round trips); a durable commit (``SET LOCAL``) and a merge
+        run in a transaction, the merge fenced again."""
+        driver = conn.connection.driver_connection
         try:
+            driver.autocommit = not durable
             if durable:
                 conn.execute(DURABLE_COMMIT)
             held, clashing = append_fenced(
@@ -263,6 +268,10 @@ class MetricWriter:
                 heartbeat_at=utcnow(),
                 progress=None if progress is None else json_safe(progress),
             )
+            if held and clashing and driver.autocommit:
+                conn.commit()  # the appends and the beat are in; the merge gets a transaction
+                driver.autocommit = False
+                held, _ = append_fenced(conn, self.claim.job_id, self.claim.token, [], utcnow())
             if not held:
                 raise LeaseLost(
                     f"job {self.claim.job_id}: attempt {self.claim.attempt} no longer holds the job"
