@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, String, func, literal, select, update
+from sqlalchemy import ColumnElement, Select, String, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from models.db import session_scope
@@ -75,26 +75,49 @@ def _running(session: Session, project_id: str) -> int:
     )
 
 
-def fair_turn(session: Session, job: Job) -> Job | None:
-    """The job that takes the slot ``job``'s delivery opened: ``job`` itself, another queued job
-    (locked for this transaction), or None when none may start now."""
-    _lock_project(session, job.project_id)
-    waiting = (
-        select(Job.project_id)
-        .where(*_waiting(job))
-        .group_by(Job.project_id)
-        .union(select(literal(job.project_id, String(32)).label("project_id")))
-    ).subquery()
-    running = (
-        select(func.count())
-        .select_from(Job)
-        .where(Job.project_id == waiting.c.project_id, Job.status == "running")
-        .scalar_subquery()
-    )
-    rows = session.execute(
-        select(waiting.c.project_id, running, Project.last_started_at).join(
+def _ranks(queue: str | None, kind: str) -> Select:
+    """The statement of a turn: each project with jobs waiting for a slot of this pool and task, and
+    the named job's (``b_project``), with its running jobs and when it last started one. Built once
+    per (pool, task) kind: a statement built per call costs more Python than its round trip."""
+    key = (queue is None, kind if kind in TASK_FOR_KIND else None)
+    statement = _RANKS.get(key)
+    if statement is None:
+        waiting = (
+            select(Job.project_id)
+            .where(
+                Job.status == "queued",
+                Job.queue.is_(None) if queue is None else Job.queue == bindparam("b_queue"),
+                Job.cancel_requested.is_(False),
+                Job.parked_at.is_(None),
+                _same_task(kind),
+            )
+            .group_by(Job.project_id)
+            .union(select(bindparam("b_project", type_=String(32)).label("project_id")))
+        ).subquery()
+        running = (
+            select(func.count())
+            .select_from(Job)
+            .where(Job.project_id == waiting.c.project_id, Job.status == "running")
+            .scalar_subquery()
+        )
+        statement = select(waiting.c.project_id, running, Project.last_started_at).join(
             Project, Project.id == waiting.c.project_id
         )
+        _RANKS[key] = statement
+    return statement
+
+
+_RANKS: dict[tuple[bool, str | None], Select] = {}
+
+
+def fair_turn(session: Session, job: Job, project_locked: bool = False) -> Job | None:
+    """The job that takes the slot ``job``'s delivery opened: ``job`` itself, another queued job
+    (locked for this transaction), or None when none may start now. ``project_locked``: the claim
+    locked ``job``'s project row already (with the job's row, in one statement)."""
+    if not project_locked:
+        _lock_project(session, job.project_id)
+    rows = session.execute(
+        _ranks(job.queue, job.kind), {"b_project": job.project_id, "b_queue": job.queue}
     ).all()
     limit = get_settings().max_running_jobs
     ranks = {pid: _rank(n, last) for pid, n, last in rows if n < limit}

@@ -68,26 +68,29 @@ def enabled() -> bool:
     return get_settings().broker_url.startswith(("redis://", "rediss://"))
 
 
-def take() -> Any | None:
+def take(queue: str | None = None) -> Any | None:
     """The next message of this worker's queue, now unacked and this process's; None when the queue
     is empty or the broker cannot be reached (Celery's consumer then delivers as before)."""
     try:
-        return _channel().basic_get(get_settings().queue)
+        return _channel().basic_get(queue or get_settings().queue)
     except Exception as exc:
         log.warning("could not take the next message from the broker: %s: %s", type(exc).__name__, exc)
         _forget_connection()
         return None
 
 
-def run_following(runs: dict[str, Callable[..., Any]], stopping: Callable[[], bool]) -> int:
-    """Take and run this worker's next messages until one runs nothing, the queue is empty, the
-    worker stops, or a message is no task in ``runs``; returns how many ran. Never raises."""
+def run_following(
+    runs: dict[str, Callable[..., Any]], stopping: Callable[[], bool], queue: str | None = None
+) -> int:
+    """Take and run the next messages of this worker's queue (or ``queue``) until one runs nothing,
+    the queue is empty, the worker stops, or a message is no task in ``runs``; returns how many
+    ran. Never raises."""
     if not enabled():
         return 0
     ran = 0
 
     while not stopping():
-        message = take()
+        message = take(queue)
         if message is None:
             break
         try:
@@ -114,7 +117,7 @@ def _run(message: Any, runs: dict[str, Callable[..., Any]]) -> Any | None:
         return None
     task_id = message.headers.get("id")
     args, kwargs, _embed = message.decode()
-    task = app.tasks[name]
+    task = app.tasks.get(name)
     task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
     started = time.monotonic()
     state, result = "SUCCESS", None

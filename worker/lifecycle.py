@@ -11,13 +11,15 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, exists, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from dispatch import fairness
@@ -26,7 +28,7 @@ from models.db import session_scope, with_retries
 from models.settings import get_settings
 from models.spec import JobSpec
 from models.summary import RunSummary
-from models.tables import FINISHED_STATUSES, Job, new_id, utcnow
+from models.tables import FINISHED_STATUSES, Job, Project, new_id, utcnow
 from sweeps import runtime as sweeps
 from worker.celery_app import enqueue_job
 
@@ -93,12 +95,15 @@ def claim(job_id: str, admit: Admit | None = None) -> Claim | None:
     """Take a job for this worker: ``job_id``, or the queued job whose project's turn it is (see
     dispatch.fairness; the claim names which). None when none must run here.
 
-    A database outage is waited out; one that outlasts the retries raises DatabaseAway."""
+    A database outage is waited out; one that outlasts the retries raises DatabaseAway. This
+    thread's pending finishing write (``finishing_with_next_claim``) commits in the same
+    transaction, before anything else of it."""
     passed_over: list[tuple[str, str, str | None]] = []
+    pending: _Finishing | None = getattr(_local, "pending", None)
 
     def transaction() -> Claim | None:
         passed_over.clear()
-        return _claim(job_id, admit, passed_over)
+        return _claim(job_id, admit, passed_over, pending)
 
     try:
         taken = with_retries(transaction)
@@ -106,20 +111,37 @@ def claim(job_id: str, admit: Admit | None = None) -> Claim | None:
         if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
             raise
         raise DatabaseAway(str(exc).splitlines()[0]) from exc
+    if pending is not None:
+        _local.pending = None
+        pending.done()
     for job in passed_over:  # after the commit: its message went to the job that took its turn
         fairness.resend(*job)
     return taken
 
 
+# The job's row and its project's, locked in one statement (the project's for dispatch.fairness).
+_JOB_AND_PROJECT = (
+    select(Job)
+    .join(Project, Project.id == Job.project_id)
+    .where(Job.id == bindparam("b_job"))
+    .with_for_update()
+)
+
+
 def _claim(
-    job_id: str, admit: Admit | None = None, passed_over: list[tuple[str, str, str | None]] | None = None
+    job_id: str,
+    admit: Admit | None = None,
+    passed_over: list[tuple[str, str, str | None]] | None = None,
+    pending: _Finishing | None = None,
 ) -> Claim | None:
     with session_scope() as session:
-        job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
+        if pending is not None:
+            pending.write(session)
+        job = session.execute(_JOB_AND_PROJECT, {"b_job": job_id}).scalar_one_or_none()
         if job is None or job.status in FINISHED_STATUSES:
             return None
         if job.status == "queued" and not job.cancel_requested:
-            turn = fairness.fair_turn(session, job)
+            turn = fairness.fair_turn(session, job, project_locked=True)
             if turn is None:
                 fairness.park(job)
                 return None
@@ -166,15 +188,128 @@ def fenced_update(session, claim: Claim, **values: Any) -> None:  # noqa: ANN001
 
 
 def finish(claim: Claim, status: str, summary: RunSummary | None = None, error: str | None = None) -> None:
+    """The job's last write: its status, when it ended, its summary. Within
+    ``finishing_with_next_claim`` it waits for this thread's next claim and commits with it."""
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
     if summary is not None:
         values["summary"] = summary.as_row()
+    finishing = _Finishing(claim, values)
+    if getattr(_local, "deferring", False):
+        write_pending()  # never two waiting
+        _local.pending = finishing
+        return
 
     def transaction() -> None:
         with session_scope() as session:
-            fenced_update(session, claim, **values)
+            finishing.write(session, fenced=True)
 
     with_retries(transaction)
+
+
+# ----- the finishing write rides with the next claim
+# A durable commit is a WAL flush (~4 ms on a VM's disk), and a job's finishing write was one more
+# commit between one job's end and the next one's start. A worker that goes on with its queue's
+# next message (worker.handover) instead writes it in the transaction of the next claim, before
+# anything else of it: one commit for both. What must follow the write (sending the project's
+# parked jobs, the sweep's step) waits for it (``when_finished``).
+_local = threading.local()  # deferring: bool; pending: _Finishing | None
+# Whether a job's project had parked jobs when its finishing write committed (job id -> bool).
+_parked_at_finish: dict[str, bool] = {}
+_J = Job.__table__
+_PARKED = _J.alias("parked")
+
+
+def _finishing_update(with_summary: bool) -> Any:
+    """The finishing write, built once (a statement built per call costs more Python than its round
+    trip): fenced by the attempt token, a beat too, returning whether the project has parked jobs."""
+    values = {
+        "status": bindparam("b_status"),
+        "finished_at": bindparam("b_finished_at", type_=_J.c.finished_at.type),
+        "error": bindparam("b_error", type_=_J.c.error.type),
+        "heartbeat_at": bindparam("b_heartbeat_at", type_=_J.c.heartbeat_at.type),
+    }
+    if with_summary:
+        values["summary"] = bindparam("b_summary", type_=_J.c.summary.type)
+    parked = exists().where(
+        _PARKED.c.project_id == _J.c.project_id,
+        _PARKED.c.status == "queued",
+        _PARKED.c.parked_at.is_not(None),
+    )
+    return (
+        update(_J)
+        .where(_J.c.id == bindparam("b_job"), _J.c.attempt_token == bindparam("b_token"))
+        .values(**values)
+        .returning(parked)
+    )
+
+
+_FINISHING = {True: _finishing_update(True), False: _finishing_update(False)}
+
+
+@dataclass
+class _Finishing:
+    claim: Claim
+    values: dict[str, Any]
+    then: list[Callable[[], None]] = field(default_factory=list)
+
+    def write(self, session, fenced: bool = False) -> None:  # noqa: ANN001
+        """The fenced update, noting whether the project has parked jobs. A lost lease raises
+        LeaseLost when ``fenced``, else it is logged (the next claim goes on)."""
+        params = {f"b_{key}": value for key, value in self.values.items()}
+        params.update(b_job=self.claim.job_id, b_token=self.claim.token, b_heartbeat_at=utcnow())
+        row = session.connection().execute(_FINISHING["summary" in self.values], params).first()
+        if row is None:
+            lost = LeaseLost(f"job {self.claim.job_id}: attempt {self.claim.attempt} no longer holds the job")
+            if fenced:
+                raise lost
+            log.warning("%s; its end is not recorded", lost)
+            return
+        _parked_at_finish[self.claim.job_id] = bool(row[0])
+
+    def done(self) -> None:
+        for then in self.then:
+            then()
+
+
+@contextmanager
+def finishing_with_next_claim(enabled: bool = True) -> Iterator[None]:
+    """Within: a job's finishing write waits for this thread's next claim (``claim``) and commits
+    with it; what is still waiting at the end is written alone."""
+    _local.deferring = enabled
+    try:
+        yield
+    finally:
+        _local.deferring = False
+        write_pending()
+
+
+def write_pending() -> None:
+    """Write this thread's waiting finishing write now, alone (nothing to claim follows), then run
+    what waited for it. Never raises: a write that fails leaves its job to the reaper."""
+    pending: _Finishing | None = getattr(_local, "pending", None)
+    if pending is None:
+        return
+    _local.pending = None
+
+    def transaction() -> None:
+        with session_scope() as session:
+            pending.write(session)
+
+    try:
+        with_retries(transaction)
+    except Exception:
+        log.exception("job %s: its finishing write failed; the reaper re-queues it", pending.claim.job_id)
+    pending.done()
+
+
+def when_finished(then: Callable[[], None]) -> None:
+    """Run ``then`` once this thread's ended job is written finished: now, or after the write that
+    waits for the next claim."""
+    pending: _Finishing | None = getattr(_local, "pending", None)
+    if pending is None:
+        then()
+    else:
+        pending.then.append(then)
 
 
 class Heartbeat(threading.Thread):
@@ -243,9 +378,10 @@ def run_claimed(job_id: str, work: Callable[[Claim, Heartbeat], str], admit: Adm
         return "lease_lost"
     finally:
         heartbeat.stop()
-        release_safely(job_claim.project_id)
+        when_finished(partial(release_parked, job_claim))
     if took_turn and admit is not None:
-        sweeps.on_job_finished(job_claim.job_id)  # the hook the caller runs for job_id, for this job
+        # The hook the caller runs for job_id, for this job.
+        when_finished(partial(sweeps.on_job_finished, job_claim.job_id))
     return status
 
 
@@ -264,6 +400,13 @@ def refuse_over_budget(job_claim: Claim) -> str | None:
     log.warning("job %s: %s", job_claim.job_id, error)
     finish(job_claim, "failed", error=error)
     return "failed"
+
+
+def release_parked(job_claim: Claim) -> None:
+    """The job ended: its project's parked jobs may start, if its finishing write found any (or
+    the job ended without one)."""
+    if _parked_at_finish.pop(job_claim.job_id, True):
+        release_safely(job_claim.project_id)
 
 
 def release_safely(project_id: str) -> None:

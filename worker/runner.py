@@ -6,6 +6,7 @@ Called by the Celery task; also callable directly (tests, ``saddle run-local``).
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 import torch
@@ -27,7 +28,15 @@ from worker.diagnosis.reference import reference_scores
 from worker.failures import describe_failure, one_line
 from worker.finetune import initialize_from_parent
 from worker.jobdata import prepare_data
-from worker.lifecycle import Claim, Heartbeat, LeaseLost, fenced_update, finish, run_claimed
+from worker.lifecycle import (
+    Claim,
+    Heartbeat,
+    LeaseLost,
+    fenced_update,
+    finish,
+    run_claimed,
+    when_finished,
+)
 from worker.metric_writer import PROGRESS_SECONDS, MetricWriter
 from worker.phases import PhaseClock
 from worker.spectra import record_spectrum
@@ -197,7 +206,8 @@ def run_job(job_id: str) -> str:
     e.g. a sweep's trial while its sweep already runs max_concurrency trials)."""
     status = run_claimed(job_id, _train, admit=admit_trial)
     if status not in ("skipped", "lease_lost"):
-        on_job_finished(job_id)  # a sweep's trial: record it and launch the next ones; never raises
+        # A sweep's trial: record it and launch the next ones, once the job is written finished.
+        when_finished(partial(on_job_finished, job_id))
     return status
 
 

@@ -16,7 +16,14 @@ from celery.signals import task_prerun, worker_shutting_down
 from sweeps.runtime import connect_signals
 from worker import handover
 from worker.celery_app import ON_DEMAND_SPECTRUM, RUN_JOB, app
-from worker.lifecycle import DatabaseAway, ShuttingDown, shutting_down, stop_for_shutdown
+from worker.lifecycle import (
+    DatabaseAway,
+    ShuttingDown,
+    finishing_with_next_claim,
+    shutting_down,
+    stop_for_shutdown,
+    write_pending,
+)
 from worker.registry import connect_arch_reports
 from worker.runner import run_job
 from worker.spectra import on_demand_spectrum
@@ -39,36 +46,50 @@ def requeue_unclaimed(run: Callable[..., Any], *args: Any) -> Any:
         raise Reject(str(exc), requeue=True) from exc
 
 
+def after_the_last_write(run: Callable[..., Any]) -> Callable[..., Any]:
+    """For a task that claims no job: the ended job's finishing write, if it waits for a claim, is
+    written first (worker.lifecycle.finishing_with_next_claim)."""
+
+    def first_the_write(*args: Any) -> Any:
+        write_pending()
+        return run(*args)
+
+    return first_the_write
+
+
 # What each task runs, also for the messages a pool process takes itself (worker.handover).
 RUNS: dict[str, Callable[..., Any]] = {
     RUN_JOB: partial(requeue_unclaimed, run_job),
     BATCH_TIMING_TASK: partial(requeue_unclaimed, run_study),
-    ON_DEMAND_SPECTRUM: partial(requeue_unclaimed, on_demand_spectrum),
+    ON_DEMAND_SPECTRUM: partial(requeue_unclaimed, after_the_last_write(on_demand_spectrum)),
 }
 
 
-def then_the_next(result: Any) -> Any:
-    """After a task that ran something, this process takes its queue's next messages itself
-    (worker.handover) before Celery gets the slot back."""
-    if result not in handover.RAN_NOTHING:
-        handover.run_following(RUNS, shutting_down)
+def run_then_the_next(name: str, *args: Any) -> Any:
+    """Run the task, then, if it ran something, this process takes its queue's next messages itself
+    (worker.handover) before Celery gets the slot back. Each job's finishing write commits with the
+    next claim."""
+    with finishing_with_next_claim(handover.enabled()):
+        result = RUNS[name](*args)
+        if result not in handover.RAN_NOTHING:
+            handover.run_following(RUNS, shutting_down)
     return result
 
 
 @app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True)
 def run_job_task(job_id: str) -> str:
-    return then_the_next(RUNS[RUN_JOB](job_id))
+    return run_then_the_next(RUN_JOB, job_id)
 
 
 @app.task(name=BATCH_TIMING_TASK, acks_late=True, reject_on_worker_lost=True)
 def batch_size_timing_task(job_id: str) -> str:
     """A batch-size timing study (a Job row of kind "study"); see worker.timing."""
-    return then_the_next(RUNS[BATCH_TIMING_TASK](job_id))
+    return run_then_the_next(BATCH_TIMING_TASK, job_id)
 
 
 @app.task(name=ON_DEMAND_SPECTRUM, acks_late=True, reject_on_worker_lost=True)
 def on_demand_spectrum_task(job_id: str, checkpoint_id: int, settings: dict) -> int:
-    return then_the_next(RUNS[ON_DEMAND_SPECTRUM](job_id, checkpoint_id, settings))
+    return run_then_the_next(ON_DEMAND_SPECTRUM, job_id, checkpoint_id, settings)
 
 
 # A sweep trial's worker also runs its pruning watcher (see sweeps.runtime).
