@@ -1,16 +1,20 @@
-"""A loss near chance on labels that carry no signal is the data's noise, not underfitting.
+"""Losses at chance: on labels that carry no signal it is the data's noise, not underfitting; on
+held-out rows, after training well below chance, it is never a good fit.
 
-The run, the k-NN reference and the probe runs are the service's own (``Trainer``,
+The first run, its k-NN reference and its probe runs are the service's own (``Trainer``,
 ``reference_scores``, ``run_probes``), in this process; only the database is left out."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 from models.spec import JobSpec
 from worker.data import load_builtin, prepare
 from worker.diagnosis import diagnose
-from worker.diagnosis.evidence import from_points
+from worker.diagnosis.evidence import Evidence, from_points
 from worker.diagnosis.probes import run_probes
 from worker.diagnosis.reference import reference_scores
 from worker.recorders import MemoryRecorder
@@ -66,3 +70,39 @@ def test_a_loss_at_chance_on_noisy_labels_is_a_good_fit_when_the_probes_find_not
     assert {p["what"] for p in probes} == {"tuned_optimizer", "larger_model"}
     assert not any(p["clearly_lower"] for p in probes)
     assert "oscillation" in {x.code for x in result[1:]}
+
+
+def synthetic(train_end: float, val_end: float) -> Evidence:
+    """A 3-class run's evidence, written out: training loss from 3.0 down to ``train_end``,
+    validation loss from 3.0 down to ``val_end`` (chance is ln 3 = 1.10), training accuracy 0.75
+    (no worse than the k-NN's 0.70), validation accuracy 0.35 (far below its 0.70)."""
+    spec = JobSpec.model_validate({"data": {"dataset": "iris"}, "epochs": 10})
+    epochs = np.arange(11)
+    summary = {
+        "epochs_run": 10,
+        "diverged_step": None,
+        "data": {"task": "classification", "n_classes": 3, "n_train": 90, "n_val": 30},
+        "reference": {
+            "chance_loss": math.log(3),
+            "knn_cv_accuracy": 0.70,
+            "knn_val_accuracy": 0.70,
+            "n_train": 90,
+            "n_held": 30,
+            "linear_val_loss": 0.5,
+        },
+    }
+    series = {
+        "train/loss": 3.0 + (train_end - 3.0) * epochs / 10,
+        "val/loss": 3.0 + (val_end - 3.0) * epochs / 10,
+        "train/accuracy": np.full(11, 0.75),
+        "val/accuracy": np.full(11, 0.35),
+    }
+    return Evidence(spec, summary, series, {})
+
+
+def test_a_model_no_better_than_chance_on_held_out_rows_is_never_a_good_fit() -> None:
+    verdict = diagnose(synthetic(train_end=0.6, val_end=1.5))[0]
+    assert verdict.code.startswith("underfitting."), verdict.code
+    assert verdict.evidence["held_out_at_chance"] is True
+    # The memorizing regime (a tiny training loss) stays overfitting.
+    assert diagnose(synthetic(train_end=0.02, val_end=1.5))[0].code == "overfitting"

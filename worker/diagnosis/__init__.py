@@ -133,7 +133,7 @@ def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) 
     outcome, probes = rules.probe_outcome(ev, facts(ev))
     if probes:
         under = under | {"probes": probes}
-    if outcome == "neither" and not under.get("below_reference"):
+    if outcome == "neither" and not (under.get("below_reference") or under.get("held_out_at_chance")):
         return None
     convex = ev.spec.model.arch == "linear"
     if rules.at_linear_optimum(ev, facts(ev)):  # a linear model in disguise that reached its optimum

@@ -128,12 +128,18 @@ def underfit_evidence(ev: Evidence, f: Facts) -> dict[str, Any] | None:
         below = False
     out["near_chance"] = near_chance
     out["below_reference"] = below
+    # No checkpoint predicts held-out rows better than chance, and the training loss is not the
+    # tiny one of a model that memorized its rows (overfitting's regime, below a quarter of it):
+    # nothing was learnt that generalizes, however the training rows compare with the k-NN.
+    best_val = float(np.min(f.val_loss)) if len(f.val_loss) else math.inf
+    at_chance = best_val >= f.chance and loss > 0.25 * best_val
+    out["held_out_at_chance"] = at_chance
     material = loss >= MATERIAL * f.chance
     # The model a user keeps is the best checkpoint: if it does as well as the k-NN on validation
     # rows, the large final loss is a bad last bounce, not a model that cannot fit.
     best_fine = not best_checkpoint_below_reference(ev, f)
     out["best_checkpoint_below_reference"] = not best_fine
-    return out if material and (near_chance or below) and not best_fine else None
+    return out if material and (near_chance or below or at_chance) and not best_fine else None
 
 
 def best_checkpoint_below_reference(ev: Evidence, f: Facts) -> bool:
@@ -277,11 +283,14 @@ def learning_rate_too_high(ev: Evidence, f: Facts, div: Finding | None, under: b
     # Heavy-ball momentum moves the edge to 2(1 + β): beyond twice that, steps overshoot badly.
     edge = EDGE_OF_STABILITY * (1 + momentum)
     sharp = lam is not None and ev.spec.optimizer.name == "sgd" and lr * lam > 2 * edge
+    # ... and the loss sits near chance: a run that trained well below chance at this rate did not
+    # overshoot (a saturated initialization is sharp too, and a lower rate only slows it down).
+    pinned = len(f.train_loss) > 0 and float(f.train_loss[-1]) >= 0.9 * f.chance
     start, end = (
         (float(f.train_loss[0]), float(f.train_loss[-1])) if len(f.train_loss) else (math.nan, math.nan)
     )
     worse = math.isfinite(start) and math.isfinite(end) and end > start + 0.05 * f.chance
-    if not (div or (under and sharp) or worse):
+    if not (div or (under and sharp and pinned) or worse):
         return None
     suggested = (1.0 / lam) if lam else lr / 10
     suggested = float(f"{min(suggested, lr / 10):.2g}")
