@@ -112,3 +112,31 @@ def test_load_blocks_by_prefix_takes_like_wildcards_literally(database: str) -> 
             "tx/loss"
         ]
         assert list(load_blocks(session, [job_id], ["tx/loss"], lo=2)) == []
+
+
+def test_the_api_writes_a_whole_series_from_its_arrays_non_finite_as_null(database: str) -> None:
+    """GET /v1/jobs/{id}/metrics serializes a series read whole straight from numpy (read_series'
+    ``arrays``): the same JSON as from lists, NaN and ±inf as null; a downsampled one as before."""
+    from fastapi.testclient import TestClient
+
+    from api.app import app
+    from api.auth import create_token
+
+    with session_scope() as session:
+        project, token = create_token(session, f"arrays-{id(session)}")
+        job = Job(project_id=project.id, spec={"data": {"dataset": "iris"}})
+        session.add(job)
+        session.flush()
+        job_id = job.id
+        values = [0.5, math.nan, math.inf, -math.inf, 2.0]
+        write_points(session, job_id, [Point("val/loss", s, s / 10, v) for s, v in enumerate(values)])
+    with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as client:
+        body = client.get(f"/v1/jobs/{job_id}/metrics", params={"name": "val/loss"}).json()
+        short = client.get(f"/v1/jobs/{job_id}/metrics", params={"name": "val/loss", "max_points": 2}).json()
+    (series,) = body["series"]
+    assert series["steps"] == [0, 1, 2, 3, 4] and series["epochs"] == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert series["values"] == [0.5, None, None, None, 2.0]
+    assert (series["total_points"], series["downsampled"]) == (5, False)
+    with session_scope() as session:  # the other callers still get lists
+        assert read_series(session, job_id)[0].values == [0.5, None, None, None, 2.0]
+    assert short["series"][0]["downsampled"] and len(short["series"][0]["values"]) == 2

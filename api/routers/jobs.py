@@ -114,10 +114,11 @@ def get_metrics(
 ) -> ORJSONResponse:
     max_points = min(max_points, get_settings().max_metric_points)
     series = read_series(
-        session, job_id, name, f"{split}/" if split else None, step_min, step_max, max_points
+        session, job_id, name, f"{split}/" if split else None, step_min, step_max, max_points, arrays=True
     )
-    # Built from plain lists already shaped by read_series: returning the response directly skips a
-    # second validation pass over tens of thousands of floats (MetricsOut documents the shape).
+    # Built from what read_series shaped (a series read whole as numpy arrays, which orjson writes
+    # directly, NaN and ±inf as null): returning the response directly skips a second validation
+    # pass over tens of thousands of floats (MetricsOut documents the shape).
     return ORJSONResponse({"job_id": job_id, "series": [vars(s) for s in series]})
 
 
