@@ -135,9 +135,10 @@ def _claim(
     pending: _Finishing | None = None,
 ) -> Claim | None:
     with session_scope() as session:
-        if pending is not None:
-            pending.write(session)
-        job = session.execute(_JOB_AND_PROJECT, {"b_job": job_id}).scalar_one_or_none()
+        if pending is None:
+            job = session.execute(_JOB_AND_PROJECT, {"b_job": job_id}).scalar_one_or_none()
+        else:
+            job = pending.and_claim(session, job_id)
         if job is None or job.status in FINISHED_STATUSES:
             return None
         if job.status == "queued" and not job.cancel_requested:
@@ -237,13 +238,26 @@ def _finishing_update(with_summary: bool) -> Any:
     )
     return (
         update(_J)
-        .where(_J.c.id == bindparam("b_job"), _J.c.attempt_token == bindparam("b_token"))
+        .where(_J.c.id == bindparam("b_ended"), _J.c.attempt_token == bindparam("b_token"))
         .values(**values)
-        .returning(parked)
+        .returning(parked.label("parked"))
     )
 
 
 _FINISHING = {True: _finishing_update(True), False: _finishing_update(False)}
+
+
+def _finishing_and_claim(with_summary: bool) -> Any:
+    finished = _FINISHING[with_summary].cte("finished")
+    return (
+        select(Job, select(finished.c.parked).scalar_subquery())
+        .join(Project, Project.id == Job.project_id)
+        .where(Job.id == bindparam("b_job"))
+        .with_for_update()
+    )
+
+
+_FINISHING_AND_CLAIM = {True: _finishing_and_claim(True), False: _finishing_and_claim(False)}
 
 
 @dataclass
@@ -252,19 +266,40 @@ class _Finishing:
     values: dict[str, Any]
     then: list[Callable[[], None]] = field(default_factory=list)
 
+    def params(self) -> dict[str, Any]:
+        params = {f"b_{key}": value for key, value in self.values.items()}
+        params.update(b_ended=self.claim.job_id, b_token=self.claim.token, b_heartbeat_at=utcnow())
+        return params
+
     def write(self, session, fenced: bool = False) -> None:  # noqa: ANN001
         """The fenced update, noting whether the project has parked jobs. A lost lease raises
         LeaseLost when ``fenced``, else it is logged (the next claim goes on)."""
-        params = {f"b_{key}": value for key, value in self.values.items()}
-        params.update(b_job=self.claim.job_id, b_token=self.claim.token, b_heartbeat_at=utcnow())
-        row = session.connection().execute(_FINISHING["summary" in self.values], params).first()
-        if row is None:
+        row = session.connection().execute(_FINISHING["summary" in self.values], self.params()).first()
+        self.written(row[0] if row else None, fenced)
+
+    def written(self, parked: bool | None, fenced: bool = False) -> None:
+        """What the write returned: whether the project has parked jobs, None if the lease was lost."""
+        if parked is None:
             lost = LeaseLost(f"job {self.claim.job_id}: attempt {self.claim.attempt} no longer holds the job")
             if fenced:
                 raise lost
             log.warning("%s; its end is not recorded", lost)
             return
-        _parked_at_finish[self.claim.job_id] = bool(row[0])
+        _parked_at_finish[self.claim.job_id] = bool(parked)
+
+    def and_claim(self, session, job_id: str) -> Job | None:  # noqa: ANN001
+        """Write this and lock the next job's row and its project's (``_JOB_AND_PROJECT``): on
+        Postgres one statement, the write a data-modifying CTE (the statements after it see it)."""
+        if session.get_bind().dialect.name != "postgresql":
+            self.write(session)
+            return session.execute(_JOB_AND_PROJECT, {"b_job": job_id}).scalar_one_or_none()
+        row = session.execute(
+            _FINISHING_AND_CLAIM["summary" in self.values], {**self.params(), "b_job": job_id}
+        ).first()
+        if row is None:  # no such job to claim: whether the write found its lease is not known
+            return None
+        self.written(row[1])
+        return row[0]
 
     def done(self) -> None:
         for then in self.then:
