@@ -19,9 +19,10 @@ than they did as trials, the overhead is also given with the trials' run times s
 And each trial's diagnosis, part of its recorded run time, is timed again on 20 trials after the
 sweep and counted as overhead too.
 
-Per trial and slot the report gives the gap between a job's end and the next job's start (Celery's
-hand-over, the sweep's admission, the claim, the runner's follow-up), the lag from a job's end to
-its trial being recorded (off the critical path), and how many deliveries were deferred. Before the
+Per trial and slot the report gives the gap between a job's end and the next job's start (the
+worker taking its queue's next message, the claim with the ended job's finishing write, the sweep's
+admission), the lag from a job's end to its trial being recorded (off the critical path), how many
+deliveries were deferred, and where a trial's own run time goes (its phases, ``summary.phases``). Before the
 timed sweep a 4-trial warm-up sweep makes each worker process import torch and Optuna once, as a
 long-running worker has.
 
@@ -47,6 +48,9 @@ sys.path.insert(0, str(REPO))
 from benchmarks.service import Service, running_service  # noqa: E402
 
 CONCURRENCY = 2
+# A trial's phases as worker.phases records them; the last four happen inside training.
+TOP_PHASES = ("data", "model", "reference", "writes", "training", "probes", "diagnosis")
+PHASES = (*TOP_PHASES, "updates", "spectra", "checkpoints", "provisional_diagnosis")
 OVERHEAD_TARGET = 0.10
 LATENCY_TARGET_MS = 100.0
 REPEATS = 30
@@ -105,8 +109,15 @@ def timings(sweep_id: str) -> dict[str, Any]:
             .join(SweepTrial, SweepTrial.job_id == Job.id)
             .where(SweepTrial.sweep_id == sweep_id)
         ).all()
+        phases = session.scalars(
+            select(Job.summary["phases"])
+            .join(SweepTrial, SweepTrial.job_id == Job.id)
+            .where(SweepTrial.sweep_id == sweep_id, Job.status == "succeeded")
+        ).all()
         wall = (sweep.finished_at - sweep.created_at).total_seconds()
     return {
+        # Seconds per phase summed over the succeeded trials (worker.phases; nested ones included).
+        "phases": {name: sum((p or {}).get(name, 0.0) for p in phases) for name in PHASES},
         "trials": len(rows),
         "succeeded": sum(1 for *_, status in rows if status == "succeeded"),
         "job_ids": [r[0] for r in rows if r[4] == "succeeded"],
@@ -258,6 +269,16 @@ def timed_sweep(service: Service, args: argparse.Namespace) -> int:
     print(
         f"  per trial and slot: {gap:.0f} ms from a job's end to the next one's start; trials recorded"
         f" {t['lag'] / n * 1000:.0f} ms after their job's end (off the critical path); {deferred} deliveries deferred"
+    )
+    ok = max(1, t["succeeded"])
+    parts = ", ".join(
+        f"{name} {t['phases'][name] / ok * 1000:.0f}" for name in TOP_PHASES if t["phases"][name]
+    )
+    inner = ", ".join(f"{name} {t['phases'][name] / ok * 1000:.0f}" for name in PHASES[len(TOP_PHASES) :])
+    rest = (t["work"] - sum(t["phases"][name] for name in TOP_PHASES)) / n * 1000
+    print(
+        f"  a trial's run time in ms: {parts} (inside training: {inner}); the rest {rest:.0f}"
+        " (outside the phases: the claim's commit, the budget check, the recorder's set-up)"
     )
     print(
         f"  against plain twins: {n_plain} trials' specs rerun as plain jobs took {plain['plain_mean'] * 1000:.0f} ms"
