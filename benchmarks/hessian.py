@@ -196,6 +196,8 @@ def main() -> None:
     sensitivity(X, y, bench.ph)
     if "--no-curve" not in sys.argv:
         curve(X, y, bench.ph)
+    if "--tolerances" in sys.argv:
+        tolerances(X, y)
 
 
 # Widths of a tanh MLP on digits giving about 10^2 ... 10^6 parameters.
@@ -268,6 +270,20 @@ def curve(X: torch.Tensor, y: torch.Tensor, ph: PyHessianCounter) -> None:
         print(f"{name:<17} {n:>9,} {hvps['theirs']:>8} {hvps['ours']:>5} {best['theirs']:>8.3f} {best['ours']:>8.3f} "
               f"{e_theirs:>9.2e} {e_ours:>9.2e}  {verdict}  ({out['ours'].method})   "
               f"{hvps['with_min']}, {best['with_min']:.3f}")  # fmt: skip
+
+
+def tolerances(X: torch.Tensor, y: torch.Tensor) -> None:
+    """Products and top-5 error of our Lanczos over its tolerance, at 10^4 and 10^5 parameters:
+    how many of the steps the tolerance decides (few: most go into separating the top cluster)."""
+    print("\nour top-5 over the tolerance (products / max rel err; top-5 eigenvalues):")
+    for name in ("64-133-10", "64-1333-10"):
+        model = mlp(CURVE[name])
+        top = reference_top(model, X, y)
+        cells = []
+        for tol in (1e-6, 1e-4, 1e-3, 1e-2):
+            r = spectrum(model, nn.functional.cross_entropy, [(X, y)], bottom_k=0, trace=False, tol=tol)
+            cells.append(f"tol {tol:.0e}: {r.hvps} / {rel_err(r.top, top):.1e}")
+        print(f"  {name:<11} " + "   ".join(cells) + "   top-5 " + " ".join(f"{v:.3f}" for v in top))
 
 
 def sensitivity(X: torch.Tensor, y: torch.Tensor, ph: PyHessianCounter) -> None:
