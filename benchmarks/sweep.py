@@ -9,7 +9,7 @@ each, so two trials train at once) and the API under uvicorn. A random sweep of 
     work      the sum over trials of each job's run time, finished_at - started_at, as the worker
               recorded it: claim, data, training, spectra and the trial's single-run diagnosis (its
               verdict is stored before the job turns succeeded)
-    overhead  wall / (work / concurrency) - 1; target <= 10%
+    overhead  wall / (work / concurrency) - 1; target <= 5% (issue 18)
 
 Two stricter figures keep the headline honest. Scheduler work that runs beside a trial (the step
 thread records the previous trial while the worker trains the next) would slow the trials and so
@@ -51,7 +51,7 @@ CONCURRENCY = 2
 # A trial's phases as worker.phases records them; the last four happen inside training.
 TOP_PHASES = ("data", "model", "reference", "writes", "training", "probes", "diagnosis")
 PHASES = (*TOP_PHASES, "updates", "spectra", "checkpoints", "provisional_diagnosis")
-OVERHEAD_TARGET = 0.10
+OVERHEAD_TARGET = 0.05
 LATENCY_TARGET_MS = 100.0
 REPEATS = 30
 
@@ -303,7 +303,10 @@ def timed_sweep(service: Service, args: argparse.Namespace) -> int:
 
     ok_overhead = sweep["status"] == "succeeded" and overhead <= OVERHEAD_TARGET
     ok_latency = worst < LATENCY_TARGET_MS
-    print(f"{'PASS' if ok_overhead else 'FAIL'} scheduling overhead {overhead * 100:.1f}% <= 10%")
+    print(
+        f"{'PASS' if ok_overhead else 'FAIL'} scheduling overhead {overhead * 100:.1f}%"
+        f" <= {OVERHEAD_TARGET * 100:.0f}%"
+    )
     print(f"{'PASS' if ok_latency else 'FAIL'} sweep endpoints p95 {worst:.1f} ms < 100 ms")
     return 0 if ok_overhead and ok_latency else 1
 
