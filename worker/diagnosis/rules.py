@@ -233,7 +233,10 @@ def probe_outcome(ev: Evidence, f: Facts) -> tuple[str | None, dict[str, Any]]:
     tuned = runs.get("tuned_optimizer") or {}
     if better.get("larger_model") and (tuned.get("epochs") or 0) >= ev.epochs_run:
         return "model_bias", evidence
-    return ("neither" if len(better) == len(runs) else None), evidence
+    # "neither": both ran and neither trained clearly lower (a larger model that did, after a probe
+    # too short to clear the same model, is no conclusion either way: None).
+    conclusive = len(better) == len(runs) and not any(better.values())
+    return ("neither" if conclusive else None), evidence
 
 
 # ----- divergence and the learning rate ------------------------------------------------------------
