@@ -48,7 +48,27 @@ def uploaded_friedman() -> RawData:
     return load_uploaded("csv", _csv_bytes(X, y, "target"), "target", "regression")
 
 
-UPLOADED = {"up_quadrants": uploaded_quadrants, "up_friedman": uploaded_friedman}
+def uploaded_hastie() -> RawData:
+    """A CSV upload with a class column: Hastie et al.'s 10-feature binary problem (class 1 where the
+    squared norm of ten standard normal features exceeds 9.34): a spherical boundary no linear model
+    draws. Added with the fresh split (cases.FRESH_DATASETS)."""
+    X, y = skd.make_hastie_10_2(n_samples=1000, random_state=7)
+    return load_uploaded("csv", _csv_bytes(X, (y > 0).astype(np.int64), "label"), "label", "classification")
+
+
+def uploaded_friedman3() -> RawData:
+    """An NPZ upload: Friedman's third regression, y = atan((x₂x₃ - 1/(x₂x₄)) / x₁) + noise, whose
+    four features span 0-1 to 40π-560π. Added with the fresh split (cases.FRESH_DATASETS)."""
+    X, y = skd.make_friedman3(n_samples=1000, noise=0.1, random_state=7)
+    return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.float32)), None, "regression")
+
+
+UPLOADED = {
+    "up_quadrants": uploaded_quadrants,
+    "up_friedman": uploaded_friedman,
+    "up_hastie": uploaded_hastie,
+    "up_friedman3": uploaded_friedman3,
+}
 DATASETS = (*BUILTIN, *UPLOADED)
 
 
