@@ -13,7 +13,7 @@ import torch
 
 from models.spec import JobSpec
 from worker.data import load_builtin, prepare
-from worker.diagnosis import diagnose
+from worker.diagnosis import diagnose, rules
 from worker.diagnosis.evidence import Evidence, from_points
 from worker.diagnosis.probes import run_probes
 from worker.diagnosis.reference import reference_scores
@@ -72,7 +72,7 @@ def test_a_loss_at_chance_on_noisy_labels_is_a_good_fit_when_the_probes_find_not
     assert "oscillation" in {x.code for x in result[1:]}
 
 
-def synthetic(train_end: float, val_end: float) -> Evidence:
+def synthetic(train_end: float, val_end: float, **reference: float) -> Evidence:
     """A 3-class run's evidence, written out: training loss from 3.0 down to ``train_end``,
     validation loss from 3.0 down to ``val_end`` (chance is ln 3 = 1.10), training accuracy 0.75
     (no worse than the k-NN's 0.70), validation accuracy 0.35 (far below its 0.70)."""
@@ -89,6 +89,7 @@ def synthetic(train_end: float, val_end: float) -> Evidence:
             "n_train": 90,
             "n_held": 30,
             "linear_val_loss": 0.5,
+            **reference,
         },
     }
     series = {
@@ -106,3 +107,24 @@ def test_a_model_no_better_than_chance_on_held_out_rows_is_never_a_good_fit() ->
     assert verdict.evidence["held_out_at_chance"] is True
     # The memorizing regime (a tiny training loss) stays overfitting.
     assert diagnose(synthetic(train_end=0.02, val_end=1.5))[0].code == "overfitting"
+
+
+def test_a_reference_at_chance_vouches_for_nothing_the_probes_decide() -> None:
+    # The k-NN predicts held-out rows no better than the majority class (as in ten dimensions), so
+    # a model at chance matching it proves nothing; the probe runs do: here a larger model trains
+    # clearly lower where the same model, given as many epochs, does not.
+    at_chance = {"chance_accuracy": 0.34, "knn_val_accuracy": 0.35, "knn_cv_accuracy": 0.35}
+    ev = synthetic(train_end=1.08, val_end=1.09, **at_chance)
+    ev.epoch_series["train/accuracy"] = np.full(11, 0.36)
+    ev.epoch_series["val/accuracy"] = np.full(11, 0.35)
+    assert rules.underfit_evidence(ev, rules.facts(ev)) is not None  # so the service runs the probes
+    ev.summary["probes"] = {
+        "parent_train_loss": 1.08,
+        "runs": {
+            "tuned_optimizer": {"train_loss": 1.05, "val_loss": 1.08, "epochs": 10, "rows": 90},
+            "larger_model": {"train_loss": 0.30, "val_loss": 0.40, "epochs": 10, "rows": 90},
+        },
+    }
+    verdict = diagnose(ev)[0]
+    assert verdict.code == "underfitting.model_bias", verdict.code
+    assert verdict.evidence["reference_at_chance"] is True

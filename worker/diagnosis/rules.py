@@ -139,7 +139,25 @@ def underfit_evidence(ev: Evidence, f: Facts) -> dict[str, Any] | None:
     # rows, the large final loss is a bad last bounce, not a model that cannot fit.
     best_fine = not best_checkpoint_below_reference(ev, f)
     out["best_checkpoint_below_reference"] = not best_fine
+    # A reference that itself predicts no better than chance vouches for nothing (a k-NN in ten
+    # dimensions can fail where a network succeeds): a loss near chance is then left to the
+    # probe runs, which find a model that trains clearly lower, or nothing ("neither": noise).
+    if near_chance and reference_at_chance(ev):
+        out["reference_at_chance"] = True
+        best_fine = False
     return out if material and (near_chance or below or at_chance) and not best_fine else None
+
+
+def reference_at_chance(ev: Evidence) -> bool:
+    """The k-NN's held-out accuracy within two standard errors of the majority class's share (for
+    regression, its held-out MSE at least 0.9x the chance-level loss)."""
+    ref = ev.reference
+    if ev.classification and "knn_val_accuracy" in ref and "chance_accuracy" in ref:
+        p = ref["chance_accuracy"]
+        return ref["knn_val_accuracy"] <= p + knn_margin(p, ref.get("n_held", 1))
+    if "knn_val_loss" in ref and ref.get("chance_loss"):
+        return ref["knn_val_loss"] >= 0.9 * ref["chance_loss"]
+    return False
 
 
 def best_checkpoint_below_reference(ev: Evidence, f: Facts) -> bool:
