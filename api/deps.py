@@ -9,10 +9,11 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, HTTPException
 from sqlalchemy.orm import Session
 
-from api.auth import TokenRefused, project_for_token
-from api.services.jobs import get_job, require_job
+from api.auth import TokenRefused, job_for_token, project_for_token
+from api.services.jobs import get_job
 from api.services.sweeps import get_sweep
 from models.db import session_scope
+from models.errors import NotFound
 from models.tables import Job, Project, Sweep
 
 
@@ -25,14 +26,37 @@ def get_session() -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def current_project(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Project:
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer`` header, or a 401."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    return token.strip()
+
+
+def _refused(refused: TokenRefused) -> HTTPException:
+    return HTTPException(401, str(refused), headers={"WWW-Authenticate": "Bearer"})
+
+
+def current_project(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Project:
+    token = bearer_token(authorization)
     try:
-        return project_for_token(session, token.strip())
+        return project_for_token(session, token)
     except TokenRefused as refused:
-        raise HTTPException(401, str(refused), headers={"WWW-Authenticate": "Bearer"}) from None
+        raise _refused(refused) from None
+
+
+def require_owned_job(session: Session, authorization: str | None, job_id: str) -> str:
+    """The path's job id once the token is valid (a 401 otherwise, as current_project) and the job
+    is its project's (NotFound otherwise, like a missing one): one statement (api.auth.job_for_token)."""
+    token = bearer_token(authorization)
+    try:
+        found = job_for_token(session, token, job_id)
+    except TokenRefused as refused:
+        raise _refused(refused) from None
+    if found is None:
+        raise NotFound(f"job {job_id} not found")
+    return found
 
 
 ProjectDep = Annotated[Project, Depends(current_project)]
@@ -52,9 +76,11 @@ def owned_job(job_id: str, session: SessionDep, project: ProjectDep) -> Job:
     return get_job(session, project=project, job_id=job_id)
 
 
-def owned_job_id(job_id: str, session: SessionDep, project: ProjectDep) -> str:
+def owned_job_id(
+    job_id: str, session: SessionDep, authorization: Annotated[str | None, Header()] = None
+) -> str:
     """The path's job id once it is known to be the caller's; reads the id only (not the JSON columns)."""
-    return require_job(session, project=project, job_id=job_id)
+    return require_owned_job(session, authorization, job_id)
 
 
 def owned_sweep(sweep_id: str, session: SessionDep, project: ProjectDep) -> Sweep:
