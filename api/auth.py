@@ -86,3 +86,20 @@ def job_for_token(session: Session, token: str, job_id: str) -> str | None:
     row = session.execute(TOKEN_AND_JOB, {"digest": digest, "job_id": job_id}).first()
     _check(None if row is None else row[0], None if row is None else row[1], digest)
     return row[2]
+
+
+# The same check, loading the job itself (ORM): for routes that need the row, not just its id.
+TOKEN_AND_LOADED_JOB = (
+    select(ApiToken.token_hash, ApiToken.revoked, Job)
+    .select_from(ApiToken)
+    .outerjoin(Job, and_(Job.project_id == ApiToken.project_id, Job.id == bindparam("job_id")))
+    .where(ApiToken.token_hash == bindparam("digest"))
+)
+
+
+def load_job_for_token(session: Session, token: str, job_id: str) -> Job | None:
+    """As job_for_token, but the job itself (None if it is not the token's project's)."""
+    digest = hash_token(token)
+    row = session.execute(TOKEN_AND_LOADED_JOB, {"digest": digest, "job_id": job_id}).first()
+    _check(None if row is None else row[0], None if row is None else row[1], digest)
+    return row[2]

@@ -3,14 +3,13 @@ objects a path names, fetched within that project (another project's answer 404 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException
 from sqlalchemy.orm import Session
 
-from api.auth import TokenRefused, job_for_token, project_for_token
-from api.services.jobs import get_job
+from api.auth import TokenRefused, job_for_token, load_job_for_token, project_for_token
 from api.services.sweeps import get_sweep
 from models.db import session_scope
 from models.errors import NotFound
@@ -49,9 +48,15 @@ def current_project(session: SessionDep, authorization: Annotated[str | None, He
 def require_owned_job(session: Session, authorization: str | None, job_id: str) -> str:
     """The path's job id once the token is valid (a 401 otherwise, as current_project) and the job
     is its project's (NotFound otherwise, like a missing one): one statement (api.auth.job_for_token)."""
+    return _owned(job_for_token, session, authorization, job_id)
+
+
+def _owned(
+    lookup: Callable[[Session, str, str], Any], session: Session, authorization: str | None, job_id: str
+) -> Any:
     token = bearer_token(authorization)
     try:
-        found = job_for_token(session, token, job_id)
+        found = lookup(session, token, job_id)
     except TokenRefused as refused:
         raise _refused(refused) from None
     if found is None:
@@ -72,8 +77,9 @@ def project_without_session(authorization: Annotated[str | None, Header()] = Non
 ProjectOnlyDep = Annotated[Project, Depends(project_without_session)]
 
 
-def owned_job(job_id: str, session: SessionDep, project: ProjectDep) -> Job:
-    return get_job(session, project=project, job_id=job_id)
+def owned_job(job_id: str, session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Job:
+    """The path's job, checked as require_owned_job in the same one statement."""
+    return _owned(load_job_for_token, session, authorization, job_id)
 
 
 def owned_job_id(

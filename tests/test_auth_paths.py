@@ -9,14 +9,23 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, update
 from sqlalchemy.orm import Session
 
-from api.auth import REVOKED_TOKEN, UNKNOWN_TOKEN, TokenRefused, create_token, hash_token, job_for_token
+from api.auth import (
+    REVOKED_TOKEN,
+    UNKNOWN_TOKEN,
+    TokenRefused,
+    create_token,
+    hash_token,
+    job_for_token,
+    load_job_for_token,
+)
 from migrations import run_upgrade
 from models.db import session_scope
 from models.tables import ApiToken, Job
 from tests.conftest import RUN_ID
 
-# The routes whose ownership check is job_for_token (the metrics read and the OwnedJobId routes).
-ROUTES = ("/metrics", "/checkpoints", "/spectra", "/diagnoses")
+# The routes whose token and ownership check is one statement: the metrics read, the OwnedJobId
+# routes (job_for_token) and the OwnedJob ones (load_job_for_token).
+ROUTES = ("/metrics", "/checkpoints", "/spectra", "/diagnoses", "", "/remedies")
 
 
 def _job(session: Session, project_id: str) -> str:
@@ -81,6 +90,8 @@ def test_job_for_token_on_both_databases(backend: str, tmp_path, database: str) 
             assert job_for_token(session, token, my_job) == my_job
             assert job_for_token(session, token, their_job) is None
             assert job_for_token(session, token, "no-such-job") is None
+            assert load_job_for_token(session, token, my_job).id == my_job
+            assert load_job_for_token(session, token, their_job) is None
             with pytest.raises(TokenRefused, match=UNKNOWN_TOKEN):
                 job_for_token(session, token + "x", my_job)
             session.execute(
@@ -88,6 +99,8 @@ def test_job_for_token_on_both_databases(backend: str, tmp_path, database: str) 
             )
             with pytest.raises(TokenRefused, match=REVOKED_TOKEN):
                 job_for_token(session, token, my_job)
+            with pytest.raises(TokenRefused, match=REVOKED_TOKEN):
+                load_job_for_token(session, token, my_job)
             session.rollback()
     finally:
         engine.dispose()
