@@ -65,9 +65,9 @@ def _configure_postgres(engine: Engine) -> None:
         returned = record.info.get(_RETURNED)
         if returned is None:  # fresh from connect(): nothing to doubt
             return
-        if time.monotonic() - returned <= PING_AFTER_IDLE and not _readable(dbapi_conn):
-            return
-        try:
+        try:  # a connection the driver already knows is closed has no socket to poll: it fails too
+            if time.monotonic() - returned <= PING_AFTER_IDLE and not _readable(dbapi_conn):
+                return
             engine.dialect.do_ping(dbapi_conn)
         except engine.dialect.loaded_dbapi.Error as exc:
             raise InvalidatePoolError(f"pooled connection failed its ping: {exc}") from exc

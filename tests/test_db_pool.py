@@ -69,3 +69,14 @@ def test_a_connection_the_server_closed_is_replaced_at_checkout(pings: list[obje
     assert replaced != victim
     assert len(pings) == 1
     assert _backend_pid() == replaced
+
+
+def test_a_connection_the_driver_closed_is_replaced_at_checkout(pings: list[object]) -> None:
+    engine = db.get_engine()
+    engine.dispose()
+    with engine.connect() as conn:
+        dbapi_conn = conn.connection.driver_connection
+        first = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        conn.commit()
+    dbapi_conn.close()  # behind the pool's back: no socket left to poll
+    assert _backend_pid() != first
