@@ -63,11 +63,32 @@ def uploaded_friedman3() -> RawData:
     return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.float32)), None, "regression")
 
 
+def uploaded_sparse() -> RawData:
+    """A CSV upload with a class column: 3 classes in 30 features of which 5 are informative and 5
+    their mixtures, 3% of labels flipped: the irrelevant columns blunt a distance-based reference,
+    not a network. Added with the second fresh split (cases.FRESH2_DATASETS)."""
+    X, y = skd.make_classification(
+        n_samples=1200, n_features=30, n_informative=5, n_redundant=5, n_classes=3,
+        n_clusters_per_class=2, class_sep=1.0, flip_y=0.03, random_state=7,
+    )  # fmt: skip
+    return load_uploaded("csv", _csv_bytes(X, y, "label"), "label", "classification")
+
+
+def uploaded_swissroll() -> RawData:
+    """An NPZ upload: the position along a noisy Swiss roll (a 2-D sheet rolled up in 3-D), predicted
+    from the point's three coordinates: a smooth target on a curved manifold. Added with the second
+    fresh split (cases.FRESH2_DATASETS)."""
+    X, t = skd.make_swiss_roll(n_samples=1000, noise=0.5, random_state=7)
+    return load_uploaded("npz", _npz_bytes(X.astype(np.float32), t.astype(np.float32)), None, "regression")
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
     "up_hastie": uploaded_hastie,
     "up_friedman3": uploaded_friedman3,
+    "up_sparse": uploaded_sparse,
+    "up_swissroll": uploaded_swissroll,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 

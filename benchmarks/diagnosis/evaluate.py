@@ -311,7 +311,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--split", choices=("dev", "test", "holdout", "fresh", "all"), default="test")
+    parser.add_argument(
+        "--split", choices=("dev", "test", "holdout", "fresh", "fresh2", "all"), default="test"
+    )
     parser.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 2))
     parser.add_argument(
         "--remedies", action="store_true", help="also rerun each diagnosed run with its remedy"
