@@ -8,6 +8,7 @@ import yaml
 
 from saddle.client import Client
 from tests.test_scenarios import SCENARIOS
+from worker.diagnosis.probes import UPDATE_OVERHEAD
 
 pytestmark = pytest.mark.usefixtures("worker_process")
 
@@ -31,18 +32,20 @@ def test_probes_run_inside_an_underfitting_job_within_a_quarter_of_its_time(sdk:
     runs = job["summary"]["probes"]["runs"]
     assert runs["larger_model"]["patch"]["model"]["arch"] == "mlp" and runs["larger_model"]["train_loss"] > 0
     # Inside the job: no sibling jobs, and each probe's budget an eighth of the job's training
-    # compute (parameter-row passes: 3 per row of an update, 1 per row evaluated each epoch).
+    # compute (parameter-row passes: 3 per row of an update, 1 per row evaluated each epoch, and
+    # an update's fixed cost).
     assert sdk.jobs(parent=job["id"])["items"] == []
     s, batch = job["summary"], job["spec"]["batch_size"]
     rows = s["data"]["n_train"] + s["data"]["n_val"] + s["data"]["n_test"]
     job_compute = s["n_parameters"] * (3 * s["steps"] * batch + s["epochs_run"] * rows)
+    job_compute += UPDATE_OVERHEAD * s["steps"]
     for run in runs.values():
         assert run["budget_compute"] == pytest.approx(0.125 * job_compute)
         # Checked before every update: at most one update and one evaluation past the budget.
         assert (
             run["budget_compute"]
             <= run["compute"]
-            <= run["budget_compute"] + run["parameters"] * (3 * batch + run["rows"])
+            <= run["budget_compute"] + run["parameters"] * (3 * batch + run["rows"]) + UPDATE_OVERHEAD
         )
 
 

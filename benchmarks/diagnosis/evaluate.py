@@ -46,7 +46,8 @@ def _evidence_key(case: Case) -> str:
     return json.dumps([case.spec, case.data.__dict__], sort_keys=True)
 
 
-PROBES_VERSION = 2  # 2: probes stop at a share of the job's compute (counted), no longer of its time
+PROBES_VERSION = 3  # 2: probes stop at a share of the job's compute (counted), no longer of its time;
+# 3: the compute counts a fixed cost per update (probes.UPDATE_OVERHEAD)
 
 
 def collect(case: Case) -> dict[str, Any]:
