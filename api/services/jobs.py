@@ -152,14 +152,6 @@ def enqueue(job_id: str, kind: str = "train") -> None:
         log.exception("could not enqueue job %s; it stays queued in the database", job_id)
 
 
-def require_job(session: Session, *, project: Project, job_id: str) -> str:
-    """The id, if the job exists in this project; reads the id only (not the JSON columns)."""
-    found = session.scalar(select(Job.id).where(Job.id == job_id, Job.project_id == project.id))
-    if found is None:
-        raise NotFound(f"job {job_id} not found")
-    return found
-
-
 def get_job(session: Session, *, project: Project, job_id: str, for_update: bool = False) -> Job:
     stmt = select(Job).where(Job.id == job_id, Job.project_id == project.id)
     job = session.scalars(stmt.with_for_update() if for_update else stmt).one_or_none()
