@@ -82,6 +82,26 @@ def uploaded_swissroll() -> RawData:
     return load_uploaded("npz", _npz_bytes(X.astype(np.float32), t.astype(np.float32)), None, "regression")
 
 
+def uploaded_shells() -> RawData:
+    """A CSV upload with a class column: 3 classes as concentric shells of a 6-D Gaussian (split at
+    its quantiles of the radius), plus 4 pure-noise columns: a radial boundary, no linear one. Added
+    with the third fresh split (cases.FRESH3_DATASETS)."""
+    X, y = skd.make_gaussian_quantiles(n_samples=1200, n_features=6, n_classes=3, random_state=7)
+    noise = np.random.default_rng(7).normal(size=(len(y), 4))
+    return load_uploaded("csv", _csv_bytes(np.hstack([X, noise]), y, "label"), "label", "classification")
+
+
+def uploaded_waves() -> RawData:
+    """An NPZ upload: y = sin(2x₁) + x₂x₃ - |x₄| + noise in 6 uniform features (two irrelevant), one
+    column stored in grams where the rest are in kilograms (×1000): smooth, interacting and uneven.
+    Added with the third fresh split (cases.FRESH3_DATASETS)."""
+    rng = np.random.default_rng(7)
+    X = rng.uniform(-2, 2, size=(1000, 6))
+    y = np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2] - np.abs(X[:, 3]) + rng.normal(0, 0.2, 1000)
+    X[:, 5] *= 1000.0
+    return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.float32)), None, "regression")
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
@@ -89,6 +109,8 @@ UPLOADED = {
     "up_friedman3": uploaded_friedman3,
     "up_sparse": uploaded_sparse,
     "up_swissroll": uploaded_swissroll,
+    "up_shells": uploaded_shells,
+    "up_waves": uploaded_waves,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 

@@ -313,7 +313,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--split", choices=("dev", "test", "holdout", "fresh", "fresh2", "all"), default="test"
+        "--split", choices=("dev", "test", "holdout", "fresh", "fresh2", "fresh3", "all"), default="test"
     )
     parser.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 2))
     parser.add_argument(
