@@ -451,11 +451,15 @@ def oscillation(ev: Evidence, f: Facts) -> Finding | None:
 def not_converged(ev: Evidence, f: Facts, underfit: bool) -> Finding | None:
     """Still improving at the end, over the last fifth of training (≥ 3 epochs). When the training
     loss is large: it fell by more than 3% (and 1% of chance) and fell in at least 70% of those
-    epochs: the optimizer has work left. Otherwise, on the validation loss: it fell by at least 15%
-    (and 1% of chance) and in at least 85% of those epochs: more epochs would still generalize
-    better by a margin that matters."""
+    epochs: the optimizer has work left. Otherwise, on the validation loss: it fell by more than 5%
+    (and 1% of chance) and in every one of those epochs: more epochs would still generalize better
+    by a margin that matters. (A validation loss that falls in every epoch at the end keeps falling:
+    4x the epochs lowered the best one by 2-3x the window's drop on the benchmark's dev runs; one that
+    bounces has found its level, however large its last drop. Asking for every epoch instead of 85%
+    of them, with 5% instead of 15%, took the dev split from precision 0.83 / recall 0.79 to
+    0.94 / 0.84.)"""
     series = f.train_loss if underfit else f.val_loss
-    relative, share, steady = (0.03, 0.01, 0.7) if underfit else (0.15, 0.01, 0.85)
+    relative, share, steady = (0.03, 0.01, 0.7) if underfit else (0.05, 0.01, 1.0)
     drop = relative_drop(series, f.window)
     if len(series) <= f.window or drop <= relative:
         return None
