@@ -154,14 +154,13 @@ def underfit_evidence(ev: Evidence, f: Facts) -> dict[str, Any] | None:
 
 def reference_at_chance(ev: Evidence) -> bool:
     """The k-NN's held-out accuracy within two standard errors of the majority class's share (for
-    regression, the better reference's held-out MSE, k-NN or boosted trees, at least 0.9x the
-    chance-level loss)."""
+    regression, its held-out MSE at least 0.9x the chance-level loss)."""
     ref = ev.reference
     if ev.classification and "knn_val_accuracy" in ref and "chance_accuracy" in ref:
         p = ref["chance_accuracy"]
         return ref["knn_val_accuracy"] <= p + knn_margin(p, ref.get("n_held", 1))
     if "knn_val_loss" in ref and ref.get("chance_loss"):
-        return regression_reference(ref) >= 0.9 * ref["chance_loss"]
+        return ref["knn_val_loss"] >= 0.9 * ref["chance_loss"]
     return False
 
 
