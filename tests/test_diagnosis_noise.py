@@ -128,39 +128,3 @@ def test_a_reference_at_chance_vouches_for_nothing_the_probes_decide() -> None:
     verdict = diagnose(ev)[0]
     assert verdict.code == "underfitting.model_bias", verdict.code
     assert verdict.evidence["reference_at_chance"] is True
-
-
-def test_a_linear_model_on_a_nonlinear_target_is_model_bias_though_the_knn_does_no_better() -> None:
-    # Friedman's regression in 8 features (3 of them irrelevant): a k-NN averages over far
-    # neighbours and predicts held-out rows about as well as a linear model, so against the k-NN
-    # and the ridge reference alone the linear model's best checkpoint looks as good as it gets.
-    # Boosted trees on the same rows show the loss is large; the larger-model probe then shows a
-    # larger model trains lower.
-    from sklearn.datasets import make_friedman1
-
-    from worker.data import RawData
-
-    X, y = make_friedman1(n_samples=1000, n_features=8, noise=0.5, random_state=7)
-    raw = RawData(X.astype(np.float32), y.astype(np.float32), "regression", 0)
-    spec = JobSpec.model_validate(
-        {
-            "seed": 0,
-            "data": {"dataset": "0" * 32, "scaling": "standardize"},
-            "model": {"arch": "linear"},
-            "optimizer": {"name": "adam", "lr": 1e-2},
-            "epochs": 80,
-            "analysis": {"hessian": {"enabled": False}},
-        }
-    )
-    data = prepare(spec.data, raw, spec.seed, None)
-    recorder = MemoryRecorder()
-    summary = Trainer(spec, data, recorder, CPU).fit()
-    summary["reference"] = ref = reference_scores(data, spec.seed)
-    ev = from_points(spec, summary, recorder.points, [])
-    best_val = float(np.min(ev.series("val/loss")))
-    assert best_val <= 1.1 * min(ref["knn_val_loss"], ref["linear_val_loss"])  # fine by those two
-    assert ref["trees_val_loss"] < 0.6 * best_val
-    ev.summary["probes"] = run_probes(spec, data, ev)
-    verdict = diagnose(ev)[0]
-    assert verdict.code == "underfitting.model_bias", (verdict.code, verdict.evidence)
-    assert verdict.evidence["reference_trees_val_loss"] == rules._r(ref["trees_val_loss"])

@@ -1,8 +1,7 @@
 """Reference scores on the job's own data: what chance gives, what a quick non-parametric model
 (k-NN) reaches on held-out rows and, cross-validated, on the training rows themselves (label noise
-included), what a constrained model (L2-regularized logistic or ridge regression) reaches, and for
-regression what boosted trees reach on held-out rows. "Large loss" and "overfitting" are judged
-against these, never against a constant."""
+included), and what a constrained model (L2-regularized logistic or ridge regression) reaches.
+"Large loss" and "overfitting" are judged against these, never against a constant."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import math
 from typing import Any
 
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
@@ -20,10 +18,6 @@ from worker.data import Prepared
 
 # k-NN costs O(n_train · n_val); subsample so the reference stays a second or less on big data.
 MAX_TRAIN, MAX_VAL = 5_000, 2_000
-# Boosted trees for the regression reference: 50 rounds of depth-limited trees, one fit (~0.1 s on
-# 1,000 rows and one thread). No early stopping: it would hold out rows at random, and the reference
-# must be the same for the same data and seed.
-TREE_ROUNDS = 50
 
 
 def chance_loss(y_train: np.ndarray, task: str, n_classes: int) -> float:
@@ -84,24 +78,10 @@ def _reference_scores(data: Prepared, seed: int) -> dict[str, Any]:
             folds = KFold(n_splits=min(5, len(y_tr)), shuffle=True, random_state=seed)
             cv = cross_val_predict(KNeighborsRegressor(n_neighbors=k), X_tr, y_tr.reshape(-1), cv=folds)
             out["knn_cv_loss"] = float(np.mean((cv - y_tr.reshape(-1)) ** 2))
-            out["trees_val_loss"] = trees_val_loss(X_tr, y_tr.reshape(-1), X_va, y_va.reshape(-1), seed)
             ridge = Ridge(alpha=1.0).fit(X_tr, y_tr.reshape(-1))
             out["linear_train_loss"] = float(np.mean((ridge.predict(X_tr) - y_tr.reshape(-1)) ** 2))
             out["linear_val_loss"] = float(np.mean((ridge.predict(X_va) - y_va.reshape(-1)) ** 2))
     return out
-
-
-def trees_val_loss(
-    X_tr: np.ndarray, y_tr: np.ndarray, X_va: np.ndarray, y_va: np.ndarray, seed: int
-) -> float:
-    """Held-out MSE of gradient-boosted trees. In more than a few dimensions a k-NN regression
-    averages over far neighbours and blurs any target that is not nearly linear (Friedman's
-    benchmark in 8 features: k-NN 0.23 of the target's variance, boosted trees 0.09), so a network
-    stuck at a linear model's loss would look as good as the reference; trees split on the features
-    that matter and show what a model with capacity reaches."""
-    model = HistGradientBoostingRegressor(max_iter=TREE_ROUNDS, early_stopping=False, random_state=seed)
-    model.fit(X_tr, y_tr)
-    return float(np.mean((model.predict(X_va) - y_va) ** 2))
 
 
 def linear_classifier_losses(

@@ -101,8 +101,7 @@ def underfit_evidence(ev: Evidence, f: Facts) -> dict[str, Any] | None:
     k-NN predicts each of them from the others (5-fold cross-validation on the training rows, so
     label noise in them is priced in). So training accuracy below the k-NN's cross-validated accuracy
     by more than two standard errors (at least 2 points) is a large training loss; for regression, a
-    training MSE above 1.1x the better of the k-NN's cross-validated MSE and boosted trees' held-out
-    MSE (a k-NN in many dimensions blurs a nonlinear target). A training loss within 10% of chance
+    training MSE above 1.1x the k-NN's cross-validated MSE. A training loss within 10% of chance
     (the best constant prediction) is large whatever the reference says. And a loss below 10% of
     chance is never large: no fix could lower it by a material share of chance.
     """
@@ -123,11 +122,8 @@ def underfit_evidence(ev: Evidence, f: Facts) -> dict[str, Any] | None:
         out |= {"train_accuracy": _r(acc), "reference_cv_accuracy": _r(p), "margin": _r(margin)}
         below = acc < p - margin
     elif "knn_cv_loss" in ref:
-        reference = min(ref["knn_cv_loss"], ref.get("trees_val_loss", math.inf))
         out["reference_cv_loss"] = _r(ref["knn_cv_loss"])
-        if "trees_val_loss" in ref:
-            out["reference_trees_val_loss"] = _r(ref["trees_val_loss"])
-        below = loss > 1.1 * reference
+        below = loss > 1.1 * ref["knn_cv_loss"]
     else:
         below = False
     out["near_chance"] = near_chance
@@ -167,7 +163,7 @@ def reference_at_chance(ev: Evidence) -> bool:
 def best_checkpoint_below_reference(ev: Evidence, f: Facts) -> bool:
     """Is the best checkpoint worse than the references on validation rows: accuracy below the
     k-NN's (two standard errors), or loss above 1.1x the regularized linear model's (for regression,
-    the best of the k-NN's, the boosted trees' and the linear model's)?"""
+    the better of the k-NN's and the linear model's)?"""
     ref = ev.reference
     best_loss = float(np.min(f.val_loss)) if len(f.val_loss) else math.inf
     linear = ref.get("linear_val_loss")
@@ -177,25 +173,19 @@ def best_checkpoint_below_reference(ev: Evidence, f: Facts) -> bool:
         below_knn = not len(acc) or float(np.max(acc)) < p - knn_margin(p, ref.get("n_held", 1))
         return below_knn or (linear is not None and best_loss > 1.1 * linear)
     if "knn_val_loss" in ref:
-        return best_loss > 1.1 * min(regression_reference(ref), linear if linear is not None else math.inf)
+        return best_loss > 1.1 * min(ref["knn_val_loss"], linear if linear is not None else math.inf)
     return True
 
 
-def regression_reference(ref: dict[str, Any]) -> float:
-    """The better held-out MSE of the two non-parametric references (k-NN, boosted trees)."""
-    return min(ref["knn_val_loss"], ref.get("trees_val_loss", math.inf))
-
-
 def held_out_below_reference(ev: Evidence) -> bool:
-    """Does the model do worse on validation rows than the k-NN reference does (for regression, the
-    better of the k-NN and boosted trees)? (The underfitting test's margin: two standard errors of
-    the reference's accuracy; for regression, 1.1x its MSE.)"""
+    """Does the model do worse on validation rows than the k-NN reference does? (The underfitting
+    test's margin: two standard errors of the reference's accuracy; for regression, 1.1x its MSE.)"""
     ref = ev.reference
     if ev.classification and "knn_val_accuracy" in ref:
         p = ref["knn_val_accuracy"]
         return ev.final("val/accuracy") < p - knn_margin(p, ref.get("n_held", 1))
     if "knn_val_loss" in ref:
-        return ev.final("val/loss") > 1.1 * regression_reference(ref)
+        return ev.final("val/loss") > 1.1 * ref["knn_val_loss"]
     return True
 
 
