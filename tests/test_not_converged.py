@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from models.findings import Finding
 from models.spec import JobSpec
 from worker.diagnosis import rules
 from worker.diagnosis.evidence import Evidence
@@ -25,7 +26,7 @@ def run_with_val(val: list[float]) -> Evidence:
     return Evidence(spec, summary, {"train/loss": train, "val/loss": np.array(val)}, {})
 
 
-def finding(val: list[float]):  # noqa: ANN201
+def finding(val: list[float]) -> Finding | None:
     ev = run_with_val(val)
     return rules.not_converged(ev, rules.facts(ev), underfit=False)
 

@@ -40,6 +40,13 @@ FRESH2_DATASETS = ("up_sparse", "up_swissroll")
 # tuned on dev; then this split was evaluated once.
 FRESH3_SEEDS = (6,)
 FRESH3_DATASETS = ("up_shells", "up_waves")
+# The splits after the first test split, oldest first: (name, its seeds, the datasets added with it).
+LATER_SPLITS = (
+    ("holdout", HOLDOUT_SEEDS, ()),
+    ("fresh", FRESH_SEEDS, FRESH_DATASETS),
+    ("fresh2", FRESH2_SEEDS, FRESH2_DATASETS),
+    ("fresh3", FRESH3_SEEDS, FRESH3_DATASETS),
+)
 REGRESSION = ("diabetes", "gaussian_regression", "up_friedman", "up_friedman3", "up_swissroll", "up_waves")
 # Datasets whose raw features already span a factor > 100 (no transform needed for "unscaled").
 UNSCALED_AS_IS = ("wine", "breast_cancer", "up_friedman3")
@@ -60,14 +67,10 @@ class Case:
 
     @property
     def split(self) -> str:
-        if self.seed in FRESH3_SEEDS or self.dataset in FRESH3_DATASETS:
-            return "fresh3"
-        if self.seed in FRESH2_SEEDS or self.dataset in FRESH2_DATASETS:
-            return "fresh2"
-        if self.seed in FRESH_SEEDS or self.dataset in FRESH_DATASETS:
-            return "fresh"
-        if self.seed in HOLDOUT_SEEDS:
-            return "holdout"
+        # The latest split that holds the seed or added the dataset.
+        for name, seeds, datasets in reversed(LATER_SPLITS):
+            if self.seed in seeds or self.dataset in datasets:
+                return name
         return "test" if self.seed in TEST_SEEDS or self.dataset in TEST_DATASETS else "dev"
 
     @property
@@ -265,13 +268,8 @@ def rotation(family_index: int, dataset_index: int) -> bool:
 def seeds_of(dataset: str) -> tuple[int, ...]:
     """A dataset added with a later split has no seeds of the splits before it: every seed of its
     own is in that split already, and three (``SEEDS``) measure its seed-to-seed spread."""
-    if dataset in FRESH3_DATASETS:
-        return (*SEEDS, *FRESH3_SEEDS)
-    if dataset in FRESH2_DATASETS:
-        return (*SEEDS, *FRESH2_SEEDS, *FRESH3_SEEDS)
-    if dataset in FRESH_DATASETS:
-        return (*SEEDS, *FRESH_SEEDS, *FRESH2_SEEDS, *FRESH3_SEEDS)
-    return (*SEEDS, *HOLDOUT_SEEDS, *FRESH_SEEDS, *FRESH2_SEEDS, *FRESH3_SEEDS)
+    added = next((i for i, (_, _, datasets) in enumerate(LATER_SPLITS) if dataset in datasets), 0)
+    return (*SEEDS, *(seed for _, seeds, _ in LATER_SPLITS[added:] for seed in seeds))
 
 
 def all_cases() -> list[Case]:
