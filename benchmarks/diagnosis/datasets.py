@@ -102,6 +102,44 @@ def uploaded_waves() -> RawData:
     return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.float32)), None, "regression")
 
 
+def uploaded_imbalanced() -> RawData:
+    """A CSV upload with a class column: 3 classes at 70/20/10% in 14 features (6 informative, 2
+    their mixtures), 2% of labels flipped: the majority class alone is 70% right, so chance-level
+    accuracy sits high and the rare class carries most of what is left to learn. Added with the
+    fourth fresh split (cases.FRESH4_DATASETS)."""
+    X, y = skd.make_classification(
+        n_samples=1500, n_features=14, n_informative=6, n_redundant=2, n_classes=3,
+        n_clusters_per_class=2, weights=[0.7, 0.2, 0.1], flip_y=0.02, class_sep=1.0, random_state=7,
+    )  # fmt: skip
+    return load_uploaded("csv", _csv_bytes(X, y, "label"), "label", "classification")
+
+
+def uploaded_housing() -> RawData:
+    """An NPZ upload: a house price in thousands from 8 columns in their own units (floor area in m²,
+    rooms, age in years, distance to the centre in km, two coordinates, two irrelevant columns). The
+    price saturates with area, decays with distance, trades rooms against age and varies with place:
+    a target far from zero and columns spanning a factor ~100. Added with the fourth fresh split
+    (cases.FRESH4_DATASETS)."""
+    rng = np.random.default_rng(7)
+    n = 1200
+    area = rng.lognormal(np.log(90.0), 0.4, n)
+    rooms = np.clip(np.round(area / 30.0 + rng.normal(0.0, 0.7, n)), 1, 8)
+    age = rng.uniform(0.0, 100.0, n)
+    distance = rng.exponential(6.0, n)
+    lat, lon = rng.uniform(-1.0, 1.0, n), rng.uniform(-1.0, 1.0, n)
+    irrelevant = rng.normal(size=(n, 2))
+    price = (
+        150.0 * np.log1p(area / 40.0) * np.exp(-distance / 15.0)
+        + 20.0 * rooms * (1.0 - age / 150.0)
+        + 30.0 * np.sin(3.0 * lat) * lon
+        + rng.normal(0.0, 15.0, n)
+    )
+    X = np.column_stack([area, rooms, age, distance, lat, lon, irrelevant])
+    return load_uploaded(
+        "npz", _npz_bytes(X.astype(np.float32), price.astype(np.float32)), None, "regression"
+    )
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
@@ -111,6 +149,8 @@ UPLOADED = {
     "up_swissroll": uploaded_swissroll,
     "up_shells": uploaded_shells,
     "up_waves": uploaded_waves,
+    "up_imbalanced": uploaded_imbalanced,
+    "up_housing": uploaded_housing,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 

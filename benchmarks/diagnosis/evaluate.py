@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.diagnosis.cases import Case, all_cases
+from benchmarks.diagnosis.cases import LATER_SPLITS, Case, all_cases
 from benchmarks.diagnosis.label import LABELS, number
 from models.codes import VERDICTS
 
@@ -313,7 +313,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--split", choices=("dev", "test", "holdout", "fresh", "fresh2", "fresh3", "all"), default="test"
+        "--split", choices=("dev", "test", *(name for name, _, _ in LATER_SPLITS), "all"), default="test"
     )
     parser.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 2))
     parser.add_argument(
