@@ -128,3 +128,18 @@ def test_a_reference_at_chance_vouches_for_nothing_the_probes_decide() -> None:
     verdict = diagnose(ev)[0]
     assert verdict.code == "underfitting.model_bias", verdict.code
     assert verdict.evidence["reference_at_chance"] is True
+
+
+def test_a_reference_barely_above_chance_vouches_for_nothing_either() -> None:
+    # Concentric shells in 6-D with four noise columns: the k-NN gets 0.41 of 240 held-out rows
+    # right against the majority class's 0.34. It beats chance, but by less than the two margins of
+    # the comparison, so a model stuck at chance would pass it: the probes decide instead.
+    barely = {"chance_accuracy": 0.34, "knn_val_accuracy": 0.41, "knn_cv_accuracy": 0.41, "n_held": 240}
+    ev = synthetic(train_end=1.08, val_end=1.09, **barely)
+    ev.epoch_series["val/accuracy"] = np.full(11, 0.36)
+    assert rules.reference_at_chance(ev)
+    under = rules.underfit_evidence(ev, rules.facts(ev))
+    assert under is not None and under["reference_at_chance"] is True
+    # A reference that clearly beats chance on the same rows still vouches for a model that matches it.
+    clear = synthetic(train_end=1.08, val_end=1.09, **(barely | {"knn_val_accuracy": 0.55}))
+    assert not rules.reference_at_chance(clear)

@@ -149,12 +149,15 @@ def underfit_evidence(ev: Evidence, f: Facts) -> dict[str, Any] | None:
 
 
 def reference_at_chance(ev: Evidence) -> bool:
-    """The k-NN's held-out accuracy within two standard errors of the majority class's share (for
-    regression, its held-out MSE at least 0.9x the chance-level loss)."""
+    """Can the comparison with the k-NN not tell a model at chance from the reference? A model is
+    held to the k-NN's held-out accuracy less two of its standard errors (at least 2 points), so a
+    k-NN whose accuracy, less its margin, is within the margin of the majority class's share would
+    pass a model that predicts the majority class (for regression, a held-out MSE at least 0.9x the
+    chance-level loss: the 1.1x tolerance of the comparison then passes a constant)."""
     ref = ev.reference
     if ev.classification and "knn_val_accuracy" in ref and "chance_accuracy" in ref:
-        p = ref["chance_accuracy"]
-        return ref["knn_val_accuracy"] <= p + knn_margin(p, ref.get("n_held", 1))
+        p, knn, n = ref["chance_accuracy"], ref["knn_val_accuracy"], ref.get("n_held", 1)
+        return knn - knn_margin(knn, n) <= p + knn_margin(p, n)
     if "knn_val_loss" in ref and ref.get("chance_loss"):
         return ref["knn_val_loss"] >= 0.9 * ref["chance_loss"]
     return False
