@@ -133,7 +133,10 @@ def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) 
     outcome, probes = rules.probe_outcome(ev, facts(ev))
     if probes:
         under = under | {"probes": probes}
-    if outcome == "neither" and not (under.get("below_reference") or under.get("held_out_at_chance")):
+    # (Probes, a fraction of the job's compute, cannot show what 4x its epochs would: a run judged
+    # large for still falling keeps that reading.)
+    decided = under.get("below_reference") or under.get("held_out_at_chance") or under.get("still_falling")
+    if outcome == "neither" and not decided:
         return None
     convex = ev.spec.model.arch == "linear"
     if rules.at_linear_optimum(ev, facts(ev)):  # a linear model in disguise that reached its optimum
