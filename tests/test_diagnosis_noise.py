@@ -143,3 +143,24 @@ def test_a_reference_barely_above_chance_vouches_for_nothing_either() -> None:
     # A reference that clearly beats chance on the same rows still vouches for a model that matches it.
     clear = synthetic(train_end=1.08, val_end=1.09, **(barely | {"knn_val_accuracy": 0.55}))
     assert not rules.reference_at_chance(clear)
+
+
+def test_probes_stopped_inside_their_first_epoch_prove_nothing() -> None:
+    # A loss at chance whose reference vouches for nothing: probes that trained a few epochs and
+    # found nothing lower settle it as the data's noise (good_fit); probes that the budget stopped
+    # before one epoch (a 4-epoch job on a few hundred rows) settle nothing, and the loss stays large.
+    at_chance = {"chance_accuracy": 0.34, "knn_val_accuracy": 0.35, "knn_cv_accuracy": 0.35}
+
+    def verdict(probe_epochs: int) -> str:
+        ev = synthetic(train_end=1.08, val_end=1.09, **at_chance)
+        ev.epoch_series["train/accuracy"] = np.full(11, 0.36)
+        ev.epoch_series["val/accuracy"] = np.full(11, 0.35)
+        flat = {"train_loss": 1.07, "val_loss": 1.09, "epochs": probe_epochs, "rows": 90}
+        ev.summary["probes"] = {
+            "parent_train_loss": 1.08,
+            "runs": {"tuned_optimizer": dict(flat), "larger_model": dict(flat)},
+        }
+        return diagnose(ev)[0].code
+
+    assert verdict(3) == "good_fit"
+    assert verdict(0).startswith("underfitting."), verdict(0)

@@ -254,7 +254,9 @@ def probe_outcome(ev: Evidence, f: Facts) -> tuple[str | None, dict[str, Any]]:
     """What the probe runs (worker.diagnosis.probes) showed: "optimization" when the same model with
     the standard recipe trains clearly lower than the job did (and ends no worse on validation rows
     than the job's best), "model_bias" when only the larger model does and the same model trained as
-    many epochs as the job, "neither" when both ran and neither did, None otherwise."""
+    many epochs as the job, "neither" when both ran (each at least one epoch) and neither did, None
+    otherwise. A probe stopped by its budget inside its first epoch (a job of 4 epochs on a few
+    hundred rows leaves it a few updates) shows nothing either way: it counts as not run."""
     probes = ev.summary.get("probes") or {}
     runs = probes.get("runs") or {}
     parent = probes.get("parent_train_loss")
@@ -266,7 +268,7 @@ def probe_outcome(ev: Evidence, f: Facts) -> tuple[str | None, dict[str, Any]]:
         and clearly_lower(float(r["train_loss"]), float(parent), f.chance)
         and (r.get("val_loss") is None or r["val_loss"] <= best_val)  # fitting better, not memorizing
         for what, r in runs.items()
-        if "skipped" not in r
+        if "skipped" not in r and r.get("epochs", 1) >= 1
     }
     evidence = {
         "parent_train_loss": _r(float(parent)),
