@@ -166,6 +166,12 @@ class Model(Strict):
         default_factory=lambda: [16, 32], max_length=8
     )
 
+    @property
+    def computes_linear_function(self) -> bool:
+        """A linear model, or a stack of layers without a nonlinearity (identity activations): the
+        function it computes is linear whatever its depth."""
+        return self.arch == "linear" or (self.arch == "mlp" and self.activation == "identity")
+
     @field_validator("dropout")
     @classmethod
     def _dropout_range(cls, value: float | list[float]) -> float | list[float]:

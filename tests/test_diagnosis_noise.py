@@ -107,6 +107,12 @@ def test_a_model_no_better_than_chance_on_held_out_rows_is_never_a_good_fit() ->
     assert verdict.evidence["held_out_at_chance"] is True
     # The memorizing regime (a tiny training loss) stays overfitting.
     assert diagnose(synthetic(train_end=0.02, val_end=1.5))[0].code == "overfitting"
+    # "Tiny" is judged against chance, not against a held-out loss far above it: saturated units
+    # that predict held-out rows at 2.3x chance while the training loss sits at a third of chance
+    # have learnt nothing that generalizes; they are not a model that memorized its rows.
+    saturated = diagnose(synthetic(train_end=0.35, val_end=2.5))[0]
+    assert saturated.code.startswith("underfitting."), saturated.code
+    assert saturated.evidence["held_out_at_chance"] is True
 
 
 def test_a_reference_at_chance_vouches_for_nothing_the_probes_decide() -> None:

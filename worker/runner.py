@@ -227,7 +227,7 @@ def _train(job_claim: Claim, heartbeat: Heartbeat) -> str:
             trainer = Trainer(spec, data, recorder, device)
             parent = initialize_from_parent(trainer, job_claim.project_id)
         with clock.phase("reference"):
-            reference = reference_scores(data, spec.seed)
+            reference = reference_scores(data, spec.seed, spec.model.computes_linear_function)
         # What the diagnosis needs besides metrics (data facts, the reference scores) is stored at
         # the start, so provisional diagnoses at checkpoints can read it while the job runs.
         early = trainer.run_summary().model_copy(update={"reference": reference, "init_from": parent})

@@ -77,7 +77,7 @@ def collect(case: Case) -> dict[str, Any]:
     data = prepared(spec, case.data)
     recorder = MemoryRecorder(spectra=True)
     summary = Trainer(spec, data, recorder, CPU).fit()
-    summary["reference"] = reference_scores(data, spec.seed)
+    summary["reference"] = reference_scores(data, spec.seed, spec.model.computes_linear_function)
     ev = from_points(spec, summary, recorder.points, recorder.spectra)
     return _store(
         path,
@@ -133,7 +133,9 @@ def evidence_of(case: Case, cached: dict[str, Any], with_probes: bool = True):  
 
     spec = JobSpec.model_validate(case.spec)
     # The reference is recomputed (it takes milliseconds), so a change to it needs no new training.
-    cached["summary"]["reference"] = reference_scores(prepared(spec, case.data), spec.seed)
+    cached["summary"]["reference"] = reference_scores(
+        prepared(spec, case.data), spec.seed, spec.model.computes_linear_function
+    )
     arrays = {
         k: {n: np.array(v, dtype=np.float64) for n, v in cached[k].items()}
         for k in ("epoch_series", "step_series")

@@ -129,10 +129,12 @@ def underfit_evidence(ev: Evidence, f: Facts) -> dict[str, Any] | None:
     out["near_chance"] = near_chance
     out["below_reference"] = below
     # No checkpoint predicts held-out rows better than chance, and the training loss is not the
-    # tiny one of a model that memorized its rows (overfitting's regime, below a quarter of it):
-    # nothing was learnt that generalizes, however the training rows compare with the k-NN.
+    # tiny one of a model that memorized its rows (overfitting's regime: below a quarter of the
+    # best held-out loss and of chance; a held-out loss far above chance, as saturated units give,
+    # does not make a third of chance tiny): nothing was learnt that generalizes, however the
+    # training rows compare with the k-NN.
     best_val = float(np.min(f.val_loss)) if len(f.val_loss) else math.inf
-    at_chance = best_val >= f.chance and loss > 0.25 * best_val
+    at_chance = best_val >= f.chance and loss > 0.25 * min(best_val, f.chance)
     out["held_out_at_chance"] = at_chance
     material = loss >= MATERIAL * f.chance
     # The model a user keeps is the best checkpoint: if it does as well as the k-NN on validation
@@ -146,12 +148,33 @@ def underfit_evidence(ev: Evidence, f: Facts) -> dict[str, Any] | None:
         out["reference_at_chance"] = True
         best_fine = False
     large = (near_chance or below or at_chance) and not best_fine
+    # A linear model is not vouched for by the references: the linear one is its own class, and a
+    # k-NN blurred by irrelevant columns can do no better than it where a network does far better.
+    # Only a nonlinear model fitted to the same rows (gradient-boosted trees) tells whether the
+    # data hold structure a linear model cannot fit.
+    nonlinear = None if large else nonlinear_reference_clearly_lower(ev, f)
+    if nonlinear:
+        out["nonlinear_reference"] = nonlinear
     # A loss the reference calls small is still large when the run is far from done: the same
     # model, trained longer, would fit clearly better (the labels' "longer training beats it").
-    falling = None if large else still_falling(f)
+    falling = None if large or nonlinear else still_falling(f)
     if falling:
         out["still_falling"] = falling
-    return out if material and (large or falling) else None
+    return out if material and (large or nonlinear or falling) else None
+
+
+def nonlinear_reference_clearly_lower(ev: Evidence, f: Facts) -> dict[str, Any] | None:
+    """For a model that computes a linear function: do gradient-boosted trees fitted to the same
+    training rows reach a held-out loss clearly lower (at most 0.7x, and by 10% of chance) than the
+    model's best checkpoint? The labels' own test of model bias ("a nonlinear model does better"),
+    made with a nonlinear model the worker fits in a second."""
+    tree = ev.reference.get("tree_val_loss")
+    if tree is None or not linear_in_disguise(ev) or not len(f.val_loss):
+        return None
+    best = float(np.min(f.val_loss))
+    if not (math.isfinite(best) and clearly_lower(float(tree), best, f.chance)):
+        return None
+    return {"model": "gradient-boosted trees", "val_loss": _r(float(tree)), "best_val_loss": _r(best)}
 
 
 def still_falling(f: Facts) -> dict[str, Any] | None:
@@ -231,11 +254,7 @@ def held_out_below_reference(ev: Evidence) -> bool:
 
 
 def linear_in_disguise(ev: Evidence) -> bool:
-    """A linear model, or a stack of layers without a nonlinearity (identity activations): the
-    function it computes is linear whatever its depth."""
-    return ev.spec.model.arch == "linear" or (
-        ev.spec.model.arch == "mlp" and ev.spec.model.activation == "identity"
-    )
+    return ev.spec.model.computes_linear_function
 
 
 def at_linear_optimum(ev: Evidence, f: Facts) -> bool:
