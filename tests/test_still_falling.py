@@ -1,7 +1,8 @@
 """A training loss the k-NN reference calls small is still underfitting when the run is far from
 done: a power law fitted to the second half of its curve predicts that 4x the epochs would train it
 clearly lower, and its validation loss is still falling too. The verdict then blames the optimizer
-(train longer); a curve that has flattened, or whose validation loss has turned up, stays as it was."""
+(train longer); a curve that has flattened, or whose validation loss has turned up, stays as it was.
+And Adam below its standard rate, still creeping down in every epoch, has a rate too low."""
 
 from __future__ import annotations
 
@@ -73,3 +74,20 @@ def test_a_flattened_curve_or_a_validation_loss_turning_up_is_not_still_falling(
     turned = train * 1.1
     turned[-6:] = turned[-7] * np.linspace(1.02, 1.12, 6)  # the validation loss rises at the end
     assert rules.still_falling(rules.facts(run(train, turned))) is None
+
+
+def test_adam_below_its_standard_rate_creeping_down_from_chance_is_a_rate_too_low() -> None:
+    # 4 epochs of Adam at 3e-4 on 3 classes: the loss creeps down 1% an epoch from chance. Too slow
+    # for not_converged, but down in every epoch: the rate, not the model, is what holds it.
+    train = np.array([1.104, 1.097, 1.089, 1.083, 1.078])
+    ev = run(train, train + 0.01)
+    ev.spec = JobSpec.model_validate(
+        {"data": {"dataset": "iris"}, "epochs": 4, "optimizer": {"name": "adam", "lr": 3e-4}}
+    )
+    f = rules.facts(ev)
+    found = rules.learning_rate_too_low(ev, f, under=True, stuck_elsewhere=False, nc=None)
+    assert found is not None and found.patch == {"optimizer": {"lr": 3e-3}}
+    # One epoch up in the window: it has levelled off, and nothing says the rate is the cause.
+    bounced = np.array([1.104, 1.097, 1.089, 1.091, 1.086])
+    ev.epoch_series["train/loss"] = bounced
+    assert rules.learning_rate_too_low(ev, rules.facts(ev), True, False, None) is None

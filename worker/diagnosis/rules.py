@@ -418,13 +418,18 @@ def learning_rate_too_low(
     seen: each step uses 1% of the step size the curvature allows, however long it runs. Not when
     dead or saturated units hold the loss: a larger step does not revive them (it does move a
     network off a saddle or a flat stretch faster). Adaptive optimizers (whose steps do not scale with λ_max): a
-    rate below Adam's standard 1e-3 on a training loss that is still falling steadily at the end.
+    rate below Adam's standard 1e-3 on a training loss that is still falling at the end: steadily
+    (``not_converged``), or in every epoch of the last fifth however slowly (a run of a few epochs
+    at 3e-4 creeps down from chance by 1% an epoch: too slow to be "not converged", yet no sign
+    that the optimizer has reached the model's best either).
     """
     if not under:
         return None
     lr = ev.spec.optimizer.lr
     if ev.spec.optimizer.name in ADAPTIVE:
-        if lr >= ADAM_DEFAULT_LR or nc is None:
+        window = f.train_loss[-f.window - 1 :]
+        creeping = len(f.train_loss) > f.window and bool(np.all(np.diff(window) < 0))
+        if lr >= ADAM_DEFAULT_LR or (nc is None and not creeping):
             return None
         suggested = ADAM_DEFAULT_LR * 3
         evidence: dict[str, Any] = {
