@@ -132,7 +132,8 @@ def evidence_of(case: Case, cached: dict[str, Any], with_probes: bool = True):  
     from worker.diagnosis.reference import reference_scores
 
     spec = JobSpec.model_validate(case.spec)
-    # The reference is recomputed (it takes milliseconds), so a change to it needs no new training.
+    # The reference is recomputed (milliseconds; up to a second with a linear model's trees), so a
+    # change to it needs no new training.
     cached["summary"]["reference"] = reference_scores(
         prepared(spec, case.data), spec.seed, spec.model.computes_linear_function
     )
