@@ -8,6 +8,7 @@ constant."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,60 +46,70 @@ def _subsample(n: int, cap: int, rng: np.random.Generator) -> np.ndarray:
     return np.arange(n) if n <= cap else np.sort(rng.choice(n, cap, replace=False))
 
 
+@dataclass(frozen=True)
+class Rows:
+    """The rows every reference is fitted and scored on: the training split and the held-out one
+    (validation, or test where there is none), each capped (``MAX_TRAIN``, ``MAX_VAL``)."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_held: np.ndarray
+    y_held: np.ndarray
+
+
+def reference_rows(data: Prepared, seed: int) -> Rows:
+    rng = np.random.default_rng(seed + 11)
+    tr = _subsample(len(data.y_train), MAX_TRAIN, rng)
+    held_X, held_y = (data.X_val, data.y_val) if len(data.y_val) else (data.X_test, data.y_test)
+    va = _subsample(len(held_y), MAX_VAL, rng)
+    y_train, y_held = data.y_train[tr], held_y[va]
+    if data.task == "classification":
+        y_train, y_held = y_train.astype(np.int64), y_held.astype(np.int64)
+    return Rows(data.X_train[tr], y_train, held_X[va], y_held)
+
+
 def reference_scores(data: Prepared, seed: int, linear_model: bool = False) -> dict[str, Any]:
     """``linear_model``: the job's model computes a linear function (``Model.computes_linear_function``),
     so the trees are fitted too (only then: they cost 0.1-0.8 s, the rest tens of milliseconds)."""
     # One thread: the data are capped (MAX_TRAIN, MAX_VAL), and scikit-learn's OpenMP k-NN on every
     # core of a worker that is busy training took 0.6-0.9 s on digits against 0.03 s on one thread
     # (benchmarks/job_cost.py: it was 15% of a small job).
+    rows = reference_rows(data, seed)
     with threadpool_limits(limits=1):
-        out = _reference_scores(data, seed)
+        out = _reference_scores(data, rows, seed)
         if linear_model:
-            out |= nonlinear_reference(data, seed)
+            out |= nonlinear_reference(data, rows, seed)
         return out
 
 
-def nonlinear_reference(data: Prepared, seed: int) -> dict[str, Any]:
+def nonlinear_reference(data: Prepared, rows: Rows, seed: int) -> dict[str, Any]:
     """Held-out loss (cross-entropy or MSE) of gradient-boosted trees fitted to the training rows: the
     nonlinear model a linear one is compared with. Trees need no feature scaling and no tuning to
     find interactions and thresholds that a k-NN blurs when irrelevant columns are many. Not used
     for networks: trees fit some tabular data better than any network the labels try, and a narrow
     network they beat is not thereby too small."""
-    rng = np.random.default_rng(seed + 13)
-    held_X, held_y = (data.X_val, data.y_val) if len(data.y_val) else (data.X_test, data.y_test)
-    if not len(held_y):
+    if not len(rows.y_held):
         return {}
-    tr = _subsample(len(data.y_train), MAX_TRAIN, rng)
-    va = _subsample(len(held_y), MAX_VAL, rng)
-    X_tr, y_tr, X_va, y_va = data.X_train[tr], data.y_train[tr], held_X[va], held_y[va]
     if data.task == "classification":
-        y_tr, y_va = y_tr.astype(np.int64), y_va.astype(np.int64)
-        if len(np.unique(y_tr)) < 2:
+        if len(np.unique(rows.y_train)) < 2:
             return {}
-        model = HistGradientBoostingClassifier(**TREES, random_state=seed).fit(X_tr, y_tr)
-        proba = np.full((len(y_va), data.n_classes), 1e-12)
-        proba[:, model.classes_] = np.clip(model.predict_proba(X_va), 1e-12, 1.0)
-        loss = float(-np.mean(np.log(proba[np.arange(len(y_va)), y_va])))
-    else:
-        model = HistGradientBoostingRegressor(**TREES, random_state=seed).fit(X_tr, y_tr.reshape(-1))
-        loss = float(np.mean((model.predict(X_va) - y_va.reshape(-1)) ** 2))
-    return {"tree_val_loss": loss}
+        model = HistGradientBoostingClassifier(**TREES, random_state=seed).fit(rows.X_train, rows.y_train)
+        return {"tree_val_loss": cross_entropy(model, rows.X_held, rows.y_held, data.n_classes)}
+    model = HistGradientBoostingRegressor(**TREES, random_state=seed).fit(
+        rows.X_train, rows.y_train.reshape(-1)
+    )
+    return {"tree_val_loss": float(np.mean((model.predict(rows.X_held) - rows.y_held.reshape(-1)) ** 2))}
 
 
-def _reference_scores(data: Prepared, seed: int) -> dict[str, Any]:
-    rng = np.random.default_rng(seed + 11)
-    tr = _subsample(len(data.y_train), MAX_TRAIN, rng)
-    held_X, held_y = (data.X_val, data.y_val) if len(data.y_val) else (data.X_test, data.y_test)
-    va = _subsample(len(held_y), MAX_VAL, rng)
-    X_tr, X_va = _standardize(data.X_train[tr], held_X[va])
-    y_tr, y_va = data.y_train[tr], held_y[va]
-    k = int(min(15, max(1, round(math.sqrt(len(tr)) / 2))))
-    out: dict[str, Any] = {"task": data.task, "knn_k": k, "n_train": int(len(tr)), "n_held": int(len(va))}
+def _reference_scores(data: Prepared, rows: Rows, seed: int) -> dict[str, Any]:
+    X_tr, X_va = _standardize(rows.X_train, rows.X_held)
+    y_tr, y_va = rows.y_train, rows.y_held
+    k = int(min(15, max(1, round(math.sqrt(len(y_tr)) / 2))))
+    out: dict[str, Any] = {"task": data.task, "knn_k": k, "n_train": int(len(y_tr)), "n_held": int(len(y_va))}
     if data.task == "classification":
-        y_tr, y_va = y_tr.astype(np.int64), y_va.astype(np.int64)
         out["chance_loss"] = chance_loss(y_tr, "classification", data.n_classes)
         out["chance_accuracy"] = float(np.bincount(y_tr).max() / len(y_tr))
-        if len(va):
+        if len(y_va):
             model = KNeighborsClassifier(n_neighbors=k).fit(X_tr, y_tr)
             out["knn_val_accuracy"] = float((model.predict(X_va) == y_va).mean())
             folds = KFold(n_splits=min(5, len(y_tr)), shuffle=True, random_state=seed)
@@ -109,7 +120,7 @@ def _reference_scores(data: Prepared, seed: int) -> dict[str, Any]:
             )
     else:
         out["chance_loss"] = chance_loss(y_tr, "regression", 0)
-        if len(va):
+        if len(y_va):
             model = KNeighborsRegressor(n_neighbors=k).fit(X_tr, y_tr.reshape(len(y_tr), -1))
             pred = model.predict(X_va).reshape(-1)
             out["knn_val_loss"] = float(np.mean((pred - y_va.reshape(-1)) ** 2))
@@ -131,10 +142,12 @@ def linear_classifier_losses(
     if len(np.unique(y_tr)) < 2:
         return None, None
     model = LogisticRegression(C=1.0, max_iter=300).fit(X_tr, y_tr)
+    return cross_entropy(model, X_tr, y_tr, n), cross_entropy(model, X_va, y_va, n)
 
-    def loss(X: np.ndarray, y: np.ndarray) -> float:
-        proba = np.full((len(y), n), 1e-12)
-        proba[:, model.classes_] = np.clip(model.predict_proba(X), 1e-12, 1.0)
-        return float(-np.mean(np.log(proba[np.arange(len(y)), y])))
 
-    return loss(X_tr, y_tr), loss(X_va, y_va)
+def cross_entropy(model: Any, X: np.ndarray, y: np.ndarray, n_classes: int) -> float:
+    """Mean cross-entropy of a fitted scikit-learn classifier's probabilities on (X, y); classes it
+    never saw in training get probability 1e-12, not an index error."""
+    proba = np.full((len(y), n_classes), 1e-12)
+    proba[:, model.classes_] = np.clip(model.predict_proba(X), 1e-12, 1.0)
+    return float(-np.mean(np.log(proba[np.arange(len(y)), y])))

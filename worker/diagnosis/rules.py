@@ -89,6 +89,11 @@ def relative_drop(series: np.ndarray, window: int) -> float:
     return float((start - end) / max(abs(start), 1e-12))
 
 
+def fraction_falling(series: np.ndarray, window: int) -> float:
+    """Share of the last ``window`` epochs in which the loss went down."""
+    return float(np.mean(np.diff(series[-window - 1 :]) < 0))
+
+
 def knn_margin(p: float, n: int) -> float:
     """Two standard errors of an accuracy p measured on n rows, at least 2 points."""
     return max(0.02, 2 * math.sqrt(max(p * (1 - p), 1e-4) / max(1, n)))
@@ -169,7 +174,7 @@ def nonlinear_reference_clearly_lower(ev: Evidence, f: Facts) -> dict[str, Any] 
     model's best checkpoint? The labels' own test of model bias ("a nonlinear model does better"),
     made with a nonlinear model the worker fits in a second."""
     tree = ev.reference.get("tree_val_loss")
-    if tree is None or not linear_in_disguise(ev) or not len(f.val_loss):
+    if tree is None or not ev.spec.model.computes_linear_function or not len(f.val_loss):
         return None
     best = float(np.min(f.val_loss))
     if not (math.isfinite(best) and clearly_lower(float(tree), best, f.chance)):
@@ -196,8 +201,8 @@ def still_falling(f: Facts) -> dict[str, Any] | None:
     t = np.arange(1, epochs + 1)[epochs // 2 :]
     exponent = -float(np.polyfit(np.log(t), np.log(np.maximum(train[1:][epochs // 2 :], 1e-12)), 1)[0])
     predicted = loss * 4.0**-exponent
-    train_falling = float(np.mean(np.diff(train[-f.window - 1 :]) < 0))
-    val_falling = float(np.mean(np.diff(val[-f.window - 1 :]) < 0))
+    train_falling = fraction_falling(train, f.window)
+    val_falling = fraction_falling(val, f.window)
     at_best = val[-1] <= 1.01 * float(np.min(val))
     if not (clearly_lower(predicted, loss, f.chance) and min(train_falling, val_falling) >= 0.7 and at_best):
         return None
@@ -253,16 +258,12 @@ def held_out_below_reference(ev: Evidence) -> bool:
     return True
 
 
-def linear_in_disguise(ev: Evidence) -> bool:
-    return ev.spec.model.computes_linear_function
-
-
 def at_linear_optimum(ev: Evidence, f: Facts) -> bool:
     """A linear model in disguise whose training loss is within 10% (and 2% of chance) of what a
     regularized linear model reaches on the same rows: nothing is left for its optimizer to find,
     whatever curvature its depth adds (a stack of identity layers has saddles at its optimum)."""
     reference = ev.reference.get("linear_train_loss")
-    if not linear_in_disguise(ev) or reference is None or not len(f.train_loss):
+    if not ev.spec.model.computes_linear_function or reference is None or not len(f.train_loss):
         return False
     loss = float(f.train_loss[-1])
     return loss <= 1.1 * reference + 0.02 * f.chance
@@ -427,8 +428,7 @@ def learning_rate_too_low(
         return None
     lr = ev.spec.optimizer.lr
     if ev.spec.optimizer.name in ADAPTIVE:
-        window = f.train_loss[-f.window - 1 :]
-        creeping = len(f.train_loss) > f.window and bool(np.all(np.diff(window) < 0))
+        creeping = len(f.train_loss) > f.window and fraction_falling(f.train_loss, f.window) == 1.0
         if lr >= ADAM_DEFAULT_LR or (nc is None and not creeping):
             return None
         suggested = ADAM_DEFAULT_LR * 3
@@ -521,7 +521,7 @@ def not_converged(ev: Evidence, f: Facts, underfit: bool) -> Finding | None:
     if len(series) <= f.window or drop <= relative:
         return None
     absolute = float(series[-f.window - 1] - series[-1])
-    falling = float(np.mean(np.diff(series[-f.window - 1 :]) < 0))
+    falling = fraction_falling(series, f.window)
     if absolute < share * f.chance or falling < steady:
         return None
     return Finding(
@@ -825,7 +825,9 @@ def plateau(ev: Evidence, f: Facts, underfit: bool, saddle: bool) -> Finding | N
     before training, and there is no negative curvature of a saddle to escape along. The gradients
     are those the spectra measured on the training rows (the critical-point test's), at the initial
     and the final spectrum; without spectra, the first and last epochs' minibatch gradient norms."""
-    if not underfit or saddle or linear_in_disguise(ev):  # a linear model's only flat place is its optimum
+    if (
+        not underfit or saddle or ev.spec.model.computes_linear_function
+    ):  # a linear model's only flat place is its optimum
         return None
     first, last = _gradient_ends(ev)
     if first is None or last is None or first <= 0:
