@@ -45,6 +45,11 @@ FRESH3_DATASETS = ("up_shells", "up_waves")
 # (afternoon) before that session's rule changes, which were tuned on dev; then evaluated once.
 FRESH4_SEEDS = (7,)
 FRESH4_DATASETS = ("up_imbalanced", "up_housing")
+# A seventh, the fifth fresh split: seed 8 of every run plus every seed of two more uploaded datasets
+# (interleaved spirals; a nearly linear regression), generated on 2026-12-03 (evening) before that
+# session's rule changes, which were tuned on the splits already read; then evaluated once.
+FRESH5_SEEDS = (8,)
+FRESH5_DATASETS = ("up_spirals", "up_energy")
 # The splits after the first test split, oldest first: (name, its seeds, the datasets added with it).
 LATER_SPLITS = (
     ("holdout", HOLDOUT_SEEDS, ()),
@@ -52,6 +57,7 @@ LATER_SPLITS = (
     ("fresh2", FRESH2_SEEDS, FRESH2_DATASETS),
     ("fresh3", FRESH3_SEEDS, FRESH3_DATASETS),
     ("fresh4", FRESH4_SEEDS, FRESH4_DATASETS),
+    ("fresh5", FRESH5_SEEDS, FRESH5_DATASETS),
 )
 REGRESSION = (
     "diabetes",
@@ -61,6 +67,7 @@ REGRESSION = (
     "up_swissroll",
     "up_waves",
     "up_housing",
+    "up_energy",
 )
 # Datasets whose raw features already span a factor > 100 (no transform needed for "unscaled").
 UNSCALED_AS_IS = ("wine", "breast_cancer", "up_friedman3")

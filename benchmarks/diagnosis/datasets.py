@@ -140,6 +140,36 @@ def uploaded_housing() -> RawData:
     )
 
 
+def uploaded_spirals() -> RawData:
+    """A CSV upload with a class column: 3 interleaved spiral arms in the plane (one turn each, the
+    radius noisy), plus 4 pure-noise columns: a boundary that winds, no linear or radial one, where
+    narrow or badly initialized networks stall. Added with the fifth fresh split
+    (cases.FRESH5_DATASETS)."""
+    rng = np.random.default_rng(7)
+    n, arms = 1200, 3
+    y = np.arange(n) % arms
+    t = rng.uniform(0.25, 1.0, n)
+    angle = 2.0 * np.pi * (t + y / arms)
+    radius = t + rng.normal(0.0, 0.04, n)
+    plane = np.column_stack([radius * np.cos(angle), radius * np.sin(angle)])
+    X = np.hstack([plane, rng.normal(0.0, 0.5, size=(n, 4))])
+    return load_uploaded("csv", _csv_bytes(X, y, "label"), "label", "classification")
+
+
+def uploaded_energy() -> RawData:
+    """An NPZ upload: a building's energy use from 10 columns, nearly linear (a weighted sum, one
+    product of two columns, a mild saturation) with noise that grows with the load and a target far
+    from zero: a regression where a linear model is almost, not quite, enough. Added with the fifth
+    fresh split (cases.FRESH5_DATASETS)."""
+    rng = np.random.default_rng(7)
+    n = 1000
+    X = rng.normal(0.0, 1.0, size=(n, 10))
+    weights = np.array([4.0, -3.0, 2.5, 2.0, -1.5, 1.0, 0.5, 0.0, 0.0, 0.0])
+    load = X @ weights + 1.5 * X[:, 0] * X[:, 1] + 3.0 * np.tanh(X[:, 2])
+    y = 60.0 + load + rng.normal(0.0, 1.0, n) * (1.0 + 0.1 * np.abs(load))
+    return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.float32)), None, "regression")
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
@@ -151,6 +181,8 @@ UPLOADED = {
     "up_waves": uploaded_waves,
     "up_imbalanced": uploaded_imbalanced,
     "up_housing": uploaded_housing,
+    "up_spirals": uploaded_spirals,
+    "up_energy": uploaded_energy,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 
