@@ -133,6 +133,11 @@ def underfit_evidence(ev: Evidence, f: Facts) -> dict[str, Any] | None:
         below = False
     out["near_chance"] = near_chance
     out["below_reference"] = below
+    # (Not "below_reference": that one is decisive against probes that find nothing lower, this
+    # one, a 10% tolerance, is not.)
+    linear = linear_trains_lower(ev, loss)
+    if linear is not None:
+        out["linear_reference_train_loss"] = linear
     # No checkpoint predicts held-out rows better than chance, and the training loss is not the
     # tiny one of a model that memorized its rows (overfitting's regime: below a quarter of the
     # best held-out loss and of chance; a held-out loss far above chance, as saturated units give,
@@ -165,7 +170,33 @@ def underfit_evidence(ev: Evidence, f: Facts) -> dict[str, Any] | None:
     falling = None if large or nonlinear else still_falling(f)
     if falling:
         out["still_falling"] = falling
-    return out if material and (large or nonlinear or falling) else None
+    contained_lower = linear is not None and not best_fine
+    return out if material and (large or nonlinear or falling or contained_lower) else None
+
+
+def contains_linear_map(ev: Evidence) -> bool:
+    """Can the network compute the linear model's function? An MLP whose narrowest hidden layer is
+    at least as wide as the linear map needs (min(inputs, outputs)) can pass its inputs through."""
+    model = ev.spec.model
+    data = ev.summary.get("data") or {}
+    if model.arch != "mlp" or not model.hidden or not data.get("n_features"):
+        return False
+    outputs = int(data.get("n_classes") or 0) if ev.classification else 1
+    return min(model.hidden) >= min(int(data["n_features"]), max(outputs, 1))
+
+
+def linear_trains_lower(ev: Evidence, loss: float) -> float | None:
+    """The regularized linear model's training loss on the same rows, when a network that contains
+    the linear map ends above 1.1x it: a model the network can represent fits its rows better, so
+    the network's loss is large and its optimizer did not find what it could (the labels' "a
+    contained model trains lower")."""
+    reference = ev.reference.get("linear_train_loss")
+    if reference is None or not contains_linear_map(ev) or loss <= LINEAR_TOLERANCE * reference:
+        return None
+    return _r(float(reference))
+
+
+LINEAR_TOLERANCE = 1.1
 
 
 def nonlinear_reference_clearly_lower(ev: Evidence, f: Facts) -> dict[str, Any] | None:
@@ -306,7 +337,7 @@ def probe_outcome(ev: Evidence, f: Facts) -> tuple[str | None, dict[str, Any]]:
         ],
         "rule": f"clearly lower: at most {CLEARLY_LOWER}x the job's training loss and by {MATERIAL:.0%} of chance",
     }
-    if better.get("tuned_optimizer"):
+    if better.get("tuned_optimizer") or caught_up(runs.get("tuned_optimizer"), parent, best_val, f):
         return "optimization", evidence
     # "Only the larger model does better" proves bias only if the same model had as long as the
     # job to show it could not: a short probe of a small model can lose to a larger one that
@@ -318,6 +349,26 @@ def probe_outcome(ev: Evidence, f: Facts) -> tuple[str | None, dict[str, Any]]:
     # too short to clear the same model, is no conclusion either way: None).
     conclusive = len(better) == len(runs) and not any(better.values())
     return ("neither" if conclusive else None), evidence
+
+
+def caught_up(tuned: dict[str, Any] | None, parent: float, best_val: float, f: Facts) -> bool:
+    """Did the same model with the standard recipe reach, within its short budget, the job's final
+    training loss (below 90% of chance, and a validation loss no worse than the job's best),
+    training clearly lower than the job had at the same epoch? What the job needed all its epochs for, the recipe did in a
+    fraction of them and was still going: the job's optimizer is what held it back."""
+    if not tuned or tuned.get("skipped") or tuned.get("train_loss") is None:
+        return False
+    epochs = int(tuned.get("epochs") or 0)
+    if not 1 <= epochs < len(f.train_loss) - 1:
+        return False
+    loss, val = float(tuned["train_loss"]), tuned.get("val_loss")
+    at_same_epoch = float(f.train_loss[epochs])
+    return (
+        loss <= parent
+        and loss < 0.9 * f.chance  # caught up with a job that learnt something, not one at chance
+        and (val is None or val <= best_val)
+        and clearly_lower(loss, at_same_epoch, f.chance)
+    )
 
 
 # ----- divergence and the learning rate ------------------------------------------------------------
