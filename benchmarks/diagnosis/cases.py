@@ -50,6 +50,11 @@ FRESH4_DATASETS = ("up_imbalanced", "up_housing")
 # session's rule changes, which were tuned on the splits already read; then evaluated once.
 FRESH5_SEEDS = (8,)
 FRESH5_DATASETS = ("up_spirals", "up_energy")
+# An eighth, the sixth fresh split: seed 9 of every run plus every seed of two more uploaded datasets
+# (a checkerboard; a skewed positive regression), generated on 2026-12-03 (evening) after fresh5's
+# read and before the rule changes that followed it; then evaluated once.
+FRESH6_SEEDS = (9,)
+FRESH6_DATASETS = ("up_checker", "up_sales")
 # The splits after the first test split, oldest first: (name, its seeds, the datasets added with it).
 LATER_SPLITS = (
     ("holdout", HOLDOUT_SEEDS, ()),
@@ -58,6 +63,7 @@ LATER_SPLITS = (
     ("fresh3", FRESH3_SEEDS, FRESH3_DATASETS),
     ("fresh4", FRESH4_SEEDS, FRESH4_DATASETS),
     ("fresh5", FRESH5_SEEDS, FRESH5_DATASETS),
+    ("fresh6", FRESH6_SEEDS, FRESH6_DATASETS),
 )
 REGRESSION = (
     "diabetes",
@@ -68,6 +74,7 @@ REGRESSION = (
     "up_waves",
     "up_housing",
     "up_energy",
+    "up_sales",
 )
 # Datasets whose raw features already span a factor > 100 (no transform needed for "unscaled").
 UNSCALED_AS_IS = ("wine", "breast_cancer", "up_friedman3")

@@ -170,6 +170,36 @@ def uploaded_energy() -> RawData:
     return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.float32)), None, "regression")
 
 
+def uploaded_checker() -> RawData:
+    """An NPZ upload: 2 classes on a 3x3 checkerboard in the plane (3% of labels flipped), plus 2
+    noise columns: a boundary of axis-aligned cells, no smooth one, which trees draw easily and
+    small networks only with width. Added with the sixth fresh split (cases.FRESH6_DATASETS)."""
+    rng = np.random.default_rng(7)
+    n = 1200
+    plane = rng.uniform(-1.0, 1.0, size=(n, 2))
+    cells = np.floor((plane + 1.0) * 1.5)
+    y = ((cells[:, 0] + cells[:, 1]) % 2).astype(np.int64)
+    flipped = rng.random(n) < 0.03
+    y[flipped] = 1 - y[flipped]
+    X = np.hstack([plane, rng.normal(0.0, 0.6, size=(n, 2))])
+    return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y), None, "classification")
+
+
+def uploaded_sales() -> RawData:
+    """A CSV upload: a skewed, always positive target (weekly sales, log-normal: 0.6 to 54, median
+    5.3) whose logarithm is a sum of a few effects, one interaction and one absolute value, in 9
+    columns (4 irrelevant): multiplicative structure and a long right tail. Added with the sixth
+    fresh split (cases.FRESH6_DATASETS)."""
+    rng = np.random.default_rng(7)
+    n = 1000
+    X = rng.normal(0.0, 1.0, size=(n, 9))
+    log_sales = (
+        2.0 + 0.5 * X[:, 0] + 0.3 * X[:, 1] * X[:, 2] - 0.4 * np.abs(X[:, 3]) + 0.2 * X[:, 4]
+        + rng.normal(0.0, 0.25, n)
+    )  # fmt: skip
+    return load_uploaded("csv", _csv_bytes(X, np.exp(log_sales), "sales"), "sales", "regression")
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
@@ -183,6 +213,8 @@ UPLOADED = {
     "up_housing": uploaded_housing,
     "up_spirals": uploaded_spirals,
     "up_energy": uploaded_energy,
+    "up_checker": uploaded_checker,
+    "up_sales": uploaded_sales,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 
