@@ -123,8 +123,9 @@ def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) 
     """Model bias or optimization trouble. Probe runs decide when they are conclusive (the same
     model trained with a standard recipe does clearly better: optimization; only a larger model
     does: bias). Otherwise: a convex model (linear, no hidden layer) that converged cannot be stuck,
-    so it is bias; any finding that blames the optimizer makes it optimization trouble; with none,
-    the optimizer reached the model's best: bias.
+    so it is bias; any finding that blames the optimizer makes it optimization trouble (unless only
+    depth's symptoms do, and nothing simpler learns the data: ``rules.nothing_simpler_learns``);
+    with none, the optimizer reached the model's best: bias.
 
     None (not underfitting) when the loss was judged large only for being near chance, the model
     fits its training rows as well as the k-NN reference does, and both probes ran and neither
@@ -142,6 +143,17 @@ def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) 
     if rules.at_linear_optimum(ev, facts(ev)):  # a linear model in disguise that reached its optimum
         return bias_verdict(ev, under | {"linear_optimum": True}, "it reached the best linear model's loss")
     blamed = sorted((x for x in found if x.blames_optimizer), key=lambda x: cause_rank(ev, x))
+    # Depth's symptoms with nothing to show that this model could learn the data: no evidence
+    # against the optimizer, so the verdict falls to the larger model.
+    overruled = (
+        outcome in (None, "neither")
+        and bool(blamed)
+        and {x.code for x in blamed} <= rules.DEPTH_SYMPTOMS
+        and rules.nothing_simpler_learns(ev, under)
+    )
+    if overruled:
+        under = under | {"depth_symptoms_overruled": [x.code for x in blamed]}
+        blamed = []
     if convex:  # a convex loss has no saddles or bad minima: only "not finished yet" blames the optimizer
         blamed = [
             x
@@ -155,6 +167,10 @@ def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) 
         if outcome == "model_bias"
         else "a convex model that converged has reached its global optimum"
         if convex
+        else "nothing simpler learns the data either (the k-NN is at chance, the linear model and the same "
+        "model with a standard recipe train no lower), so the deep stack's vanishing gradients or flat "
+        "directions are not what holds it back"
+        if overruled
         else "the optimizer converged with no sign of trouble (gradient, curvature, units)"
     )
     return bias_verdict(ev, under | {"convex_model": convex}, why, 0.9 if outcome == "model_bias" else 0.7)

@@ -371,6 +371,32 @@ def caught_up(tuned: dict[str, Any] | None, parent: float, best_val: float, f: F
     )
 
 
+# What a deep stack of squashing units shows whether its optimizer or its size holds it back.
+DEPTH_SYMPTOMS = frozenset({"vanishing_gradients", "critical_point.saddle", "plateau.flat_surface"})
+
+
+def nothing_simpler_learns(ev: Evidence, under: dict[str, Any]) -> bool:
+    """Does nothing show that the data hold what a simple model learns? The k-NN reference cannot be
+    told from chance, the regularized linear model trains no clearly lower loss than the job, and
+    the same model with the standard recipe ran at least an epoch without training clearly lower.
+    Then depth's symptoms (vanishing gradients, a saddle, a flat surface) are no evidence that a
+    better-optimized run of this model would do better: on the benchmark, deep sigmoid stacks at
+    chance on data whose boundary is a sphere or shells were labelled model bias (only a larger
+    model trains clearly lower), where on data a linear model learns they were optimization."""
+    linear = ev.reference.get("linear_train_loss")
+    probes = (under.get("probes") or {}).get("probes", [])
+    tuned = next((p for p in probes if p["what"] == "tuned_optimizer"), None)
+    return (
+        bool(under.get("reference_at_chance"))
+        and linear is not None
+        and not clearly_lower(float(linear), float(under["train_loss"]), facts(ev).chance)
+        and tuned is not None
+        and not tuned.get("skipped")
+        and (tuned.get("epochs") or 0) >= 1
+        and not tuned["clearly_lower"]
+    )
+
+
 # ----- divergence and the learning rate ------------------------------------------------------------
 def diverged(ev: Evidence) -> Finding | None:
     step = ev.summary.get("diverged_step")
