@@ -56,7 +56,10 @@ def test_depth_symptoms_where_nothing_simpler_learns_are_model_bias() -> None:
     assert verdict.code == "underfitting.model_bias", verdict.code
     assert verdict.evidence["depth_symptoms_overruled"] == ["vanishing_gradients", "critical_point.saddle"]
     assert "nothing simpler learns" in verdict.recommendation
-    assert verdict.patch  # a larger model
+    # The larger model is offered as the larger-model probe trained it, with the standard recipe:
+    # a deeper ReLU stack under the job's plain SGD trains no better than the sigmoid one.
+    assert verdict.patch["model"]["activation"] == "relu"
+    assert verdict.patch["optimizer"]["name"] == "adam"
 
 
 def test_a_linear_model_that_trains_lower_keeps_the_blame_on_the_optimizer() -> None:

@@ -173,7 +173,12 @@ def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) 
         if overruled
         else "the optimizer converged with no sign of trouble (gradient, curvature, units)"
     )
-    return bias_verdict(ev, under | {"convex_model": convex}, why, 0.9 if outcome == "model_bias" else 0.7)
+    verdict = bias_verdict(ev, under | {"convex_model": convex}, why, 0.9 if outcome == "model_bias" else 0.7)
+    if overruled:
+        # A deeper, wider ReLU stack under the job's own plain SGD trains no better than the
+        # sigmoid one did: offer it with the standard recipe, as the larger-model probe ran it.
+        verdict.patch = probe_patches(ev.spec)["larger_model"]
+    return verdict
 
 
 def bias_verdict(ev: Evidence, evidence: dict[str, Any], why: str, confidence: float = 0.9) -> Finding:
