@@ -143,14 +143,7 @@ def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) 
     if rules.at_linear_optimum(ev, facts(ev)):  # a linear model in disguise that reached its optimum
         return bias_verdict(ev, under | {"linear_optimum": True}, "it reached the best linear model's loss")
     blamed = sorted((x for x in found if x.blames_optimizer), key=lambda x: cause_rank(ev, x))
-    # Depth's symptoms with nothing to show that this model could learn the data: no evidence
-    # against the optimizer, so the verdict falls to the larger model.
-    overruled = (
-        outcome in (None, "neither")
-        and bool(blamed)
-        and {x.code for x in blamed} <= rules.DEPTH_SYMPTOMS
-        and rules.nothing_simpler_learns(ev, under)
-    )
+    overruled = depth_symptoms_only(ev, outcome, blamed, under)
     if overruled:
         under = under | {"depth_symptoms_overruled": [x.code for x in blamed]}
         blamed = []
@@ -179,6 +172,20 @@ def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) 
         # sigmoid one did: offer it with the standard recipe, as the larger-model probe ran it.
         verdict.patch = probe_patches(ev.spec)["larger_model"]
     return verdict
+
+
+def depth_symptoms_only(
+    ev: Evidence, outcome: str | None, blamed: list[Finding], under: dict[str, Any]
+) -> bool:
+    """Only depth's symptoms blame the optimizer, no probe settled it, and nothing shows that this
+    model could learn the data: no evidence against the optimizer, so the verdict falls to the
+    larger model."""
+    return (
+        outcome in (None, "neither")
+        and bool(blamed)
+        and {x.code for x in blamed} <= rules.DEPTH_SYMPTOMS
+        and rules.nothing_simpler_learns(ev, under)
+    )
 
 
 def bias_verdict(ev: Evidence, evidence: dict[str, Any], why: str, confidence: float = 0.9) -> Finding:

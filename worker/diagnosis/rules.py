@@ -133,8 +133,8 @@ def underfit_evidence(ev: Evidence, f: Facts) -> dict[str, Any] | None:
         below = False
     out["near_chance"] = near_chance
     out["below_reference"] = below
-    # (Not "below_reference": that one is decisive against probes that find nothing lower, this
-    # one, a 10% tolerance, is not.)
+    # Kept apart from "below_reference": that comparison overrules probes that find nothing lower;
+    # this one, with its 10% tolerance, does not.
     linear = linear_trains_lower(ev, loss)
     if linear is not None:
         out["linear_reference_train_loss"] = linear
@@ -185,6 +185,9 @@ def contains_linear_map(ev: Evidence) -> bool:
     return min(model.hidden) >= min(int(data["n_features"]), max(outputs, 1))
 
 
+LINEAR_TOLERANCE = 1.1
+
+
 def linear_trains_lower(ev: Evidence, loss: float) -> float | None:
     """The regularized linear model's training loss on the same rows, when a network that contains
     the linear map ends above 1.1x it: a model the network can represent fits its rows better, so
@@ -194,9 +197,6 @@ def linear_trains_lower(ev: Evidence, loss: float) -> float | None:
     if reference is None or not contains_linear_map(ev) or loss <= LINEAR_TOLERANCE * reference:
         return None
     return _r(float(reference))
-
-
-LINEAR_TOLERANCE = 1.1
 
 
 def nonlinear_reference_clearly_lower(ev: Evidence, f: Facts) -> dict[str, Any] | None:
@@ -354,8 +354,9 @@ def probe_outcome(ev: Evidence, f: Facts) -> tuple[str | None, dict[str, Any]]:
 def caught_up(tuned: dict[str, Any] | None, parent: float, best_val: float, f: Facts) -> bool:
     """Did the same model with the standard recipe reach, within its short budget, the job's final
     training loss (below 90% of chance, and a validation loss no worse than the job's best),
-    training clearly lower than the job had at the same epoch? What the job needed all its epochs for, the recipe did in a
-    fraction of them and was still going: the job's optimizer is what held it back."""
+    training clearly lower than the job had at the same epoch? What the job needed all its epochs
+    for, the recipe did in a fraction of them and was still going: the job's optimizer is what
+    held it back."""
     if not tuned or tuned.get("skipped") or tuned.get("train_loss") is None:
         return False
     epochs = int(tuned.get("epochs") or 0)
