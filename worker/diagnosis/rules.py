@@ -297,7 +297,7 @@ def at_linear_optimum(ev: Evidence, f: Facts) -> bool:
     if not ev.spec.model.computes_linear_function or reference is None or not len(f.train_loss):
         return False
     loss = float(f.train_loss[-1])
-    return loss <= 1.1 * reference + 0.02 * f.chance
+    return loss <= LINEAR_TOLERANCE * reference + 0.02 * f.chance
 
 
 # ----- probe runs --------------------------------------------------------------------------------
@@ -384,13 +384,14 @@ def nothing_simpler_learns(ev: Evidence, under: dict[str, Any]) -> bool:
     better-optimized run of this model would do better: on the benchmark, deep sigmoid stacks at
     chance on data whose boundary is a sphere or shells were labelled model bias (only a larger
     model trains clearly lower), where on data a linear model learns they were optimization."""
+    f = facts(ev)
     linear = ev.reference.get("linear_train_loss")
     probes = (under.get("probes") or {}).get("probes", [])
     tuned = next((p for p in probes if p["what"] == "tuned_optimizer"), None)
     return (
         bool(under.get("reference_at_chance"))
         and linear is not None
-        and not clearly_lower(float(linear), float(under["train_loss"]), facts(ev).chance)
+        and not clearly_lower(float(linear), float(f.train_loss[-1]), f.chance)
         and tuned is not None
         and not tuned.get("skipped")
         and (tuned.get("epochs") or 0) >= 1
@@ -903,9 +904,8 @@ def plateau(ev: Evidence, f: Facts, underfit: bool, saddle: bool) -> Finding | N
     before training, and there is no negative curvature of a saddle to escape along. The gradients
     are those the spectra measured on the training rows (the critical-point test's), at the initial
     and the final spectrum; without spectra, the first and last epochs' minibatch gradient norms."""
-    if (
-        not underfit or saddle or ev.spec.model.computes_linear_function
-    ):  # a linear model's only flat place is its optimum
+    # (A linear model's only flat place is its optimum.)
+    if not underfit or saddle or ev.spec.model.computes_linear_function:
         return None
     first, last = _gradient_ends(ev)
     if first is None or last is None or first <= 0:
