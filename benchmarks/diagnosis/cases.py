@@ -42,7 +42,7 @@ FRESH3_SEEDS = (6,)
 FRESH3_DATASETS = ("up_shells", "up_waves")
 # A sixth, the fourth fresh split: seed 7 of every run plus every seed of two more uploaded datasets
 # (an imbalanced classification, a regression in the columns' own units), generated on 2026-12-03
-# (afternoon) before that session's rule changes, which were tuned on dev; then evaluated once.
+# (midday) before that session's rule changes, which were tuned on dev; then evaluated once.
 FRESH4_SEEDS = (7,)
 FRESH4_DATASETS = ("up_imbalanced", "up_housing")
 # A seventh, the fifth fresh split: seed 8 of every run plus every seed of two more uploaded datasets
@@ -55,6 +55,11 @@ FRESH5_DATASETS = ("up_spirals", "up_energy")
 # read and before the rule changes that followed it; then evaluated once.
 FRESH6_SEEDS = (9,)
 FRESH6_DATASETS = ("up_checker", "up_sales")
+# A ninth, the seventh fresh split: seed 10 of every run plus every seed of two more uploaded datasets
+# (overlapping stretched blobs of 6 classes; a robot arm's periodic kinematics), generated on
+# 2026-12-03 (midday) before that session's rule changes; then evaluated once.
+FRESH7_SEEDS = (10,)
+FRESH7_DATASETS = ("up_blobs", "up_arm")
 # The splits after the first test split, oldest first: (name, its seeds, the datasets added with it).
 LATER_SPLITS = (
     ("holdout", HOLDOUT_SEEDS, ()),
@@ -64,6 +69,7 @@ LATER_SPLITS = (
     ("fresh4", FRESH4_SEEDS, FRESH4_DATASETS),
     ("fresh5", FRESH5_SEEDS, FRESH5_DATASETS),
     ("fresh6", FRESH6_SEEDS, FRESH6_DATASETS),
+    ("fresh7", FRESH7_SEEDS, FRESH7_DATASETS),
 )
 REGRESSION = (
     "diabetes",
@@ -75,6 +81,7 @@ REGRESSION = (
     "up_housing",
     "up_energy",
     "up_sales",
+    "up_arm",
 )
 # Datasets whose raw features already span a factor > 100 (no transform needed for "unscaled").
 UNSCALED_AS_IS = ("wine", "breast_cancer", "up_friedman3")

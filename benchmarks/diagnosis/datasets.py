@@ -200,6 +200,35 @@ def uploaded_sales() -> RawData:
     return load_uploaded("csv", _csv_bytes(X, np.exp(log_sales), "sales"), "sales", "regression")
 
 
+def uploaded_blobs() -> RawData:
+    """A CSV upload with a class column: 6 classes as overlapping Gaussian blobs in 8 columns, each
+    blob stretched along a direction of its own (about 85% is the best any model can do): a problem a
+    linear model nearly solves, where wide networks only memorize the overlap. Added with the seventh
+    fresh split (cases.FRESH7_DATASETS)."""
+    rng = np.random.default_rng(7)
+    n, classes, dims = 1200, 6, 8
+    y = np.arange(n) % classes
+    centres = rng.normal(0.0, 1.1, size=(classes, dims))
+    stretch = rng.normal(0.0, 1.0, size=(classes, dims, dims)) * 0.45
+    noise = rng.normal(0.0, 1.0, size=(n, dims))
+    X = centres[y] + np.einsum("nij,nj->ni", stretch[y], noise) + 0.5 * noise
+    return load_uploaded("csv", _csv_bytes(X, y, "label"), "label", "classification")
+
+
+def uploaded_arm() -> RawData:
+    """An NPZ upload: where a two-link robot arm's hand is (its x coordinate) from its two joint angles
+    in radians, plus 4 irrelevant sensor columns and a little noise: a smooth, periodic regression that
+    no linear model follows and small networks fit only with enough units. Added with the seventh fresh
+    split (cases.FRESH7_DATASETS)."""
+    rng = np.random.default_rng(7)
+    n = 1000
+    shoulder = rng.uniform(-np.pi, np.pi, n)
+    elbow = rng.uniform(-0.75 * np.pi, 0.75 * np.pi, n)
+    y = 1.0 * np.cos(shoulder) + 0.7 * np.cos(shoulder + elbow) + rng.normal(0.0, 0.03, n)
+    X = np.column_stack([shoulder, elbow, rng.normal(0.0, 1.0, size=(n, 4))])
+    return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.float32)), None, "regression")
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
@@ -215,6 +244,8 @@ UPLOADED = {
     "up_energy": uploaded_energy,
     "up_checker": uploaded_checker,
     "up_sales": uploaded_sales,
+    "up_blobs": uploaded_blobs,
+    "up_arm": uploaded_arm,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 
