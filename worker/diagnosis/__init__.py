@@ -160,9 +160,9 @@ def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) 
         if outcome == "model_bias"
         else "a convex model that converged has reached its global optimum"
         if convex
-        else "nothing simpler learns the data either (the k-NN is at chance, the linear model and the same "
-        "model with a standard recipe train no lower), so the deep stack's vanishing gradients or flat "
-        "directions are not what holds it back"
+        else "nothing simpler learns the data either (the linear model and the same model with a standard "
+        "recipe train no lower), so the deep stack's vanishing gradients or flat directions are not what "
+        "holds it back"
         if overruled
         else "the optimizer converged with no sign of trouble (gradient, curvature, units)"
     )
@@ -179,11 +179,13 @@ def depth_symptoms_only(
 ) -> bool:
     """Only depth's symptoms blame the optimizer, no probe settled it, and nothing shows that this
     model could learn the data: no evidence against the optimizer, so the verdict falls to the
-    larger model."""
+    larger model. Not for all-zero weights: the saddle they make is a setup error that the default
+    initialization removes (the labels' better-optimized run), whatever a short probe showed."""
     return (
         outcome in (None, "neither")
         and bool(blamed)
         and {x.code for x in blamed} <= rules.DEPTH_SYMPTOMS
+        and ev.spec.model.init.weights != "zeros"
         and rules.nothing_simpler_learns(ev, under)
     )
 
