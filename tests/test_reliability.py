@@ -26,7 +26,10 @@ SLOW_SPEC = {
     "name": "kill-me",
     "data": {"dataset": "digits", "scaling": "standardize"},
     "model": {"hidden": [64]},
-    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    # A stable rate: at lr 0.05 with momentum 0.9 this run diverged (validation loss 7e34 by epoch
+    # 11); in one CI run its last epoch overflowed float32 to inf, stored as null, which the
+    # comparison of the two runs' values (pytest.approx) cannot take.
+    "optimizer": {"name": "sgd", "lr": 0.005, "momentum": 0.9},
     "batch_size": 4,
     "epochs": 12,
     "checkpoints": {"every_epochs": 2},
