@@ -1,8 +1,8 @@
 """A deep stack of sigmoid units stuck at chance shows vanishing gradients and a saddle. Those blame
 the optimizer only where something shows that this model, better optimized, could learn the data: a
-linear model (which the stack contains) that trains lower, or the same model with the standard
-recipe training lower, or weights initialized to zero (a setup error). With none of them, the
-verdict is model bias, whether or not a k-NN sees structure in the data."""
+linear model that trains lower, or the same model with the standard recipe training lower, or
+weights initialized to zero (a setup error). With none of them, the verdict is model bias, whether
+or not a k-NN sees structure in the data."""
 
 from __future__ import annotations
 
