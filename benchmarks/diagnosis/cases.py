@@ -42,7 +42,7 @@ FRESH3_SEEDS = (6,)
 FRESH3_DATASETS = ("up_shells", "up_waves")
 # A sixth, the fourth fresh split: seed 7 of every run plus every seed of two more uploaded datasets
 # (an imbalanced classification, a regression in the columns' own units), generated on 2026-12-03
-# (midday) before that session's rule changes, which were tuned on dev; then evaluated once.
+# (afternoon) before that session's rule changes, which were tuned on dev; then evaluated once.
 FRESH4_SEEDS = (7,)
 FRESH4_DATASETS = ("up_imbalanced", "up_housing")
 # A seventh, the fifth fresh split: seed 8 of every run plus every seed of two more uploaded datasets
@@ -57,7 +57,7 @@ FRESH6_SEEDS = (9,)
 FRESH6_DATASETS = ("up_checker", "up_sales")
 # A ninth, the seventh fresh split: seed 10 of every run plus every seed of two more uploaded datasets
 # (overlapping stretched blobs of 6 classes; a robot arm's periodic kinematics), generated on
-# 2026-12-03 (midday) before that session's rule changes; then evaluated once.
+# 2026-12-03 (midday) before that session's rule change; to be evaluated once, before any later one.
 FRESH7_SEEDS = (10,)
 FRESH7_DATASETS = ("up_blobs", "up_arm")
 # The splits after the first test split, oldest first: (name, its seeds, the datasets added with it).

@@ -202,9 +202,9 @@ def uploaded_sales() -> RawData:
 
 def uploaded_blobs() -> RawData:
     """A CSV upload with a class column: 6 classes as overlapping Gaussian blobs in 8 columns, each
-    blob stretched along a direction of its own (about 85% is the best any model can do): a problem a
-    linear model nearly solves, where wide networks only memorize the overlap. Added with the seventh
-    fresh split (cases.FRESH7_DATASETS)."""
+    blob stretched along directions of its own, so the boundaries between classes are curved: a
+    logistic regression reaches ~78% (3-fold cross-validation), a 64-64 network ~93%. Added with the
+    seventh fresh split (cases.FRESH7_DATASETS)."""
     rng = np.random.default_rng(7)
     n, classes, dims = 1200, 6, 8
     y = np.arange(n) % classes
