@@ -39,6 +39,10 @@ class _Stepper(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True, name="sweep-stepper")
         self.inbox: queue.Queue[tuple[str, str | None]] = queue.Queue()
+        # The steps' own CPU. They run beside the next trial in the same process (and under its
+        # GIL), so this is time the trial may have lost: benchmarks/sweep.py counts it as overhead.
+        self.steps = 0
+        self.cpu_seconds = 0.0
 
     def submit(self, job_id: str, sweep_id: str | None) -> None:
         self.inbox.put((job_id, sweep_id))
@@ -54,7 +58,10 @@ class _Stepper(threading.Thread):
             stepped: set[str] = set()
             for job_id, sweep_id in batch:
                 if sweep_id is None or sweep_id not in stepped:
+                    started = time.thread_time()
                     step(job_id, sweep_id)
+                    self.cpu_seconds += time.thread_time() - started
+                    self.steps += 1
                     if sweep_id is not None:
                         stepped.add(sweep_id)
             for _ in batch:
@@ -289,9 +296,12 @@ def on_task_postrun(task: Any = None, args: Any = None, **_: Any) -> None:
 
 
 def on_process_shutdown(**_: Any) -> None:
-    """A worker process that stops runs the steps it still owes before it exits."""
+    """A worker process that stops runs the steps it still owes before it exits, and says what its
+    steps cost (benchmarks/sweep.py reads that line)."""
     if not flush_steps(timeout=10.0):
         log.warning("sweep steps still due at shutdown; the next step or GET /v1/sweeps/{id} runs them")
+    if _stepper is not None and _stepper_pid == os.getpid() and _stepper.steps:
+        log.info("sweep steps in this process: %d, %.3f s of CPU", _stepper.steps, _stepper.cpu_seconds)
 
 
 def connect_signals() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from typing import Any
@@ -363,3 +364,9 @@ def test_sweep_goes_on_across_api_and_worker_restarts(database: str, token: str)
     finally:
         processes.stop(worker)
         processes.stop(api)
+    # The worker that stopped cleanly said what its sweep steps cost (benchmarks/sweep.py reads it);
+    # the one killed -9 could not.
+    steps = re.findall(
+        r"sweep steps in this process: (\d+), [0-9.]+ s of CPU", (logs / "worker.log").read_text()
+    )
+    assert len(steps) == 1 and int(steps[0]) >= 1
