@@ -126,9 +126,12 @@ def lookahead(max_concurrency: int, algorithm: str = "tpe") -> int:
 
 # ----- recording ended trials -----------------------------------------------------------------
 # Statements are built once (a statement built per call costs more Python than its round trip).
-_LAST_NUMBER = select(func.max(_T.c.number)).where(_T.c.sweep_id == bindparam("b_sweep"))
+_LAST_NUMBER = select(func.max(_T.c.number)).where(_T.c.sweep_id == bindparam("b_sweep")).scalar_subquery()
+# The sweep's status rides along, so the common step needs no statement of its own to read it.
+_SWEEP_STATUS = select(_S.c.status).where(_S.c.id == bindparam("b_sweep")).scalar_subquery()
+_LAST_AND_STATUS = select(_LAST_NUMBER, _SWEEP_STATUS)
 _UNFINISHED = (
-    select(_T.c.id, _T.c.state, _T.c.job_id, _J.c.status, _J.c.summary, _LAST_NUMBER.scalar_subquery())
+    select(_T.c.id, _T.c.state, _T.c.job_id, _J.c.status, _J.c.summary, _LAST_NUMBER, _SWEEP_STATUS)
     .select_from(_T.outerjoin(_J, _J.c.id == _T.c.job_id))
     .where(_T.c.sweep_id == bindparam("b_sweep"), _T.c.state.in_(ACTIVE))
     .order_by(_T.c.number)
@@ -199,6 +202,7 @@ class Pending:
     """What a step finds of the trials that have not finished."""
 
     launched: int = 0  # trial rows, finished or not
+    sweep_status: str | None = None  # None: the sweep is gone
     states: list[str] = field(default_factory=list)  # of the trials whose job has not ended
     deferred: list[tuple[int, str]] = field(default_factory=list)  # (trial id, job id), by number
 
@@ -218,10 +222,10 @@ def sync_trials(conn: Connection, *, sweep_id: str, spec: SweepSpec) -> Pending:
 
     The job's diagnosis is stored before it turns succeeded (worker.runner), so any step may record
     any ended trial; the conditional UPDATE makes a second recording of the same end a no-op. One
-    statement reads the unfinished trials with their jobs and the launched count."""
+    statement reads the unfinished trials with their jobs, the launched count and the sweep's status."""
     rows = conn.execute(_UNFINISHED, {"b_sweep": sweep_id}).all()
     out = Pending()
-    for trial_id, state, job_id, status, summary, _ in rows:
+    for trial_id, state, job_id, status, summary, *_ in rows:
         if status is not None and status not in FINISHED_STATUSES:
             out.states.append(state)
             if state == "deferred":
@@ -230,7 +234,9 @@ def sync_trials(conn: Connection, *, sweep_id: str, spec: SweepSpec) -> Pending:
         series = {} if status is None else objective_series(conn, job_id=job_id, metric=spec.objective.metric)
         outcome = trial_outcome(state=state, status=status, summary=summary, series=series, spec=spec)
         conn.execute(_OUTCOME, {"b_trial": trial_id} | {f"b_{key}": value for key, value in outcome.items()})
-    top = rows[0][-1] if rows else conn.scalar(_LAST_NUMBER, {"b_sweep": sweep_id})
+    top, out.sweep_status = (
+        rows[0][-2:] if rows else conn.execute(_LAST_AND_STATUS, {"b_sweep": sweep_id}).one()
+    )
     out.launched = 0 if top is None else int(top) + 1
     return out
 
@@ -292,11 +298,10 @@ def record(job_id: str, sweep_id: str) -> bool:
     when it does not."""
     with get_engine().begin() as conn:
         spec, total = spec_of(conn, sweep_id=sweep_id)
-        sweep_status = conn.scalar(select(_S.c.status).where(_S.c.id == sweep_id))
-        if sweep_status is None:
-            return False
         state = sync_trials(conn, sweep_id=sweep_id, spec=spec)
-        if sweep_status != "running":
+        if state.sweep_status is None:
+            return False
+        if state.sweep_status != "running":
             return True  # cancelled: the cancel closed it; nothing more to launch
         if state.deferred and state.busy < spec.max_concurrency:
             return False  # a deferred trial can run now
