@@ -6,36 +6,19 @@ on an in-distribution test split) calls those runs mismatch."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from models.spec import JobSpec
+from tests.test_diagnosis_noise import synthetic
 from worker.diagnosis import diagnose, rules
 from worker.diagnosis.evidence import Evidence
 
-CHANCE = math.log(6)  # 6 classes: 1.79
-
 
 def run_with_test_set(*, val_end: float, test_loss: float, test_accuracy: float) -> Evidence:
-    """A 6-class run that fits well and has converged (training loss settled at 0.2, validation
+    """A 3-class run that fits well and has converged (training loss settled at 0.2, validation
     loss at ``val_end``, validation accuracy 0.91), scored at the end on a separate test set."""
-    spec = JobSpec.model_validate({"data": {"dataset": "iris", "test_dataset": "wine"}, "epochs": 10})
+    ev = synthetic(train_end=0.2, val_end=val_end)
     epochs = np.arange(11)
-    summary = {
-        "epochs_run": 10,
-        "diverged_step": None,
-        "data": {"task": "classification", "n_classes": 6, "n_train": 700, "n_val": 150},
-        "reference": {
-            "chance_loss": CHANCE,
-            "knn_cv_accuracy": 0.88,
-            "knn_val_accuracy": 0.88,
-            "n_train": 700,
-            "n_held": 150,
-            "linear_val_loss": 0.6,
-        },
-    }
-    series = {
+    ev.epoch_series |= {
         "train/loss": 0.2 + 1.6 * np.exp(-2.0 * epochs),
         "val/loss": val_end + (1.8 - val_end) * np.exp(-2.0 * epochs),
         "train/accuracy": np.full(11, 0.93),
@@ -43,7 +26,8 @@ def run_with_test_set(*, val_end: float, test_loss: float, test_accuracy: float)
         "test/loss": np.full(11, test_loss),
         "test/accuracy": np.full(11, test_accuracy),
     }
-    return Evidence(spec, summary, series, {}, test_is_separate=True)
+    ev.test_is_separate = True
+    return ev
 
 
 def test_a_test_loss_three_times_validation_is_mismatch_even_with_accuracy_close() -> None:
@@ -56,7 +40,7 @@ def test_a_test_loss_three_times_validation_is_mismatch_even_with_accuracy_close
 
 
 def test_a_ratio_between_tiny_losses_is_no_mismatch() -> None:
-    # 0.004 against 0.002 is twice the loss, but 0.1% of chance: no evidence of another distribution.
+    # 0.004 against 0.002 is twice the loss, but 0.2% of chance: no evidence of another distribution.
     ev = run_with_test_set(val_end=0.002, test_loss=0.004, test_accuracy=0.91)
     assert rules.mismatch(ev, rules.facts(ev)) is None
 
