@@ -61,6 +61,12 @@ FRESH6_DATASETS = ("up_checker", "up_sales")
 # evaluated once with the rules of 921824d: 93.7%.
 FRESH7_SEEDS = (10,)
 FRESH7_DATASETS = ("up_blobs", "up_arm")
+# A tenth, the eighth fresh split: seed 11 of every run plus every seed of two more uploaded datasets
+# (loan applicants in their columns' own units, with interactions and 5% flipped labels; a
+# pendulum's period), generated on 2026-12-03 (afternoon) after fresh7's read and the mismatch rule
+# change that followed it (db7d727), before any other; to be evaluated once.
+FRESH8_SEEDS = (11,)
+FRESH8_DATASETS = ("up_credit", "up_pendulum")
 # The splits after the first test split, oldest first: (name, its seeds, the datasets added with it).
 LATER_SPLITS = (
     ("holdout", HOLDOUT_SEEDS, ()),
@@ -71,6 +77,7 @@ LATER_SPLITS = (
     ("fresh5", FRESH5_SEEDS, FRESH5_DATASETS),
     ("fresh6", FRESH6_SEEDS, FRESH6_DATASETS),
     ("fresh7", FRESH7_SEEDS, FRESH7_DATASETS),
+    ("fresh8", FRESH8_SEEDS, FRESH8_DATASETS),
 )
 REGRESSION = (
     "diabetes",
@@ -83,9 +90,10 @@ REGRESSION = (
     "up_energy",
     "up_sales",
     "up_arm",
+    "up_pendulum",
 )
 # Datasets whose raw features already span a factor > 100 (no transform needed for "unscaled").
-UNSCALED_AS_IS = ("wine", "breast_cancer", "up_friedman3")
+UNSCALED_AS_IS = ("wine", "breast_cancer", "up_friedman3", "up_credit")
 SMALL = ("iris", "wine")  # under 200 rows: few_rows would leave nothing to hold out
 
 

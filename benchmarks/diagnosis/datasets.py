@@ -229,6 +229,59 @@ def uploaded_arm() -> RawData:
     return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.float32)), None, "regression")
 
 
+def uploaded_credit() -> RawData:
+    """A CSV upload with a class column: 2 classes of loan applicants in 7 columns in their own units
+    (age in years, income in dollars, debt ratio, years employed, open accounts, late payments, card
+    utilization), the default risk a nonlinear score of them with interactions (utilization hurts
+    more on small incomes, late payments more when young) and 5% of labels flipped. Added with the
+    eighth fresh split (cases.FRESH8_DATASETS)."""
+    rng = np.random.default_rng(8)
+    n = 1500
+    age = rng.uniform(18, 80, n)
+    income = np.exp(rng.normal(10.8, 0.6, n))
+    debt = rng.beta(2, 5, n)
+    employed = np.minimum(age - 18, rng.exponential(6.0, n))
+    accounts = rng.poisson(4, n).astype(float)
+    late = rng.poisson(0.8, n).astype(float)
+    utilization = rng.beta(2, 3, n)
+    score = (
+        2.5 * debt
+        + 3.0 * utilization * (income < 40_000)
+        + 0.8 * late * (age < 30)
+        + 0.3 * late
+        - 0.05 * employed
+        - 0.6 * np.log(income / 50_000)
+        + 0.15 * np.abs(accounts - 4)
+    )
+    y = (score > np.quantile(score, 0.7)).astype(int)
+    flip = rng.random(n) < 0.05
+    y = np.where(flip, 1 - y, y)
+    X = np.column_stack([age, income, debt, employed, accounts, late, utilization])
+    return load_uploaded("csv", _csv_bytes(X, y, "default"), "default", "classification")
+
+
+def uploaded_pendulum() -> RawData:
+    """An NPZ upload: a pendulum's period in seconds from its length (0.1-3 m), its release angle
+    (0.05-2.5 rad, where the small-angle formula fails) and the local gravity (9.6-10 m/s²), plus 3
+    irrelevant columns and 1% timing noise: a smooth regression that a linear model follows only
+    roughly (the period grows as the square root of the length and steeply at large angles). Added
+    with the eighth fresh split (cases.FRESH8_DATASETS)."""
+    rng = np.random.default_rng(8)
+    n = 1000
+    length = rng.uniform(0.1, 3.0, n)
+    angle = rng.uniform(0.05, 2.5, n)
+    gravity = rng.uniform(9.6, 10.0, n)
+    # The exact period through the arithmetic-geometric mean of 1 and cos(angle / 2).
+    a, b = np.ones(n), np.cos(angle / 2)
+    for _ in range(8):
+        a, b = (a + b) / 2, np.sqrt(a * b)
+    period = 2 * np.pi * np.sqrt(length / gravity) / a * (1 + rng.normal(0.0, 0.01, n))
+    X = np.column_stack([length, angle, gravity, rng.normal(0.0, 1.0, size=(n, 3))])
+    return load_uploaded(
+        "npz", _npz_bytes(X.astype(np.float32), period.astype(np.float32)), None, "regression"
+    )
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
@@ -246,6 +299,8 @@ UPLOADED = {
     "up_sales": uploaded_sales,
     "up_blobs": uploaded_blobs,
     "up_arm": uploaded_arm,
+    "up_credit": uploaded_credit,
+    "up_pendulum": uploaded_pendulum,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 
