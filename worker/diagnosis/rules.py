@@ -35,6 +35,10 @@ from worker.diagnosis.evidence import Evidence
 # and lower by at least 10% of the chance-level loss.
 CLEARLY_LOWER = 0.7
 MATERIAL = 0.10
+# How far a held-out loss must sit above its reference (the regularized linear model's validation
+# loss for overfitting's gap, the best validation loss for a separate test set's mismatch) before a
+# ratio between them is evidence, as a share of the chance-level loss: two tiny losses can differ 2x.
+HELD_OUT_EXCESS = 0.05
 
 
 def confidence(value: float, threshold: float, higher_is_worse: bool = True) -> float:
@@ -996,7 +1000,7 @@ def overfitting(ev: Evidence, f: Facts) -> Finding | None:
     gap = (
         constrained is not None
         and val[best] >= 2 * constrained
-        and val[best] - constrained >= 0.05 * f.chance
+        and val[best] - constrained >= HELD_OUT_EXCESS * f.chance
         and train[-1] <= 0.25 * val[best]
     )
     if not (u_curve or gap):
@@ -1044,10 +1048,6 @@ def overfitting(ev: Evidence, f: Facts) -> Finding | None:
     )
 
 
-# How far above the best validation loss a separate test set's loss must be, as a share of chance.
-MISMATCH_EXCESS = 0.05
-
-
 def mismatch(ev: Evidence, f: Facts) -> Finding | None:
     """A separate test set scores much worse than validation: > 1.5x the best validation loss, and
     worse by at least 5% of the chance-level loss (a ratio between two tiny losses is no evidence):
@@ -1057,7 +1057,7 @@ def mismatch(ev: Evidence, f: Facts) -> Finding | None:
     if not ev.test_is_separate:
         return None
     test, val = ev.final("test/loss"), float(np.min(f.val_loss))
-    if not (math.isfinite(test) and test > 1.5 * val and test - val >= MISMATCH_EXCESS * f.chance):
+    if not (math.isfinite(test) and test > 1.5 * val and test - val >= HELD_OUT_EXCESS * f.chance):
         return None
     evidence = {
         "val_loss": _r(val),
