@@ -139,7 +139,9 @@ def with_retries(work, attempts: int | None = None, first_delay: float = 0.25): 
 
 
 def connection_lost(exc: BaseException) -> bool:
-    """A restarted Postgres or a dropped socket, as opposed to an error in the statement."""
+    """A restarted Postgres or a dropped socket, as opposed to an error in the statement. Postgres's
+    deadlock and serialization aborts are OperationalErrors too, and retrying the whole transaction
+    is their documented remedy."""
     return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 

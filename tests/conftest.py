@@ -148,3 +148,23 @@ def tiny_spec(**overrides) -> dict:
     }
     spec.update(overrides)
     return spec
+
+
+def cancel_unfinished(*where) -> None:  # noqa: ANN001
+    """End a test's leftover jobs (those matching ``where``): queued ones now, running ones at their
+    next beat. Retried as a whole: a worker's finishing write locks one job row and claims the next
+    in one statement, so this multi-row update can meet it in a deadlock, which Postgres resolves by
+    aborting one side; the worker retries, and so does this."""
+    from sqlalchemy import update
+
+    from models.db import session_scope, with_retries
+    from models.tables import Job
+
+    def transaction() -> None:
+        with session_scope() as session:
+            session.execute(
+                update(Job).where(*where, Job.status.in_(("queued", "running"))).values(cancel_requested=True)
+            )
+            session.execute(update(Job).where(*where, Job.status == "queued").values(status="cancelled"))
+
+    with_retries(transaction)

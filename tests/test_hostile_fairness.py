@@ -11,12 +11,12 @@ from datetime import datetime
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from models.db import session_scope
 from models.settings import get_settings
 from models.tables import Job, Project
-from tests.conftest import RUN_ID, SERVICE_ENV, TMP, tiny_spec
+from tests.conftest import RUN_ID, SERVICE_ENV, TMP, cancel_unfinished, tiny_spec
 from worker.celery_app import enqueue_job
 
 # About a second of training each on this machine's CPU.
@@ -48,15 +48,7 @@ def _times(job_ids: list[str]) -> dict[str, tuple[datetime, datetime | None, dat
 
 
 def _cancel_queued(job_ids: list[str]) -> None:
-    with session_scope() as session:
-        session.execute(
-            update(Job)
-            .where(Job.id.in_(job_ids), Job.status.in_(("queued", "running")))
-            .values(cancel_requested=True)
-        )
-        session.execute(
-            update(Job).where(Job.id.in_(job_ids), Job.status == "queued").values(status="cancelled")
-        )
+    cancel_unfinished(Job.id.in_(job_ids))
 
 
 def _wait(predicate, timeout: float = 180.0):  # noqa: ANN001, ANN202

@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from api.app import app
 from models.db import session_scope
 from models.tables import Job, Project, Sweep
-from tests.conftest import RUN_ID, tiny_spec
+from tests.conftest import RUN_ID, cancel_unfinished, tiny_spec
 
 FUZZ_PROJECT = f"fuzz-{RUN_ID}"
 
@@ -257,14 +257,8 @@ def fuzz(api_server: str, database: str):
     yield http, ids
     with session_scope() as session:
         project = session.scalars(select(Project.id).where(Project.name == FUZZ_PROJECT)).one()
-        session.execute(
-            update(Job)
-            .where(Job.project_id == project, Job.status.in_(("queued", "running")))
-            .values(cancel_requested=True)
-        )
-        session.execute(
-            update(Job).where(Job.project_id == project, Job.status == "queued").values(status="cancelled")
-        )
+    cancel_unfinished(Job.project_id == project)
+    with session_scope() as session:
         session.execute(
             update(Sweep)
             .where(Sweep.project_id == project, Sweep.status == "running")
