@@ -6,9 +6,11 @@ import os
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from saddle import processes
 from saddle.client import Client
@@ -222,6 +224,38 @@ def test_cancel_stops_running_and_queued_trials(sdk: Client) -> None:
     time.sleep(1.0)
     assert len(http.get(f"/v1/sweeps/{sweep['id']}").json()["trials"]) == launched
     assert max_overlap(sdk.jobs(sweep=sweep["id"], limit=50)["items"]) <= 2
+
+
+def test_cancel_that_meets_a_finishing_worker_in_a_deadlock_is_retried(sdk: Client) -> None:
+    """A worker's finishing write + next claim locks a running trial's row, then a queued one's. A
+    connection here does the same around the cancel, which holds the queued row and waits for the
+    running one: Postgres aborts the cancel (its deadlock check fires first), which must retry, not
+    answer 503."""
+    http = sdk.http
+    long = tiny_spec(epochs=2000, batch_size=1)
+    sweep = http.post("/v1/sweeps", json=sweep_body(base=long, max_trials=4, max_concurrency=1)).json()
+    deadline = time.monotonic() + 120
+    while True:
+        trials = http.get(f"/v1/sweeps/{sweep['id']}").json()["trials"]
+        by_status = {t["status"]: t["job_id"] for t in trials}
+        if {"running", "queued"} <= set(by_status):
+            break
+        assert time.monotonic() < deadline, trials
+        time.sleep(0.2)
+    engine = create_engine(SERVICE_ENV["SADDLE_DATABASE_URL"])
+    with engine.connect() as worker_like, ThreadPoolExecutor(1) as pool:
+        worker_like.execute(text("SET deadlock_timeout = '20s'"))  # so the cancel's check fires first
+        worker_like.execute(
+            text("UPDATE jobs SET heartbeat_at = now() WHERE id = :j"), {"j": by_status["running"]}
+        )
+        cancelled = pool.submit(http.post, f"/v1/sweeps/{sweep['id']}/cancel")
+        time.sleep(0.5)  # the cancel now holds the queued rows and waits for the running one
+        worker_like.execute(text("SELECT 1 FROM jobs WHERE id = :j FOR UPDATE"), {"j": by_status["queued"]})
+        worker_like.commit()
+        response = cancelled.result(timeout=60)
+    engine.dispose()
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "cancelled"
 
 
 def test_median_pruner_stops_trials_that_fall_behind(sdk: Client) -> None:

@@ -11,6 +11,7 @@ from typing import Annotated, Any, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import and_, func, or_, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from api.services.finetune import check_init_from, check_parent_exists
@@ -23,6 +24,7 @@ from api.services.jobs import (
     resolve_datasets,
 )
 from api.services.query import decode_keyset, encode_keyset
+from models.db import with_retries
 from models.errors import Conflict, DomainError, Invalid, NotFound
 from models.numeric import finite_or_none
 from models.patch import set_path
@@ -36,6 +38,9 @@ DEFAULT_TRIALS_PAGE = 1_000
 # validation to well under a second of CPU.
 MAX_SPACE_VALUES = 4_000
 MAX_TRIALS_PAGE = 10_000
+# A deadlock aborts one side and the other goes on, so a second try rarely waits; a database that is
+# away gets the API's 503 after these tries (~1 s), not the worker's minute of retries.
+CANCEL_ATTEMPTS = 4
 
 
 # ----- validation -------------------------------------------------------------------------------
@@ -406,12 +411,23 @@ def list_sweeps(
 
 
 def cancel_sweep(session: Session, *, project: Project, sweep_id: str) -> Sweep:
-    sweep = get_sweep(session, project=project, sweep_id=sweep_id, for_update=True)
-    if sweep.status != "running":
-        raise Conflict(f"sweep {sweep_id} has already finished ({sweep.status})")
-    scheduler.cancel(session, sweep=sweep)
-    session.commit()
-    return sweep
+    """Retried as a whole when Postgres aborts it in a deadlock: a worker that finishes one trial and
+    claims the next locks two of the sweep's job rows in one statement, in an order no statement
+    here can follow, and the cancel's updates may hold the second while waiting for the first."""
+
+    def transaction() -> Sweep:
+        try:
+            sweep = get_sweep(session, project=project, sweep_id=sweep_id, for_update=True)
+            if sweep.status != "running":
+                raise Conflict(f"sweep {sweep_id} has already finished ({sweep.status})")
+            scheduler.cancel(session, sweep=sweep)
+            session.commit()
+        except DBAPIError:
+            session.rollback()
+            raise
+        return sweep
+
+    return with_retries(transaction, attempts=CANCEL_ATTEMPTS)
 
 
 # ----- studies: one-call grid sweeps over one field -------------------------------------------------
