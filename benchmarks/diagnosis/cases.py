@@ -64,7 +64,8 @@ FRESH7_DATASETS = ("up_blobs", "up_arm")
 # A tenth, the eighth fresh split: seed 11 of every run plus every seed of two more uploaded datasets
 # (loan applicants in their columns' own units, with interactions and 5% flipped labels; a
 # pendulum's period), generated on 2026-12-03 (afternoon) after fresh7's read and the mismatch rule
-# change that followed it (db7d727), before any other; to be evaluated once.
+# change that followed it (db7d727), before any other; labelled the next session (7bfa0d0) and
+# evaluated once with the rules of db7d727 (f131d2d only renamed a constant): 95.0%.
 FRESH8_SEEDS = (11,)
 FRESH8_DATASETS = ("up_credit", "up_pendulum")
 # The splits after the first test split, oldest first: (name, its seeds, the datasets added with it).
