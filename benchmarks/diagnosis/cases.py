@@ -68,6 +68,12 @@ FRESH7_DATASETS = ("up_blobs", "up_arm")
 # evaluated once with the rules of db7d727 (f131d2d only renamed a constant): 95.0%.
 FRESH8_SEEDS = (11,)
 FRESH8_DATASETS = ("up_credit", "up_pendulum")
+# An eleventh, the ninth fresh split: seed 12 of every run plus every seed of two more uploaded datasets
+# (4 classes labelled by a random two-layer teacher network; concrete strength from its mix and age),
+# generated on 2026-12-03 (evening) after fresh8's read, before the rule changes that followed it;
+# to be evaluated once.
+FRESH9_SEEDS = (12,)
+FRESH9_DATASETS = ("up_teacher", "up_concrete")
 # The splits after the first test split, oldest first: (name, its seeds, the datasets added with it).
 LATER_SPLITS = (
     ("holdout", HOLDOUT_SEEDS, ()),
@@ -79,6 +85,7 @@ LATER_SPLITS = (
     ("fresh6", FRESH6_SEEDS, FRESH6_DATASETS),
     ("fresh7", FRESH7_SEEDS, FRESH7_DATASETS),
     ("fresh8", FRESH8_SEEDS, FRESH8_DATASETS),
+    ("fresh9", FRESH9_SEEDS, FRESH9_DATASETS),
 )
 REGRESSION = (
     "diabetes",
@@ -92,6 +99,7 @@ REGRESSION = (
     "up_sales",
     "up_arm",
     "up_pendulum",
+    "up_concrete",
 )
 # Datasets whose raw features already span a factor > 100 (no transform needed for "unscaled").
 UNSCALED_AS_IS = ("wine", "breast_cancer", "up_friedman3", "up_credit")

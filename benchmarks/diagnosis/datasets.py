@@ -282,6 +282,41 @@ def uploaded_pendulum() -> RawData:
     )
 
 
+def uploaded_teacher() -> RawData:
+    """A CSV upload with a class column: 4 classes in 12 columns, each row labelled by a fixed random
+    two-layer tanh network (a "teacher") with 2% of labels flipped: a boundary that is smooth but
+    curved in every direction, which no k-NN in 12 dimensions follows closely. Added with the ninth
+    fresh split (cases.FRESH9_DATASETS)."""
+    rng = np.random.default_rng(9)
+    n, dims, hidden, classes = 1400, 12, 16, 4
+    X = rng.normal(0.0, 1.0, size=(n, dims))
+    w1, w2 = rng.normal(0.0, 1.2, size=(dims, hidden)), rng.normal(0.0, 1.0, size=(hidden, classes))
+    y = np.argmax(np.tanh(X @ w1 / np.sqrt(dims) * 2.0) @ w2, axis=1)
+    flip = rng.random(n) < 0.02
+    y = np.where(flip, rng.integers(0, classes, n), y)
+    return load_uploaded("csv", _csv_bytes(X, y, "label"), "label", "classification")
+
+
+def uploaded_concrete() -> RawData:
+    """An NPZ upload: a concrete mix's compressive strength in MPa from its cement, slag and water (kg
+    per m³) and its age in days (1-365): strength follows the water-to-binder ratio (Abrams' law, an
+    exponential) and grows with age as a saturating logarithm, with 4% noise and 2 irrelevant
+    columns. Added with the ninth fresh split (cases.FRESH9_DATASETS)."""
+    rng = np.random.default_rng(9)
+    n = 1000
+    cement = rng.uniform(100, 500, n)
+    slag = rng.uniform(0, 200, n)
+    water = rng.uniform(120, 250, n)
+    age = np.exp(rng.uniform(0.0, np.log(365), n))
+    ratio = water / (cement + 0.6 * slag)
+    strength = 96.0 * np.exp(-2.2 * ratio) * (0.35 + 0.65 * np.log1p(age) / np.log1p(28)) ** 0.8
+    strength *= 1 + rng.normal(0.0, 0.04, n)
+    X = np.column_stack([cement, slag, water, age, rng.normal(0.0, 1.0, size=(n, 2))])
+    return load_uploaded(
+        "npz", _npz_bytes(X.astype(np.float32), strength.astype(np.float32)), None, "regression"
+    )
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
@@ -301,6 +336,8 @@ UPLOADED = {
     "up_arm": uploaded_arm,
     "up_credit": uploaded_credit,
     "up_pendulum": uploaded_pendulum,
+    "up_teacher": uploaded_teacher,
+    "up_concrete": uploaded_concrete,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 
