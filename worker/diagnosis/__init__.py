@@ -65,7 +65,7 @@ def underfit_findings(ev: Evidence, f: Facts, underfit: bool) -> list[Finding]:
                 nc,
                 rules.oscillation(ev, f),
                 flow,
-                rules.ill_conditioned_features(ev, underfit, nc is not None),
+                rules.ill_conditioned_features(ev, f, underfit, nc is not None),
                 rules.plateau(ev, f, underfit, saddle),
             )
             if x
@@ -116,6 +116,12 @@ def cause_rank(ev: Evidence, finding: Finding) -> int:
     # A saddle made by all-zero initialization is itself a setup error: it goes first.
     if finding.code == "critical_point.saddle" and ev.spec.model.init.weights == "zeros":
         return -1
+    # Units saturated by unscaled inputs are the feature scale's doing, a setup error like
+    # ill-conditioning, and the saddle or flat stretch they make is its symptom: their fix (standardize)
+    # ranks with the feature scale's. (On the benchmark, 16 unscaled runs whose first cause would
+    # have been the saddle got gradient noise, which lowered none of their training losses.)
+    if finding.code == "saturated_units" and ev.spec.data.scaling == "none":
+        return CAUSE_PRIORITY.index("ill_conditioned_features")
     return CAUSE_PRIORITY.index(finding.code)
 
 

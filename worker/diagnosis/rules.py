@@ -380,6 +380,18 @@ def caught_up(tuned: dict[str, Any] | None, parent: float, best_val: float, f: F
 DEPTH_SYMPTOMS = frozenset({"vanishing_gradients", "critical_point.saddle", "plateau.flat_surface"})
 
 
+def recipe_found_nothing(ev: Evidence, f: Facts) -> bool:
+    """The probe of the same model with the standard recipe (standardized features, shuffled, Adam;
+    worker.diagnosis.probes) ran at least an epoch and trained no clearly lower than the job: neither
+    the data's setup nor the optimizer is what holds this model back. False when no probe ran."""
+    probes = ev.summary.get("probes") or {}
+    tuned, parent = (probes.get("runs") or {}).get("tuned_optimizer"), probes.get("parent_train_loss")
+    if not tuned or tuned.get("skipped") or tuned.get("train_loss") is None or parent is None:
+        return False
+    ran = (tuned.get("epochs") or 0) >= 1
+    return ran and not clearly_lower(float(tuned["train_loss"]), float(parent), f.chance)
+
+
 def nothing_simpler_learns(ev: Evidence, under: dict[str, Any]) -> bool:
     """Does nothing show that this model, better optimized, would learn the data? The regularized
     linear model trains no clearly lower loss than the job, and the same model with the standard
@@ -744,10 +756,11 @@ def units(ev: Evidence, underfit: bool) -> list[Finding]:
     # initialization); units of a bottleneck saturate because the model is too small to do otherwise.
     driven = ev.spec.data.scaling == "none" or ev.spec.model.init.std is not None
     if sat:
-        patch = (
-            {"data": {"scaling": "standardize"}}
-            if ev.spec.data.scaling == "none"
-            else {"model": {"activation": "relu", "init": {"weights": "kaiming", "std": None}}}
+        unscaled = ev.spec.data.scaling == "none"
+        patch, rate_note = (
+            standardize_patch(ev)
+            if unscaled
+            else ({"model": {"activation": "relu", "init": {"weights": "kaiming", "std": None}}}, ".")
         )
         found.append(
             Finding(
@@ -756,7 +769,11 @@ def units(ev: Evidence, underfit: bool) -> list[Finding]:
                 confidence=confidence(max(sat.values()), 0.5),
                 evidence={"saturated_fraction_per_layer": sat},
                 recommendation=f"Most {units} of a layer sit at the flat ends of their activation, where the "
-                "derivative is nearly zero. Scale the inputs, or use ReLU.",
+                + (
+                    f"derivative is nearly zero: the unscaled inputs drive them there. Standardize the features{rate_note}"
+                    if unscaled
+                    else "derivative is nearly zero. Scale the inputs, or use ReLU."
+                ),
                 patch=patch,
                 blames_optimizer=underfit and driven,
             )
@@ -764,19 +781,22 @@ def units(ev: Evidence, underfit: bool) -> list[Finding]:
     return found
 
 
-def ill_conditioned_features(ev: Evidence, underfit: bool, stalled: bool) -> Finding | None:
+def ill_conditioned_features(ev: Evidence, f: Facts, underfit: bool, stalled: bool) -> Finding | None:
     """Unscaled features whose standard deviations span more than a factor 100.
 
     For a linear layer the Hessian's conditioning grows with the square of that spread (10⁴ for a
     factor 100), and gradient descent's progress along the flattest direction is limited by it. The
     finding is raised when the run is hurt by it: plain or momentum SGD (adaptive methods rescale
-    per parameter), or a run that underfits or stopped short."""
+    per parameter), or a run that underfits or stopped short; and not when the probe of the same
+    model on standardized features with the standard recipe trained no clearly lower (on the
+    benchmark those were unscaled runs on data the model could not learn in its epochs however it
+    was set up: spirals, shells, a checkerboard; scaling them changed nothing)."""
     if ev.spec.data.scaling != "none":
         return None
     scale = ev.summary.get("data", {}).get("feature_scale") or {}
     ratio = scale.get("ratio", 1.0)
     sgd = ev.spec.optimizer.name == "sgd"
-    if ratio < 100 or not (sgd or underfit or stalled):
+    if ratio < 100 or not (sgd or underfit or stalled) or recipe_found_nothing(ev, f):
         return None
     evidence = {
         "feature_std_ratio": _r(ratio),
@@ -787,8 +807,7 @@ def ill_conditioned_features(ev: Evidence, underfit: bool, stalled: bool) -> Fin
     final = [s for s in ev.spectra if _top(s) is not None and _bottom(s) is not None]
     if final:
         evidence |= {"hessian_lambda_max": _r(_top(final[-1])), "hessian_lambda_min": _r(_bottom(final[-1]))}
-    standard = STANDARD_LR.get(ev.spec.optimizer.name, 0.01)
-    raise_rate = ev.spec.optimizer.lr < standard
+    patch, rate_note = standardize_patch(ev)
     return Finding(
         code="ill_conditioned_features",
         severity="warning",
@@ -796,14 +815,21 @@ def ill_conditioned_features(ev: Evidence, underfit: bool, stalled: bool) -> Fin
         evidence=evidence,
         recommendation=f"Feature scales differ by a factor {ratio:.3g}: the error surface is a narrow valley "
         "that gradient descent crawls along. Standardize the features (fitted on the training split)"
-        + (
-            f", and use a rate of {standard:g}: one that survived the unscaled features is far too low for scaled ones."
-            if raise_rate
-            else "."
-        ),
-        patch={"data": {"scaling": "standardize"}} | ({"optimizer": {"lr": standard}} if raise_rate else {}),
+        + rate_note,
+        patch=patch,
         blames_optimizer=underfit,
     )
+
+
+def standardize_patch(ev: Evidence) -> tuple[dict[str, Any], str]:
+    """Standardize the features, and raise a rate below the optimizer's standard one to it: a rate
+    that survived unscaled features is far too low for scaled ones (standardized at 1e-5, an SGD run
+    trains no further). The patch, and the sentence that ends a recommendation with it."""
+    standard = STANDARD_LR.get(ev.spec.optimizer.name, 0.01)
+    if ev.spec.optimizer.lr >= standard:
+        return {"data": {"scaling": "standardize"}}, "."
+    note = f", and use a rate of {standard:g}: one that survived the unscaled features is far too low for scaled ones."
+    return {"data": {"scaling": "standardize"}, "optimizer": {"lr": standard}}, note
 
 
 def label_encoding(ev: Evidence) -> Finding | None:
