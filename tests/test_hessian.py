@@ -193,6 +193,23 @@ def test_not_critical_at_init() -> None:
     assert verdict["edge_of_stability"] == 2.0
 
 
+def interpolating(loss: float, grad_norm: float) -> SpectrumResult:
+    """The final spectrum of a 256-256 network fitted to 40 regression rows (float32)."""
+    return SpectrumResult(
+        top=[34.4], bottom=[2.5e-8], trace=71.6, trace_stderr=0.65, hvps=60, seconds=0.1,
+        method="lanczos", n_params=68_000, samples=40, grad_norm=grad_norm, hg_norm=3.9e-6,
+        loss=loss, dtype="float32", hvp_mode="double_backward",
+    )  # fmt: skip
+
+
+def test_a_model_still_descending_to_zero_loss_is_not_at_a_critical_point() -> None:
+    # An MSE of 6e-15 with a gradient whose one stable step lowers it by 8%: still descending, far
+    # below float32's eps (which was the floor of the loss scale and made this a local minimum).
+    assert classify_critical_point(interpolating(loss=5.9e-15, grad_norm=1.8e-7))["class"] == "not_critical"
+    # At the same loss with a gradient a thousand times smaller the step gains nothing: a minimum.
+    assert classify_critical_point(interpolating(loss=5.9e-15, grad_norm=1.8e-10))["class"] == "local_minimum"
+
+
 def test_exact_path_matches_reference() -> None:
     model, loss_fn, X, y = checkpoint("random_sgd")
     result = spectrum(model, loss_fn, [(X, y)], top_k=3, bottom_k=2, exact_threshold=10**6)
