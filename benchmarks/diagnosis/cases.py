@@ -70,8 +70,8 @@ FRESH8_SEEDS = (11,)
 FRESH8_DATASETS = ("up_credit", "up_pendulum")
 # An eleventh, the ninth fresh split: seed 12 of every run plus every seed of two more uploaded datasets
 # (4 classes labelled by a random two-layer teacher network; concrete strength from its mix and age),
-# generated on 2026-12-03 (evening) after fresh8's read, before the rule changes that followed it;
-# to be evaluated once.
+# generated on 2026-12-03 (evening) after fresh8's read, before the rule changes that followed it,
+# labelled after them (f02c04e) and evaluated once with the rules of 1367342: 94.6%.
 FRESH9_SEEDS = (12,)
 FRESH9_DATASETS = ("up_teacher", "up_concrete")
 # The splits after the first test split, oldest first: (name, its seeds, the datasets added with it).
