@@ -138,6 +138,9 @@ def with_retries(work, attempts: int | None = None, first_delay: float = 0.25): 
     return retrying(work)
 
 
+ABORTS = ("DeadlockDetected", "SerializationFailure")
+
+
 def connection_lost(exc: BaseException) -> bool:
     """A restarted Postgres or a dropped socket, as opposed to an error in the statement. Postgres's
     deadlock and serialization aborts are OperationalErrors too, and retrying the whole transaction
@@ -147,9 +150,13 @@ def connection_lost(exc: BaseException) -> bool:
 
 def _say_retry(state: tenacity.RetryCallState, attempts: int) -> None:
     exc = state.outcome.exception()
+    cause = type(exc.orig or exc).__name__
+    # A deadlock or serialization abort is the database resolving a conflict, not an outage.
+    what = "transaction aborted by the database" if cause in ABORTS else "database connection lost"
     log.warning(
-        "database connection lost (%s); retry %d of %d in %.2f s",
-        type(exc.orig or exc).__name__,
+        "%s (%s); retry %d of %d in %.2f s",
+        what,
+        cause,
         state.attempt_number,
         attempts - 1,
         state.next_action.sleep,
