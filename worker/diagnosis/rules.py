@@ -754,14 +754,15 @@ def units(ev: Evidence, underfit: bool) -> list[Finding]:
     sat = {k: v for k, v in ev.unit_fractions("saturated").items() if v >= 0.5}
     # Saturation blames the optimizer when the setup drove the units there (unscaled inputs, a large
     # initialization); units of a bottleneck saturate because the model is too small to do otherwise.
-    driven = ev.spec.data.scaling == "none" or ev.spec.model.init.std is not None
+    unscaled = ev.spec.data.scaling == "none"
+    driven = unscaled or ev.spec.model.init.std is not None
     if sat:
-        unscaled = ev.spec.data.scaling == "none"
-        patch, rate_note = (
-            standardize_patch(ev)
-            if unscaled
-            else ({"model": {"activation": "relu", "init": {"weights": "kaiming", "std": None}}}, ".")
-        )
+        if unscaled:
+            patch, rate_note = standardize_patch(ev)
+            advice = f": the unscaled inputs drive them there. Standardize the features{rate_note}"
+        else:
+            patch = {"model": {"activation": "relu", "init": {"weights": "kaiming", "std": None}}}
+            advice = ". Scale the inputs, or use ReLU."
         found.append(
             Finding(
                 code="saturated_units",
@@ -769,11 +770,7 @@ def units(ev: Evidence, underfit: bool) -> list[Finding]:
                 confidence=confidence(max(sat.values()), 0.5),
                 evidence={"saturated_fraction_per_layer": sat},
                 recommendation=f"Most {units} of a layer sit at the flat ends of their activation, where the "
-                + (
-                    f"derivative is nearly zero: the unscaled inputs drive them there. Standardize the features{rate_note}"
-                    if unscaled
-                    else "derivative is nearly zero. Scale the inputs, or use ReLU."
-                ),
+                "derivative is nearly zero" + advice,
                 patch=patch,
                 blames_optimizer=underfit and driven,
             )
