@@ -74,6 +74,12 @@ FRESH8_DATASETS = ("up_credit", "up_pendulum")
 # labelled after them (f02c04e) and evaluated once with the rules of 1367342: 94.6%.
 FRESH9_SEEDS = (12,)
 FRESH9_DATASETS = ("up_teacher", "up_concrete")
+# A twelfth, the tenth fresh split: seed 13 of every run plus every seed of two more uploaded datasets
+# (5 activities from a wrist sensor's summaries in their own units; a yacht hull's resistance, which
+# grows near-exponentially with speed), generated on 2026-12-03 (night) after fresh9's read, before
+# any rule change that follows it.
+FRESH10_SEEDS = (13,)
+FRESH10_DATASETS = ("up_activity", "up_resistance")
 # The splits after the first test split, oldest first: (name, its seeds, the datasets added with it).
 LATER_SPLITS = (
     ("holdout", HOLDOUT_SEEDS, ()),
@@ -86,6 +92,7 @@ LATER_SPLITS = (
     ("fresh7", FRESH7_SEEDS, FRESH7_DATASETS),
     ("fresh8", FRESH8_SEEDS, FRESH8_DATASETS),
     ("fresh9", FRESH9_SEEDS, FRESH9_DATASETS),
+    ("fresh10", FRESH10_SEEDS, FRESH10_DATASETS),
 )
 REGRESSION = (
     "diabetes",
@@ -100,6 +107,7 @@ REGRESSION = (
     "up_arm",
     "up_pendulum",
     "up_concrete",
+    "up_resistance",
 )
 # Datasets whose raw features already span a factor > 100 (no transform needed for "unscaled").
 UNSCALED_AS_IS = ("wine", "breast_cancer", "up_friedman3", "up_credit")

@@ -317,6 +317,55 @@ def uploaded_concrete() -> RawData:
     )
 
 
+def uploaded_activity() -> RawData:
+    """A CSV upload with a class column: 5 activities (lying, sitting, walking, running, cycling) from
+    9 summaries of a wrist sensor in their own units (mean and spread of acceleration in m/s² on
+    three axes, step frequency in Hz, heart rate in beats per minute, skin temperature in °C), with
+    activities that overlap (sitting and lying differ mostly in the gravity axis, walking and
+    cycling in the step frequency) and 3% of labels mistaken. Added with the tenth fresh split
+    (cases.FRESH10_DATASETS)."""
+    rng = np.random.default_rng(10)
+    n, classes = 1500, 5
+    y = rng.integers(0, classes, n)
+    gravity_axis = np.array([0.2, 0.8, 0.6, 0.5, 0.7])[y] + rng.normal(0.0, 0.15, n)
+    intensity = np.array([0.05, 0.1, 1.2, 3.0, 1.0])[y] * rng.lognormal(0.0, 0.35, n)
+    step_hz = np.array([0.0, 0.0, 1.8, 2.7, 1.2])[y] + rng.normal(0.0, 0.25, n)
+    heart = np.array([60, 70, 100, 150, 125])[y] + rng.normal(0.0, 12.0, n)
+    mean_xyz = np.column_stack([
+        9.81 * gravity_axis, 9.81 * np.sqrt(np.clip(1 - gravity_axis**2, 0, 1)), rng.normal(0, 1, n)
+    ])
+    spread_xyz = intensity[:, None] * rng.uniform(0.6, 1.4, size=(n, 3))
+    skin = 33.0 + 0.01 * (heart - 60) + rng.normal(0.0, 0.6, n)
+    X = np.column_stack([mean_xyz, spread_xyz, np.abs(step_hz), heart, skin])
+    mistaken = rng.random(n) < 0.03
+    y = np.where(mistaken, rng.integers(0, classes, n), y)
+    return load_uploaded("csv", _csv_bytes(X, y, "activity"), "activity", "classification")
+
+
+def uploaded_resistance() -> RawData:
+    """An NPZ upload: a sailing yacht hull's residuary resistance (per unit of displacement) from its
+    Froude number (0.125-0.45) and four hull ratios, plus 2 irrelevant columns and 3% noise: the
+    resistance grows by two orders of magnitude with speed, near-exponentially, and the hull ratios
+    scale it by a few tens of percent, so a linear model follows the target only roughly. Added
+    with the tenth fresh split (cases.FRESH10_DATASETS)."""
+    rng = np.random.default_rng(10)
+    n = 1000
+    froude = rng.uniform(0.125, 0.45, n)
+    prismatic = rng.uniform(0.53, 0.60, n)
+    length_beam = rng.uniform(2.7, 3.6, n)
+    beam_draught = rng.uniform(2.8, 5.1, n)
+    length_displacement = rng.uniform(4.3, 5.2, n)
+    hull = (prismatic / 0.565) ** 2 * (beam_draught / 4.0) ** 0.3 * (4.8 / length_displacement) ** 1.5
+    resistance = hull * (0.2 + 0.05 * np.exp(16.0 * (froude - 0.125))) * (3.2 / length_beam) ** 0.4
+    resistance *= 1 + rng.normal(0.0, 0.03, n)
+    X = np.column_stack([
+        froude, prismatic, length_beam, beam_draught, length_displacement, rng.normal(0, 1, (n, 2))
+    ])
+    return load_uploaded(
+        "npz", _npz_bytes(X.astype(np.float32), resistance.astype(np.float32)), None, "regression"
+    )
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
@@ -338,6 +387,8 @@ UPLOADED = {
     "up_pendulum": uploaded_pendulum,
     "up_teacher": uploaded_teacher,
     "up_concrete": uploaded_concrete,
+    "up_activity": uploaded_activity,
+    "up_resistance": uploaded_resistance,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 
