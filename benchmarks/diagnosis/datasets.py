@@ -331,9 +331,9 @@ def uploaded_activity() -> RawData:
     intensity = np.array([0.05, 0.1, 1.2, 3.0, 1.0])[y] * rng.lognormal(0.0, 0.35, n)
     step_hz = np.array([0.0, 0.0, 1.8, 2.7, 1.2])[y] + rng.normal(0.0, 0.25, n)
     heart = np.array([60, 70, 100, 150, 125])[y] + rng.normal(0.0, 12.0, n)
-    mean_xyz = np.column_stack([
-        9.81 * gravity_axis, 9.81 * np.sqrt(np.clip(1 - gravity_axis**2, 0, 1)), rng.normal(0, 1, n)
-    ])
+    mean_xyz = np.column_stack(
+        [9.81 * gravity_axis, 9.81 * np.sqrt(np.clip(1 - gravity_axis**2, 0, 1)), rng.normal(0, 1, n)]
+    )
     spread_xyz = intensity[:, None] * rng.uniform(0.6, 1.4, size=(n, 3))
     skin = 33.0 + 0.01 * (heart - 60) + rng.normal(0.0, 0.6, n)
     X = np.column_stack([mean_xyz, spread_xyz, np.abs(step_hz), heart, skin])
@@ -358,9 +358,9 @@ def uploaded_resistance() -> RawData:
     hull = (prismatic / 0.565) ** 2 * (beam_draught / 4.0) ** 0.3 * (4.8 / length_displacement) ** 1.5
     resistance = hull * (0.2 + 0.05 * np.exp(16.0 * (froude - 0.125))) * (3.2 / length_beam) ** 0.4
     resistance *= 1 + rng.normal(0.0, 0.03, n)
-    X = np.column_stack([
-        froude, prismatic, length_beam, beam_draught, length_displacement, rng.normal(0, 1, (n, 2))
-    ])
+    X = np.column_stack(
+        [froude, prismatic, length_beam, beam_draught, length_displacement, rng.normal(0, 1, (n, 2))]
+    )
     return load_uploaded(
         "npz", _npz_bytes(X.astype(np.float32), resistance.astype(np.float32)), None, "regression"
     )
