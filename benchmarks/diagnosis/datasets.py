@@ -345,7 +345,7 @@ def uploaded_activity() -> RawData:
 def uploaded_resistance() -> RawData:
     """An NPZ upload: a sailing yacht hull's residuary resistance (per unit of displacement) from its
     Froude number (0.125-0.45) and four hull ratios, plus 2 irrelevant columns and 3% noise: the
-    resistance grows by two orders of magnitude with speed, near-exponentially, and the hull ratios
+    resistance grows about 60-fold with speed, near-exponentially, and the hull ratios
     scale it by a few tens of percent, so a linear model follows the target only roughly. Added
     with the tenth fresh split (cases.FRESH10_DATASETS)."""
     rng = np.random.default_rng(10)
