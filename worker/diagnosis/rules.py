@@ -449,8 +449,8 @@ def initial_sharpness(ev: Evidence) -> tuple[float | None, dict[str, Any] | None
 
 # On rows in file order, "the rate chases the order" when the loss over every training row after an
 # epoch is at least this many times the minibatches' own loss during it. Shuffled, the two agree
-# (each minibatch is a fair sample of the rows); on the diagnosis benchmark's label-sorted runs with
-# a large training loss it was 2.1-8.3x (see chasing_order).
+# (each minibatch is a fair sample of the rows); on the diagnosis benchmark's sorted runs that the
+# service finds underfit it was 2.1-8.3x (see chasing_order).
 CHASING_RATIO = 2.0
 
 
@@ -458,9 +458,9 @@ def chasing_order(ev: Evidence, f: Facts) -> float | None:
     """On rows visited in sorted order, each update fits the stretch of rows just seen, and a rate
     large enough to do that in a few steps forgets the rest: the minibatches' loss (measured as
     training meets them) stays low while the loss over every row after the epoch is high. Returns
-    that ratio over the last epochs when it reaches CHASING_RATIO, else None. A rate 10x lower
-    averages over longer stretches: on the benchmark's sorted regressions with a large loss it
-    trained at least 30% lower in 46 of the 55 runs with this sign."""
+    that ratio over the last epochs when it reaches CHASING_RATIO, else None. A lower rate averages
+    over longer stretches: on the benchmark's sorted regressions with a large loss, a rate 10-1000x
+    lower trained at least 30% lower in 46 of the 55 runs with this sign."""
     if not visits_ordered_rows(ev):
         return None
     seen = ev.series("train/data_loss")
@@ -482,7 +482,8 @@ def learning_rate_too_high(ev: Evidence, f: Facts, div: Finding | None, under: b
     2(1 + β) with momentum β: the steps overshoot along the top eigenvector, which kills ReLU units
     or pins the loss at chance instead of producing NaN), while the training loss is large; or any
     optimizer whose final training loss is above its value before training by 5% of chance (the
-    updates made the model worse).
+    updates made the model worse); or, on rows visited in sorted order while the training loss is
+    large, steps that chase the order (``chasing_order``): a warning whose advice is to shuffle first.
     """
     lr = ev.spec.optimizer.lr
     lam, spec_row = initial_sharpness(ev)
