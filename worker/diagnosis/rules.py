@@ -517,26 +517,27 @@ def learning_rate_too_high(ev: Evidence, f: Facts, div: Finding | None, under: b
             "spectrum_epoch": (spec_row or {}).get("epoch"),
         }
     if chasing and not (div or sharp or worse):
-        return Finding(
-            code="learning_rate.too_high",
-            severity="warning",
-            confidence=confidence(chasing, CHASING_RATIO),
-            evidence=evidence | {"shuffle": False, "all_rows_loss_over_minibatch_loss": _r(chasing)},
-            recommendation=f"The learning rate {lr:g} is too high for rows visited in sorted order: each "
-            "update fits the stretch of rows just seen, so the loss over all training rows is "
+        sure = confidence(chasing, CHASING_RATIO)
+        evidence |= {"shuffle": False, "all_rows_loss_over_minibatch_loss": _r(chasing)}
+        said = (
+            f"The learning rate {lr:g} is too high for rows visited in sorted order: each update fits the "
+            "stretch of rows just seen, so the loss over all training rows is "
             f"{chasing:.1f}x the minibatches' own. Shuffle the rows; if their order must stay, use about "
-            f"{suggested:g}.",
-            patch={"optimizer": {"lr": suggested}},
-            blames_optimizer=True,
+            f"{suggested:g}."
+        )
+    else:
+        sure = confidence(lr * lam, EDGE_OF_STABILITY) if lam else 0.8
+        said = (
+            f"The learning rate {lr:g} is too high for this loss surface"
+            + (f": lr·λ_max = {lr * lam:.3g} is past the stable limit 2" if lam else "")
+            + f". Use about {suggested:g}, or add warm-up."
         )
     return Finding(
         code="learning_rate.too_high",
         severity="error" if div or worse else "warning",
-        confidence=confidence(lr * lam, EDGE_OF_STABILITY) if lam else 0.8,
+        confidence=sure,
         evidence=evidence,
-        recommendation=f"The learning rate {lr:g} is too high for this loss surface"
-        + (f": lr·λ_max = {lr * lam:.3g} is past the stable limit 2" if lam else "")
-        + f". Use about {suggested:g}, or add warm-up.",
+        recommendation=said,
         patch={"optimizer": {"lr": suggested}},
         blames_optimizer=True,
     )
@@ -901,9 +902,8 @@ def visits_ordered_rows(ev: Evidence) -> bool:
 
 
 def unshuffled(ev: Evidence, underfit: bool) -> Finding | None:
-    """Training in file order on data sorted by label: neighbouring rows share a label at least half
-    the time and twice as often as in a random order (or the target's rank correlation with the row
-    position is ≥ 0.5), so each stretch of minibatches sees one class and the weights chase it.
+    """Training in file order on rows sorted by label or target (``visits_ordered_rows``), so each
+    stretch of minibatches sees one class (or one range of the target) and the weights chase it.
     Raised when the training loss is large: a run that fitted anyway was not hurt by the order."""
     if not underfit or not visits_ordered_rows(ev):
         return None
