@@ -366,6 +366,49 @@ def uploaded_resistance() -> RawData:
     )
 
 
+def uploaded_signals() -> RawData:
+    """An NPZ upload with integer classes: 4 kinds of machine vibration (healthy, imbalance,
+    misalignment, a bearing fault) from the energy in 12 frequency bands, in their own units (the
+    low bands carry 10-1000x the energy of the high ones), log-normal from recording to recording,
+    with the fault's bands overlapping between kinds and 3% of labels mistaken. Added with the
+    eleventh fresh split (cases.FRESH11_DATASETS)."""
+    rng = np.random.default_rng(11)
+    n, classes, bands = 1400, 4, 12
+    y = rng.integers(0, classes, n)
+    base = 10.0 ** np.linspace(3.0, 0.0, bands)  # energy falls with frequency
+    gain = np.ones((classes, bands))
+    gain[1, 1:3] = 2.2  # imbalance: once per revolution
+    gain[2, 2:5] = 1.8  # misalignment: two and three times per revolution
+    gain[3, 8:12] = 3.0  # a bearing fault: high-frequency bursts
+    gain[3, 1] = 1.4
+    load = rng.lognormal(0.0, 0.4, n)[:, None]  # a machine's load scales every band together
+    X = base * gain[y] * load * rng.lognormal(0.0, 0.3, size=(n, bands))
+    mistaken = rng.random(n) < 0.03
+    y = np.where(mistaken, rng.integers(0, classes, n), y)
+    return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.int64)), None, "classification")
+
+
+def uploaded_airfoil() -> RawData:
+    """A CSV upload with a target column: an airfoil's self-noise in dB from the frequency (200-20000
+    Hz, log-uniform), the angle of attack (0-20°), the chord (0.025-0.3 m), the free-stream
+    velocity (30-72 m/s) and the boundary layer's thickness (mm), plus one irrelevant column and
+    noise of 1 dB: the level peaks at a frequency that moves with the velocity over the thickness
+    (a Strouhal number), so the target is a bump in log-frequency that no linear model follows.
+    Added with the eleventh fresh split (cases.FRESH11_DATASETS)."""
+    rng = np.random.default_rng(11)
+    n = 1100
+    frequency = np.exp(rng.uniform(np.log(200.0), np.log(20000.0), n))
+    angle = rng.uniform(0.0, 20.0, n)
+    chord = rng.uniform(0.025, 0.3, n)
+    velocity = rng.uniform(30.0, 72.0, n)
+    thickness = 40.0 * chord * (1.0 + angle / 8.0) * rng.uniform(0.8, 1.2, n)  # mm
+    off_peak = np.log10(frequency * thickness * 1e-3 / velocity) + 0.4  # decades from the peak
+    level = 50.0 * np.log10(velocity) + 10.0 * np.log10(thickness) + 17.0
+    level += -12.0 * off_peak**2 / (1.0 + 0.5 * np.abs(off_peak)) + rng.normal(0.0, 1.0, n)
+    X = np.column_stack([frequency, angle, chord, velocity, thickness, rng.normal(0.0, 1.0, n)])
+    return load_uploaded("csv", _csv_bytes(X, level, "decibels"), "decibels", "regression")
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
@@ -389,6 +432,8 @@ UPLOADED = {
     "up_concrete": uploaded_concrete,
     "up_activity": uploaded_activity,
     "up_resistance": uploaded_resistance,
+    "up_signals": uploaded_signals,
+    "up_airfoil": uploaded_airfoil,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 
