@@ -11,7 +11,7 @@ import numpy as np
 from models.findings import Finding
 from models.spec import JobSpec
 from tests.test_diagnosis_noise import synthetic
-from worker.diagnosis import rules, underfit_verdict
+from worker.diagnosis import contradicted_fixes, diagnose, rules, underfit_verdict
 from worker.diagnosis.evidence import Evidence
 
 AT_CHANCE = {"chance_accuracy": 0.34, "knn_val_accuracy": 0.35, "knn_cv_accuracy": 0.35}
@@ -98,3 +98,46 @@ def test_zero_initialized_weights_keep_the_blame_on_the_optimizer() -> None:
         {"data": {"dataset": "iris"}, "epochs": 10, "model": {"init": {"weights": "zeros"}}}
     )
     assert verdict_of(ev, depth_findings()).code == "underfitting.optimization"
+
+
+def deep_sigmoid_stuck(linear_train_loss: float) -> Evidence:
+    """``stuck_run`` as eight sigmoid layers of 8 units, flat at chance from its first epoch, whose
+    first layer's gradient is 1/1000 of the head's: the rules find vanishing gradients in it."""
+    ev = stuck_run(linear_train_loss=linear_train_loss, tuned_train_loss=1.09)
+    ev.epoch_series["train/loss"] = np.r_[1.2, np.full(10, 1.09)]
+    ev.epoch_series["val/loss"] = np.r_[1.2, np.full(10, 1.10)]
+    ev.spec = JobSpec.model_validate(
+        {"data": {"dataset": "iris"}, "epochs": 10, "model": {"hidden": [8] * 8, "activation": "sigmoid"}}
+    )
+    norms = {"layers.0.weight": 1e-4, "layers.4.weight": 1e-2, "head.weight": 0.1}
+    ev.summary["layer_sizes"] = dict.fromkeys(norms, 64)
+    ev.epoch_series |= {f"grad/{name}": np.full(11, norm) for name, norm in norms.items()}
+    return ev
+
+
+def test_a_verdict_that_overrules_depth_does_not_list_the_vanishing_fix_beside_it() -> None:
+    result = diagnose(deep_sigmoid_stuck(linear_train_loss=1.08))
+    verdict, codes = result[0], [x.code for x in result[1:]]
+    assert verdict.code == "underfitting.model_bias", verdict.code
+    assert "vanishing_gradients" in verdict.evidence["depth_symptoms_overruled"]
+    # "ReLU with He initialization in these layers" is what the verdict just said will not help:
+    # the warning is not listed, and what it measured stays with the verdict.
+    assert "vanishing_gradients" not in codes, codes
+    assert verdict.evidence["set_aside"]["vanishing_gradients"]["first_over_last_rms"] == 1e-3
+
+
+def test_a_verdict_that_blames_depth_keeps_the_vanishing_fix() -> None:
+    # The linear model trains far lower: the optimizer is blamed, and vanishing gradients is the cause.
+    result = diagnose(deep_sigmoid_stuck(linear_train_loss=0.31))
+    verdict, codes = result[0], [x.code for x in result[1:]]
+    assert verdict.code == "underfitting.optimization", verdict.code
+    assert "vanishing_gradients" in codes and "vanishing_gradients" in verdict.evidence["causes"]
+    assert "set_aside" not in verdict.evidence
+
+
+def test_the_vanishing_fix_is_set_aside_where_a_large_loss_comes_to_no_verdict() -> None:
+    # No underfitting verdict (labels with little signal, probes found nothing lower: a good fit).
+    found = [blaming("vanishing_gradients"), blaming("critical_point.saddle")]
+    assert [x.code for x in contradicted_fixes(None, found)] == ["vanishing_gradients"]
+    optimization = verdict_of(stuck_run(linear_train_loss=0.31, tuned_train_loss=1.09), found)
+    assert contradicted_fixes(optimization, found) == []

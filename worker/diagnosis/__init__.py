@@ -237,9 +237,11 @@ def optimization_verdict(
 def diagnose(ev: Evidence) -> list[Finding]:
     """Verdict first, then findings sorted by severity."""
     reading = read(ev)
-    verdict = reading.verdict
+    verdict, found, set_aside = reading.verdict, reading.found, []
     if verdict is None and reading.underfit is not None:
         verdict = underfit_verdict(ev, reading.found, reading.underfit)
+        set_aside = contradicted_fixes(verdict, found)
+        found = [x for x in found if x not in set_aside]
     if verdict is None:
         verdict = Finding(
             code="good_fit",
@@ -249,8 +251,31 @@ def diagnose(ev: Evidence) -> list[Finding]:
             recommendation="Training and validation losses are low and stable; nothing to fix.",
             kind="verdict",
         )
+    if set_aside:  # what those findings measured stays with the verdict that set them aside
+        verdict.evidence["set_aside"] = {x.code: x.evidence for x in set_aside}
     order = {"error": 0, "warning": 1, "info": 2}
-    return [verdict, *sorted(reading.found, key=lambda x: order[x.severity])]
+    return [verdict, *sorted(found, key=lambda x: order[x.severity])]
+
+
+# Depth's symptoms whose finding is its fix rather than a measurement: "vanishing gradients" means
+# "ReLU with He initialization in these layers would train the early layers, and the loss with
+# them". (A saddle or a flat stretch is a measured property of the point training reached: it
+# stays listed.)
+DEPTH_FIXES = frozenset({"vanishing_gradients"})
+
+
+def contradicted_fixes(verdict: Finding | None, found: list[Finding]) -> list[Finding]:
+    """Depth fixes that the large training loss's conclusion contradicts, so that listing them
+    beside it would say two things: the verdict overruled depth's symptoms (nothing simpler learns
+    the data, so they are not what holds the model back), or there is no verdict (the loss is near
+    chance on labels with little signal, and the probes found nothing that trains lower). On the
+    diagnosis benchmark's deep sigmoid stacks judged either way, ReLU with He initialization in the
+    same layers trained no clearly lower on most (benchmarks/diagnosis/README.md)."""
+    if verdict is None:
+        codes: set[str] = set(DEPTH_FIXES)
+    else:
+        codes = set(verdict.evidence.get("depth_symptoms_overruled") or ()) & DEPTH_FIXES
+    return [x for x in found if x.code in codes]
 
 
 def good_fit_evidence(ev: Evidence) -> dict[str, Any]:
