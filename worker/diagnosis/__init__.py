@@ -241,7 +241,8 @@ def diagnose(ev: Evidence) -> list[Finding]:
     if verdict is None and reading.underfit is not None:
         verdict = underfit_verdict(ev, reading.found, reading.underfit)
         set_aside = contradicted_fixes(verdict, found)
-        found = [x for x in found if x.code not in {y.code for y in set_aside}]
+        aside = {x.code for x in set_aside}
+        found = [x for x in found if x.code not in aside]
     if verdict is None:
         verdict = Finding(
             code="good_fit",
