@@ -88,6 +88,12 @@ FRESH10_DATASETS = ("up_activity", "up_resistance")
 # (3bfdb49) and evaluated once with the rules of 375716f: 94.1%.
 FRESH11_SEEDS = (14,)
 FRESH11_DATASETS = ("up_signals", "up_airfoil")
+# A fourteenth, the twelfth fresh split: seed 15 of every run plus every seed of two more uploaded
+# datasets (3 kinds of glass from the refractive index and oxide percentages; a battery cell's
+# remaining capacity from its cycles, temperature, charge rate and depth of discharge), generated
+# on 2026-12-04 (morning) after fresh11's read, before any rule change that follows it.
+FRESH12_SEEDS = (15,)
+FRESH12_DATASETS = ("up_glass", "up_battery")
 # The splits after the first test split, oldest first: (name, its seeds, the datasets added with it).
 LATER_SPLITS = (
     ("holdout", HOLDOUT_SEEDS, ()),
@@ -102,6 +108,7 @@ LATER_SPLITS = (
     ("fresh9", FRESH9_SEEDS, FRESH9_DATASETS),
     ("fresh10", FRESH10_SEEDS, FRESH10_DATASETS),
     ("fresh11", FRESH11_SEEDS, FRESH11_DATASETS),
+    ("fresh12", FRESH12_SEEDS, FRESH12_DATASETS),
 )
 REGRESSION = (
     "diabetes",
@@ -118,6 +125,7 @@ REGRESSION = (
     "up_concrete",
     "up_resistance",
     "up_airfoil",
+    "up_battery",
 )
 # Datasets whose raw features already span a factor > 100 (no transform needed for "unscaled").
 UNSCALED_AS_IS = ("wine", "breast_cancer", "up_friedman3", "up_credit")

@@ -409,6 +409,53 @@ def uploaded_airfoil() -> RawData:
     return load_uploaded("csv", _csv_bytes(X, level, "decibels"), "decibels", "regression")
 
 
+def uploaded_glass() -> RawData:
+    """A CSV upload with a class column: 3 kinds of glass (float, container, tableware) from the
+    refractive index and 8 oxides' weight percentages (Na, Mg, Al, Si, K, Ca, Ba, Fe), which sum to
+    about 100, so silicon is what the others leave: compositional columns with large offsets and
+    small spreads (the refractive index moves in its third decimal around 1.518), barium and iron
+    absent from most rows, kinds that overlap in every oxide, and 3% of labels mistaken. Added with
+    the twelfth fresh split (cases.FRESH12_DATASETS)."""
+    rng = np.random.default_rng(12)
+    n, classes = 1200, 3
+    y = rng.integers(0, classes, n)
+    na = np.array([13.2, 13.9, 14.6])[y] + rng.normal(0.0, 0.7, n)
+    mg = np.array([3.5, 0.9, 1.6])[y] * rng.lognormal(0.0, 0.6, n)
+    al = np.array([1.2, 2.0, 1.6])[y] + rng.normal(0.0, 0.3, n)
+    k = np.array([0.55, 0.75, 0.2])[y] * rng.lognormal(0.0, 0.5, n)
+    ca = np.array([8.6, 10.1, 8.9])[y] + rng.normal(0.0, 0.8, n)
+    ba = np.where(rng.random(n) < np.array([0.05, 0.15, 0.6])[y], rng.exponential(0.8, n), 0.0)
+    fe = np.where(rng.random(n) < np.array([0.4, 0.2, 0.05])[y], rng.exponential(0.08, n), 0.0)
+    si = 100.0 - (na + mg + al + k + ca + ba + fe) - rng.uniform(0.0, 0.5, n)
+    index = 1.5180 + 0.0012 * (ca - 8.9) - 0.0004 * (si - 72.8) + rng.normal(0.0, 0.0004, n)
+    X = np.column_stack([index, na, mg, al, si, k, ca, ba, fe])
+    mistaken = rng.random(n) < 0.03
+    y = np.where(mistaken, rng.integers(0, classes, n), y)
+    return load_uploaded("csv", _csv_bytes(X, y, "glass_type"), "glass_type", "classification")
+
+
+def uploaded_battery() -> RawData:
+    """An NPZ upload: a lithium-ion cell's remaining capacity (% of new) from its charge cycles
+    (0-3000), the ambient temperature (10-45 °C), the charge rate (0.2-3 C, log-uniform) and the
+    depth of discharge (20-100%), plus 2 irrelevant columns and 1% noise: the fade grows as a power
+    of the cycles (~0.55) times a temperature factor that is lowest near 25 °C and rises both ways,
+    so a linear model follows it only roughly. Added with the twelfth fresh split
+    (cases.FRESH12_DATASETS)."""
+    rng = np.random.default_rng(12)
+    n = 1000
+    cycles = rng.uniform(0.0, 3000.0, n)
+    temperature = rng.uniform(10.0, 45.0, n)
+    rate = np.exp(rng.uniform(np.log(0.2), np.log(3.0), n))
+    depth = rng.uniform(0.2, 1.0, n)
+    temperature_factor = np.exp(0.06 * (temperature - 25.0)) + 0.4 * np.exp(-0.12 * (temperature - 10.0))
+    fade = 0.25 * temperature_factor * depth**0.6 * rate**0.4 * cycles**0.55
+    capacity = (100.0 - fade) * (1 + rng.normal(0.0, 0.01, n))
+    X = np.column_stack([cycles, temperature, rate, depth, rng.normal(0.0, 1.0, (n, 2))])
+    return load_uploaded(
+        "npz", _npz_bytes(X.astype(np.float32), capacity.astype(np.float32)), None, "regression"
+    )
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
@@ -434,6 +481,8 @@ UPLOADED = {
     "up_resistance": uploaded_resistance,
     "up_signals": uploaded_signals,
     "up_airfoil": uploaded_airfoil,
+    "up_glass": uploaded_glass,
+    "up_battery": uploaded_battery,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 
