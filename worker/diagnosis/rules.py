@@ -496,13 +496,16 @@ def order_holds_loss_up(ev: Evidence, f: Facts) -> dict[str, Any] | None:
     share of chance. The minibatches show what this model fits when each update sees a fair sample
     (shuffled, the two agree), so that gap is a lower loss within this very model's reach, the
     labels' "a better-optimized run of the same model", whatever the references say."""
-    losses, ratio = order_losses(ev, f), chasing_order(ev, f)
-    if losses is None or ratio is None or losses[0] - losses[1] < MATERIAL * f.chance:
+    losses = order_losses(ev, f)
+    if losses is None:
+        return None
+    full, batches = losses
+    if full < CHASING_RATIO * batches or full - batches < MATERIAL * f.chance:
         return None
     return {
-        "all_rows_loss": _r(losses[0]),
-        "minibatch_loss": _r(losses[1]),
-        "gap_over_chance": _r((losses[0] - losses[1]) / f.chance),
+        "all_rows_loss": _r(full),
+        "minibatch_loss": _r(batches),
+        "gap_over_chance": _r((full - batches) / f.chance),
     }
 
 
