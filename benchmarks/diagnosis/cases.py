@@ -91,7 +91,8 @@ FRESH11_DATASETS = ("up_signals", "up_airfoil")
 # A fourteenth, the twelfth fresh split: seed 15 of every run plus every seed of two more uploaded
 # datasets (3 kinds of glass from the refractive index and oxide percentages; a battery cell's
 # remaining capacity from its cycles, temperature, charge rate and depth of discharge), generated
-# on 2026-12-04 (morning) after fresh11's read, before any rule change that follows it.
+# on 2026-12-04 (morning) after fresh11's read, before the rule change that followed it (dbfb315),
+# labelled after it (57fc707) and evaluated once with the rules of 5278603: 95.2%.
 FRESH12_SEEDS = (15,)
 FRESH12_DATASETS = ("up_glass", "up_battery")
 # The splits after the first test split, oldest first: (name, its seeds, the datasets added with it).
