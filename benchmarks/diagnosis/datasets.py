@@ -456,6 +456,48 @@ def uploaded_battery() -> RawData:
     )
 
 
+def uploaded_traffic() -> RawData:
+    """An NPZ upload with integer classes: 4 kinds of network flow (browsing, streaming, a bulk
+    transfer, a port scan) from a flow's duration (s), bytes, packets, distinct ports and the share
+    of bytes sent upstream, plus one irrelevant column: heavy-tailed columns in their own units (the
+    bytes span ten decades), durations and rates log-normal within each kind so the kinds overlap,
+    3% of labels mistaken. Added with the thirteenth fresh split (cases.FRESH13_DATASETS)."""
+    rng = np.random.default_rng(13)
+    n, classes = 1500, 4
+    y = rng.integers(0, classes, n)
+    duration = np.array([2.0, 300.0, 60.0, 0.05])[y] * rng.lognormal(0.0, 1.2, n)
+    rate = np.array([2e4, 5e5, 2e6, 3e2])[y] * rng.lognormal(0.0, 1.1, n)  # bytes per second
+    sent = duration * rate
+    packets = sent / np.array([600.0, 1200.0, 1400.0, 60.0])[y] * rng.lognormal(0.0, 0.2, n)
+    ports = np.array([3.0, 1.0, 1.0, 40.0])[y] * rng.lognormal(0.0, 0.5, n)
+    upstream = np.clip(np.array([0.2, 0.03, 0.5, 0.5])[y] + rng.normal(0.0, 0.12, n), 0.0, 1.0)
+    X = np.column_stack([duration, sent, packets, ports, upstream, rng.normal(0.0, 1.0, n)])
+    mistaken = rng.random(n) < 0.03
+    y = np.where(mistaken, rng.integers(0, classes, n), y)
+    return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.int64)), None, "classification")
+
+
+def uploaded_crop() -> RawData:
+    """A CSV upload with a target column: a crop's yield (t/ha) from the season's rainfall (mm),
+    mean temperature (°C), nitrogen applied (kg/ha) and the soil's pH, plus 2 irrelevant columns and
+    5% noise: a product of diminishing returns in water and nitrogen (Mitscherlich), a temperature
+    optimum near 21 °C and a pH optimum near 6.5, so a linear model follows it hardly at all (ridge
+    R² 0.16, a forest 0.94). Added with the thirteenth fresh split (cases.FRESH13_DATASETS)."""
+    rng = np.random.default_rng(13)
+    n = 1000
+    rain = rng.uniform(200.0, 1200.0, n)
+    temperature = rng.uniform(12.0, 30.0, n)
+    nitrogen = rng.uniform(0.0, 250.0, n)
+    ph = rng.uniform(4.5, 8.5, n)
+    water = 1.0 - np.exp(-rain / 400.0)
+    heat = np.exp(-(((temperature - 21.0) / 6.0) ** 2))
+    fertilizer = 1.0 - 0.65 * np.exp(-nitrogen / 80.0)
+    soil = np.clip(1.0 - 0.12 * (ph - 6.5) ** 2, 0.2, None)
+    crop_yield = 11.0 * water * heat * fertilizer * soil * rng.lognormal(0.0, 0.05, n)
+    X = np.column_stack([rain, temperature, nitrogen, ph, rng.normal(0.0, 1.0, (n, 2))])
+    return load_uploaded("csv", _csv_bytes(X, crop_yield, "yield"), "yield", "regression")
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
@@ -483,6 +525,8 @@ UPLOADED = {
     "up_airfoil": uploaded_airfoil,
     "up_glass": uploaded_glass,
     "up_battery": uploaded_battery,
+    "up_traffic": uploaded_traffic,
+    "up_crop": uploaded_crop,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 
