@@ -111,8 +111,9 @@ def underfit_evidence(ev: Evidence, f: Facts) -> dict[str, Any] | None:
     label noise in them is priced in). So training accuracy below the k-NN's cross-validated accuracy
     by more than two standard errors (at least 2 points) is a large training loss; for regression, a
     training MSE above 1.1x the k-NN's cross-validated MSE. A training loss within 10% of chance
-    (the best constant prediction) is large whatever the reference says. And a loss below 10% of
-    chance is never large: no fix could lower it by a material share of chance.
+    (the best constant prediction) is large whatever the reference says, and so is one that rows
+    visited in sorted order hold up (``order_holds_loss_up``). And a loss below 10% of chance is
+    never large: no fix could lower it by a material share of chance.
     """
     if not len(f.train_loss):
         return None
