@@ -73,3 +73,17 @@ def test_a_network_is_not_held_to_the_trees() -> None:
     assert not ev.spec.model.computes_linear_function
     assert rules.nonlinear_reference_clearly_lower(ev, rules.facts(ev)) is None
     assert "nonlinear_reference" not in (rules.underfit_evidence(ev, rules.facts(ev)) or {})
+
+
+def test_short_probes_that_find_nothing_lower_do_not_overrule_the_trees() -> None:
+    # Both probes ran (the same model with the standard recipe, and a larger network) inside their
+    # budget and neither trained clearly lower than 0.28: a larger network given a quarter of the
+    # job's compute has not shown what it reaches, while the trees were fitted to the end.
+    ev = linear_run(tree_val_loss=0.05)
+    ev.summary["reference"]["knn_cv_loss"] = 0.3  # the k-NN fits the training rows no better either
+    probe = {"train_loss": 0.27, "val_loss": 0.2, "epochs": 2, "rows": 600}
+    ev.summary["probes"] = {"parent_train_loss": 0.28, "runs": {"tuned_optimizer": probe, "larger_model": probe}}
+    assert rules.probe_outcome(ev, rules.facts(ev))[0] == "neither"
+    verdict = diagnose(ev)[0]
+    assert verdict.code == "underfitting.model_bias", verdict.code
+    assert verdict.evidence["nonlinear_reference"]["val_loss"] == 0.05

@@ -142,12 +142,14 @@ def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) 
         under = under | {"probes": probes}
     # (Probes, a fraction of the job's compute, cannot show what 4x its epochs would: a run judged
     # large for still falling keeps that reading; nor what a whole run on shuffled rows would: one
-    # judged large for its sorted rows (the minibatches it met fit far better) keeps it too.)
+    # judged large for its sorted rows (the minibatches it met fit far better) keeps it too, and so
+    # does a linear model that the trees, fitted to the end, clearly beat.)
     decided = (
         under.get("below_reference")
         or under.get("held_out_at_chance")
         or under.get("still_falling")
         or under.get("sorted_rows_hold_loss_up")
+        or under.get("nonlinear_reference")
     )
     if outcome == "neither" and not decided:
         return None
