@@ -82,7 +82,10 @@ def test_short_probes_that_find_nothing_lower_do_not_overrule_the_trees() -> Non
     ev = linear_run(tree_val_loss=0.05)
     ev.summary["reference"]["knn_cv_loss"] = 0.3  # the k-NN fits the training rows no better either
     probe = {"train_loss": 0.27, "val_loss": 0.2, "epochs": 2, "rows": 600}
-    ev.summary["probes"] = {"parent_train_loss": 0.28, "runs": {"tuned_optimizer": probe, "larger_model": probe}}
+    ev.summary["probes"] = {
+        "parent_train_loss": 0.28,
+        "runs": {"tuned_optimizer": probe, "larger_model": probe},
+    }
     assert rules.probe_outcome(ev, rules.facts(ev))[0] == "neither"
     verdict = diagnose(ev)[0]
     assert verdict.code == "underfitting.model_bias", verdict.code
