@@ -99,7 +99,7 @@ FRESH12_DATASETS = ("up_glass", "up_battery")
 # datasets (4 kinds of network flow from heavy-tailed flow statistics; a crop's yield from rain,
 # temperature, nitrogen and soil pH, which no linear model follows), generated on 2026-12-04
 # (late morning) after fresh12's read, before the rule change that followed it (ee28e2d), labelled
-# after it (see the commit log) and evaluated once with the rules of ee28e2d: 94.8%.
+# after it (6508b4c) and evaluated once with the rules of ee28e2d: 94.8%.
 FRESH13_SEEDS = (16,)
 FRESH13_DATASETS = ("up_traffic", "up_crop")
 # The splits after the first test split, oldest first: (name, its seeds, the datasets added with it).

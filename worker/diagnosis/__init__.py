@@ -125,6 +125,16 @@ def cause_rank(ev: Evidence, finding: Finding) -> int:
     return CAUSE_PRIORITY.index(finding.code)
 
 
+# The large-loss readings (keys of rules.underfit_evidence) that stand whatever the probes show.
+READINGS_PROBES_CANNOT_OVERRULE = (
+    "below_reference",
+    "held_out_at_chance",
+    "still_falling",
+    "sorted_rows_hold_loss_up",
+    "nonlinear_reference",
+)
+
+
 def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) -> Finding | None:
     """Model bias or optimization trouble. Probe runs decide when they are conclusive (the same
     model trained with a standard recipe does clearly better: optimization; only a larger model
@@ -144,13 +154,7 @@ def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) 
     # large for still falling keeps that reading; nor what a whole run on shuffled rows would: one
     # judged large for its sorted rows (the minibatches it met fit far better) keeps it too, and so
     # does a linear model that the trees, fitted to the end, clearly beat.)
-    decided = (
-        under.get("below_reference")
-        or under.get("held_out_at_chance")
-        or under.get("still_falling")
-        or under.get("sorted_rows_hold_loss_up")
-        or under.get("nonlinear_reference")
-    )
+    decided = any(under.get(reading) for reading in READINGS_PROBES_CANNOT_OVERRULE)
     if outcome == "neither" and not decided:
         return None
     convex = ev.spec.model.arch == "linear"
