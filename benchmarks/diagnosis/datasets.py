@@ -498,6 +498,66 @@ def uploaded_crop() -> RawData:
     return load_uploaded("csv", _csv_bytes(X, crop_yield, "yield"), "yield", "regression")
 
 
+def uploaded_cardio() -> RawData:
+    """A CSV upload with a class column: whether a patient has heart disease (2 classes) from age
+    (years), systolic blood pressure (mmHg), cholesterol (mg/dL), body-mass index, a smoker flag
+    (0/1) and resting heart rate (beats/min), plus one irrelevant column: columns in their own
+    units (cholesterol in the hundreds beside a 0/1 flag), a risk that is logistic in a sum with one
+    interaction (age with blood pressure), 35% of patients ill, and 4% of labels mistaken. Added
+    with the fourteenth fresh split (cases.FRESH14_DATASETS)."""
+    rng = np.random.default_rng(14)
+    n = 1400
+    age = rng.uniform(30.0, 80.0, n)
+    pressure = 110.0 + 0.5 * (age - 30.0) + rng.normal(0.0, 15.0, n)
+    cholesterol = rng.normal(210.0, 40.0, n)
+    bmi = rng.lognormal(np.log(27.0), 0.15, n)
+    smoker = (rng.random(n) < 0.25).astype(float)
+    heart_rate = rng.normal(72.0, 10.0, n)
+    risk = (
+        0.06 * (age - 55.0)
+        + 0.03 * (pressure - 130.0)
+        + 0.0012 * (age - 55.0) * (pressure - 130.0)
+        + 0.012 * (cholesterol - 210.0)
+        + 0.08 * (bmi - 27.0)
+        + 0.9 * smoker
+        - 0.9
+    )
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-risk))).astype(np.int64)
+    mistaken = rng.random(n) < 0.04
+    y = np.where(mistaken, 1 - y, y)
+    X = np.column_stack([age, pressure, cholesterol, bmi, smoker, heart_rate, rng.normal(0.0, 1.0, n)])
+    return load_uploaded("csv", _csv_bytes(X, y, "disease"), "disease", "classification")
+
+
+def uploaded_power() -> RawData:
+    """An NPZ upload: a combined-cycle power plant's net output (MW) from the ambient temperature
+    (2-35 °C), the exhaust vacuum (25-80 cmHg), the ambient pressure (990-1035 mbar) and the
+    relative humidity (25-100%), plus one irrelevant column and noise of 4 MW: nearly linear (the
+    output falls with temperature and vacuum, which move together), with a mild curvature in
+    temperature and a pressure column whose spread is 2% of its mean, so a linear model follows it
+    closely (ridge R² about 0.93) and a network must beat it only by a little. Added with the
+    fourteenth fresh split (cases.FRESH14_DATASETS)."""
+    rng = np.random.default_rng(14)
+    n = 1200
+    temperature = rng.uniform(2.0, 35.0, n)
+    vacuum = np.clip(25.0 + 1.4 * temperature + rng.normal(0.0, 6.0, n), 25.0, 80.0)
+    pressure = rng.normal(1013.0, 6.0, n)
+    humidity = np.clip(90.0 - 1.2 * temperature + rng.normal(0.0, 12.0, n), 25.0, 100.0)
+    output = (
+        495.0
+        - 1.9 * temperature
+        - 0.25 * vacuum
+        + 0.06 * (pressure - 1013.0)
+        - 0.14 * (humidity - 70.0)
+        - 0.02 * (temperature - 18.0) ** 2
+        + rng.normal(0.0, 4.0, n)
+    )
+    X = np.column_stack([temperature, vacuum, pressure, humidity, rng.normal(0.0, 1.0, n)])
+    return load_uploaded(
+        "npz", _npz_bytes(X.astype(np.float32), output.astype(np.float32)), None, "regression"
+    )
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
@@ -527,6 +587,8 @@ UPLOADED = {
     "up_battery": uploaded_battery,
     "up_traffic": uploaded_traffic,
     "up_crop": uploaded_crop,
+    "up_cardio": uploaded_cardio,
+    "up_power": uploaded_power,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 
