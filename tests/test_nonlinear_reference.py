@@ -12,6 +12,7 @@ from models.spec import JobSpec
 from worker.data import RawData, prepare
 from worker.diagnosis import diagnose, rules
 from worker.diagnosis.evidence import Evidence
+from worker.diagnosis.probes import wanted
 from worker.diagnosis.reference import reference_scores
 
 
@@ -90,3 +91,53 @@ def test_short_probes_that_find_nothing_lower_do_not_overrule_the_trees() -> Non
     verdict = diagnose(ev)[0]
     assert verdict.code == "underfitting.model_bias", verdict.code
     assert verdict.evidence["nonlinear_reference"]["val_loss"] == 0.05
+
+
+def with_probes(ev: Evidence, larger_train: float, larger_val: float = 0.15) -> Evidence:
+    """The probes' results on ``linear_run``'s job (training loss 0.28, best validation 0.20): the
+    same model with the standard recipe ends where the job did; the larger network as given."""
+    ev.summary["probes"] = {
+        "parent_train_loss": 0.28,
+        "runs": {
+            "tuned_optimizer": {"train_loss": 0.28, "val_loss": 0.2, "epochs": 2, "rows": 600},
+            "larger_model": {"train_loss": larger_train, "val_loss": larger_val, "epochs": 3, "rows": 600},
+        },
+    }
+    return ev
+
+
+def test_a_linear_regression_the_references_call_fine_is_still_probed() -> None:
+    # 28% of the target's variance unexplained, no reading calls it large (the trees only match it):
+    # the larger-model probe is what can tell.
+    ev = linear_run(tree_val_loss=0.16)
+    f = rules.facts(ev)
+    assert rules.underfit_evidence(ev, f) is None
+    assert rules.linear_regression_unvouched(ev, f)
+    assert wanted(ev)
+
+
+def test_only_a_larger_network_fitting_clearly_more_makes_a_linear_regression_model_bias() -> None:
+    verdict = diagnose(with_probes(linear_run(tree_val_loss=0.16), larger_train=0.1))[0]
+    assert verdict.code == "underfitting.model_bias", verdict.code
+    assert [p["what"] for p in verdict.evidence["probes"]["probes"] if p["clearly_lower"]] == ["larger_model"]
+    assert verdict.patch  # the larger network to resubmit
+    # Lower, but by less than 10% of chance: a linear target fitted as well as it can be.
+    assert diagnose(with_probes(linear_run(tree_val_loss=0.16), larger_train=0.2))[0].code == "good_fit"
+    # Clearly lower on the training rows, but worse on validation rows than the job's best: memorizing.
+    memorizing = with_probes(linear_run(tree_val_loss=0.16), larger_train=0.1, larger_val=0.3)
+    assert diagnose(memorizing)[0].code == "good_fit"
+
+
+def test_a_linear_classifier_or_a_small_loss_is_not_probed_for_this() -> None:
+    run = linear_run(tree_val_loss=0.16)
+    small = Evidence(
+        run.spec,
+        run.summary,
+        {"train/loss": 0.05 + 0.9 * np.exp(-np.arange(11)), "val/loss": 0.06 + 0.9 * np.exp(-np.arange(11))},
+        {},
+    )
+    assert not rules.linear_regression_unvouched(small, rules.facts(small))  # 5% of chance: not material
+    classifier = linear_run(tree_val_loss=0.16)
+    classifier.summary["data"] = {"task": "classification", "n_classes": 2, "n_train": 600, "n_val": 200}
+    assert classifier.classification
+    assert not rules.linear_regression_unvouched(classifier, rules.facts(classifier))

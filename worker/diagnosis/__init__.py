@@ -14,6 +14,7 @@ from sqlalchemy import update
 
 from models.db import session_scope, with_retries
 from models.findings import Finding, write_diagnoses
+from models.numeric import rounded
 from models.spec import JobSpec
 from models.tables import Job
 from worker.diagnosis import rules
@@ -208,6 +209,28 @@ def depth_symptoms_only(
     )
 
 
+def linear_regression_bias(ev: Evidence) -> Finding | None:
+    """Model bias for a converged linear regression whose loss no reading calls large, when the
+    larger-model probe fits clearly more of the target's variance (``rules.linear_regression_unvouched``,
+    ``rules.only_larger_probe_lower``); None otherwise (a linear target is fitted as well as it can be)."""
+    f = facts(ev)
+    if not rules.linear_regression_unvouched(ev, f):
+        return None
+    probes = rules.only_larger_probe_lower(ev, f)
+    if probes is None:
+        return None
+    loss = float(f.train_loss[-1])
+    evidence = {
+        "train_loss": rounded(loss),
+        "chance_loss": rounded(f.chance),
+        "loss_over_chance": rounded(loss / f.chance),
+        "convex_model": ev.spec.model.arch == "linear",
+        "probes": probes,
+    }
+    why = "a larger network, probed for a fraction of the job's compute, fits clearly more of the target's variance"
+    return bias_verdict(ev, evidence, why)
+
+
 def bias_verdict(ev: Evidence, evidence: dict[str, Any], why: str, confidence: float = 0.9) -> Finding:
     return Finding(
         code="underfitting.model_bias",
@@ -255,6 +278,8 @@ def diagnose(ev: Evidence) -> list[Finding]:
         set_aside = contradicted_fixes(verdict, found)
         aside = {x.code for x in set_aside}
         found = [x for x in found if x.code not in aside]
+    elif verdict is None:
+        verdict = linear_regression_bias(ev)
     if verdict is None:
         verdict = Finding(
             code="good_fit",

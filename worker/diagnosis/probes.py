@@ -28,7 +28,7 @@ from models.spec import JobSpec
 from worker.data import Prepared, Scaler
 from worker.diagnosis.evidence import Evidence
 from worker.diagnosis.recipes import probe_patches
-from worker.diagnosis.rules import facts, underfit_evidence
+from worker.diagnosis.rules import facts, linear_regression_unvouched, underfit_evidence
 from worker.recorders import MemoryRecorder
 from worker.training import StopTraining, Trainer
 
@@ -67,12 +67,17 @@ def job_compute(ev: Evidence) -> float:
 
 
 def wanted(ev: Evidence) -> bool:
-    """Probes run for a finished, finite run whose training loss the rules find large."""
+    """Probes run for a finished, finite run whose training loss the rules find large, and for a
+    linear regression that leaves a material share of the target's variance unexplained
+    (``rules.linear_regression_unvouched``: only the larger model can say whether that is bias)."""
     if not ev.spec.analysis.probes or ev.summary.get("diverged_step") is not None:
         return False
     if ev.spec.init_from is not None or ev.spec.curriculum:
         return False  # a fine-tune or a curriculum is not retrained from scratch by a probe
-    return math.isfinite(ev.final("train/loss")) and underfit_evidence(ev, facts(ev)) is not None
+    if not math.isfinite(ev.final("train/loss")):
+        return False
+    f = facts(ev)
+    return underfit_evidence(ev, f) is not None or linear_regression_unvouched(ev, f)
 
 
 def run_probes(

@@ -225,6 +225,37 @@ def nonlinear_reference_clearly_lower(ev: Evidence, f: Facts) -> dict[str, Any] 
     return {"model": "gradient-boosted trees", "val_loss": _r(float(tree)), "best_val_loss": _r(best)}
 
 
+def linear_regression_unvouched(ev: Evidence, f: Facts) -> bool:
+    """A linear function fitted to a regression target that leaves a material share of the target's
+    variance (10% of chance, the labels' own material share) unexplained, though no reading calls
+    the loss large: the references cannot vouch for it (a k-NN blurred by irrelevant columns does no
+    better than a hyperplane; trees that clearly beat it on held-out rows are already a reading), so
+    the larger-model probe runs and asks whether a network fits clearly more of it
+    (``only_larger_probe_lower``)."""
+    if ev.classification or not ev.spec.model.computes_linear_function or not len(f.train_loss):
+        return False
+    loss = float(f.train_loss[-1])
+    return math.isfinite(loss) and loss >= MATERIAL * f.chance
+
+
+def only_larger_probe_lower(ev: Evidence, f: Facts) -> dict[str, Any] | None:
+    """The probes' evidence when the larger network trained clearly lower (and ended no worse on
+    validation rows than the job's best) while the same model with the standard recipe did not.
+
+    Unlike ``probe_outcome``'s "model_bias", this does not ask that the same model's probe trained
+    as many epochs as the job: it is asked only of a converged linear function (a convex fit that no
+    reading calls unfinished), whose own training is the same model's best. Regression only: on
+    classification a larger network's short-probe loss says little of where it ends; trained to the
+    end it memorizes its rows and its held-out cross-entropy rises past the job's best (on the
+    diagnosis benchmark's identity stacks on classification, all 39 whose larger-network probe
+    trained clearly lower were labelled good_fit)."""
+    outcome, evidence = probe_outcome(ev, f)
+    if outcome == "optimization" or not evidence:
+        return None
+    larger = [p for p in evidence["probes"] if p["what"] == "larger_model" and p["clearly_lower"]]
+    return evidence if larger else None
+
+
 def still_falling(f: Facts) -> dict[str, Any] | None:
     """Would 4x the epochs train clearly lower? A power law fitted to the second half of the training
     curve (loss ∝ epoch^-b: the shape of a loss still descending) predicts the loss at 4x the epochs
