@@ -108,6 +108,12 @@ FRESH13_DATASETS = ("up_traffic", "up_crop")
 # closely), generated on 2026-12-04 (afternoon) after fresh13's read, before any rule change.
 FRESH14_SEEDS = (17,)
 FRESH14_DATASETS = ("up_cardio", "up_power")
+# A seventeenth, the fifteenth fresh split: seed 18 of every run plus every seed of two more uploaded
+# datasets (3 varieties of wheat from 7 nearly collinear kernel measurements; hourly bike rentals,
+# Poisson counts around rush-hour peaks that no linear model follows), generated on 2026-12-04
+# (afternoon) after the rule change of 108f130, before fresh14's read and any later change.
+FRESH15_SEEDS = (18,)
+FRESH15_DATASETS = ("up_seeds", "up_bikes")
 # The splits after the first test split, oldest first: (name, its seeds, the datasets added with it).
 LATER_SPLITS = (
     ("holdout", HOLDOUT_SEEDS, ()),
@@ -125,6 +131,7 @@ LATER_SPLITS = (
     ("fresh12", FRESH12_SEEDS, FRESH12_DATASETS),
     ("fresh13", FRESH13_SEEDS, FRESH13_DATASETS),
     ("fresh14", FRESH14_SEEDS, FRESH14_DATASETS),
+    ("fresh15", FRESH15_SEEDS, FRESH15_DATASETS),
 )
 REGRESSION = (
     "diabetes",
@@ -144,6 +151,7 @@ REGRESSION = (
     "up_battery",
     "up_crop",
     "up_power",
+    "up_bikes",
 )
 # Datasets whose raw features already span a factor > 100 (no transform needed for "unscaled").
 UNSCALED_AS_IS = ("wine", "breast_cancer", "up_friedman3", "up_credit")

@@ -558,6 +558,59 @@ def uploaded_power() -> RawData:
     )
 
 
+def uploaded_seeds() -> RawData:
+    """A CSV upload with a class column: 3 varieties of wheat from 7 measurements of a kernel (area,
+    perimeter, compactness, length, width, asymmetry, groove length), all derived from a kernel's
+    length and width, so the columns are nearly collinear (area, perimeter and compactness follow
+    from the other two), with one asymmetry column that separates a variety on its own, varieties
+    that overlap in size, and 3% of labels mistaken. Added with the fifteenth fresh split
+    (cases.FRESH15_DATASETS)."""
+    rng = np.random.default_rng(15)
+    n, classes = 1100, 3
+    y = rng.integers(0, classes, n)
+    length = np.array([5.5, 6.1, 5.2])[y] + rng.normal(0.0, 0.22, n)  # mm
+    width = np.array([3.25, 3.7, 2.85])[y] + rng.normal(0.0, 0.16, n)
+    area = np.pi / 4 * length * width * rng.normal(1.0, 0.02, n)
+    perimeter = np.pi * np.sqrt((length**2 + width**2) / 2) * rng.normal(1.0, 0.01, n)
+    compactness = 4 * np.pi * area / perimeter**2
+    asymmetry = np.array([2.7, 3.6, 4.8])[y] * rng.lognormal(0.0, 0.35, n)
+    groove = np.array([5.1, 5.9, 5.1])[y] + rng.normal(0.0, 0.15, n)
+    X = np.column_stack([area, perimeter, compactness, length, width, asymmetry, groove])
+    mistaken = rng.random(n) < 0.03
+    y = np.where(mistaken, rng.integers(0, classes, n), y)
+    return load_uploaded("csv", _csv_bytes(X, y, "variety"), "variety", "classification")
+
+
+def uploaded_bikes() -> RawData:
+    """An NPZ upload: hourly bike rentals from the hour of day (0-23), a workday flag, the temperature
+    (-5 to 35 °C), the humidity (20-100%) and the wind speed (0-40 km/h), plus one irrelevant column:
+    counts with Poisson noise around a demand that peaks at the morning and evening rush on
+    workdays and in the afternoon otherwise, rises with temperature up to about 28 °C and falls with
+    humidity and wind, so no linear model follows the hour. Added with the fifteenth fresh split
+    (cases.FRESH15_DATASETS)."""
+    rng = np.random.default_rng(15)
+    n = 1300
+    hour = rng.integers(0, 24, n).astype(float)
+    workday = (rng.random(n) < 5 / 7).astype(float)
+    temperature = rng.uniform(-5.0, 35.0, n)
+    humidity = rng.uniform(20.0, 100.0, n)
+    wind = rng.gamma(2.0, 6.0, n)
+
+    def bump(center: float, width: float) -> np.ndarray:
+        return np.exp(-0.5 * ((hour - center) / width) ** 2)
+
+    rush = 3.0 * bump(8.0, 1.2) + 3.5 * bump(17.5, 1.5) + 0.8 * bump(13.0, 3.0)
+    leisure = 2.2 * bump(14.5, 3.5)
+    by_hour = 0.15 + workday * rush + (1 - workday) * leisure
+    weather = np.clip(1.0 + 0.05 * temperature - 0.0009 * temperature**2, 0.05, None)
+    weather *= np.exp(-0.008 * (humidity - 50.0).clip(0)) * np.exp(-0.02 * wind)
+    rentals = rng.poisson(60.0 * by_hour * weather).astype(float)
+    X = np.column_stack([hour, workday, temperature, humidity, wind, rng.normal(0.0, 1.0, n)])
+    return load_uploaded(
+        "npz", _npz_bytes(X.astype(np.float32), rentals.astype(np.float32)), None, "regression"
+    )
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
@@ -589,6 +642,8 @@ UPLOADED = {
     "up_crop": uploaded_crop,
     "up_cardio": uploaded_cardio,
     "up_power": uploaded_power,
+    "up_seeds": uploaded_seeds,
+    "up_bikes": uploaded_bikes,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 
