@@ -6,9 +6,12 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from models.patch import merge_patch
+from models.spec import JobSpec
 from saddle.client import Client
 from tests.test_scenarios import SCENARIOS
 from worker.diagnosis.probes import UPDATE_OVERHEAD
+from worker.diagnosis.recipes import larger_model
 
 pytestmark = pytest.mark.usefixtures("worker_process")
 
@@ -75,3 +78,17 @@ def test_probes_can_be_turned_off(sdk: Client) -> None:
     job = sdk.wait(sdk.submit(spec)["id"], timeout=300)
     assert job["status"] == "succeeded" and job["verdict"].startswith("underfitting")
     assert "probes" not in job["summary"] and "probes" not in verdict_of(sdk, job["id"])["evidence"]
+
+
+def test_the_larger_model_offered_for_an_all_zero_network_starts_from_the_default_initialization() -> None:
+    # A larger network started at zero sits on the same symmetric saddle; the probe that showed the
+    # gain ran from the default initialization, and so does the remedy.
+    zeros = JobSpec.model_validate(
+        {"data": {"dataset": "diabetes"}, "model": {"hidden": [32], "init": {"weights": "zeros"}}}
+    )
+    patched = JobSpec.model_validate(merge_patch(zeros.model_dump(mode="json"), larger_model(zeros)))
+    assert patched.model.hidden == [64, 64] and patched.model.init.weights == "default"
+    kaiming = JobSpec.model_validate(
+        {"data": {"dataset": "diabetes"}, "model": {"hidden": [32], "init": {"weights": "kaiming"}}}
+    )
+    assert "init" not in larger_model(kaiming)["model"]  # a chosen nonzero initialization is kept

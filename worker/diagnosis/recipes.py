@@ -21,15 +21,22 @@ RECIPE: dict[str, Any] = {
 
 def larger_model(spec: JobSpec) -> dict[str, Any]:
     """Twice the width and one more layer, ReLU; a linear model (or a stack of identity layers, a
-    linear model in disguise) becomes a two-layer ReLU network; a resnet, the next deeper resnet."""
+    linear model in disguise) becomes a two-layer ReLU network; a resnet, the next deeper resnet.
+    All-zero weights become the default initialization: a larger network started at zero sits on
+    the same symmetric saddle (every unit of a layer gets the same gradient), and the larger-model
+    probe that showed the gain ran from the default one (RECIPE)."""
     model = spec.model
     if model.arch in RESNETS:  # the next deeper built-in (resnet50 is the largest)
         deeper = RESNETS[min(RESNETS.index(model.arch) + 1, len(RESNETS) - 1)]
-        return {"model": {"arch": deeper, "activation": "relu", "dropout": 0.0}}
-    if model.arch == "linear" or model.activation == "identity":
-        return {"model": {"arch": "mlp", "hidden": [64, 64], "activation": "relu", "dropout": 0.0}}
-    hidden = [min(4096, 2 * h) for h in model.hidden] or [64]
-    return {"model": {"hidden": [*hidden, hidden[-1]], "activation": "relu", "dropout": 0.0}}
+        larger: dict[str, Any] = {"arch": deeper, "activation": "relu", "dropout": 0.0}
+    elif model.arch == "linear" or model.activation == "identity":
+        larger = {"arch": "mlp", "hidden": [64, 64], "activation": "relu", "dropout": 0.0}
+    else:
+        hidden = [min(4096, 2 * h) for h in model.hidden] or [64]
+        larger = {"hidden": [*hidden, hidden[-1]], "activation": "relu", "dropout": 0.0}
+    if model.init.weights == "zeros":
+        larger["init"] = dict(RECIPE["model"]["init"])
+    return {"model": larger}
 
 
 def probe_patches(spec: JobSpec) -> dict[str, dict[str, Any]]:
