@@ -14,7 +14,6 @@ from sqlalchemy import update
 
 from models.db import session_scope, with_retries
 from models.findings import Finding, write_diagnoses
-from models.numeric import rounded
 from models.spec import JobSpec
 from models.tables import Job
 from worker.diagnosis import rules
@@ -219,11 +218,7 @@ def linear_regression_bias(ev: Evidence) -> Finding | None:
     probes = rules.only_larger_probe_lower(ev, f)
     if probes is None:
         return None
-    loss = float(f.train_loss[-1])
-    evidence = {
-        "train_loss": rounded(loss),
-        "chance_loss": rounded(f.chance),
-        "loss_over_chance": rounded(loss / f.chance),
+    evidence = rules.loss_against_chance(f) | {
         "convex_model": ev.spec.model.arch == "linear",
         "probes": probes,
     }
@@ -279,6 +274,9 @@ def diagnose(ev: Evidence) -> list[Finding]:
         aside = {x.code for x in set_aside}
         found = [x for x in found if x.code not in aside]
     elif verdict is None:
+        # Outside the underfit path on purpose: no reading calls this loss large, so the findings
+        # stay those of a fitted run (a large-loss reading would turn on the rate and convergence
+        # findings for every linear regression); only the probe can make it model bias.
         verdict = linear_regression_bias(ev)
     if verdict is None:
         verdict = Finding(

@@ -103,6 +103,12 @@ def knn_margin(p: float, n: int) -> float:
     return max(0.02, 2 * math.sqrt(max(p * (1 - p), 1e-4) / max(1, n)))
 
 
+def loss_against_chance(f: Facts) -> dict[str, Any]:
+    """The final training loss beside the chance-level loss: how every large-loss reading opens."""
+    loss = float(f.train_loss[-1])
+    return {"train_loss": _r(loss), "chance_loss": _r(f.chance), "loss_over_chance": _r(loss / f.chance)}
+
+
 def underfit_evidence(ev: Evidence, f: Facts) -> dict[str, Any] | None:
     """Is the training loss large? Judged against chance and against a k-NN reference.
 
@@ -118,11 +124,7 @@ def underfit_evidence(ev: Evidence, f: Facts) -> dict[str, Any] | None:
     if not len(f.train_loss):
         return None
     loss = float(f.train_loss[-1])
-    out: dict[str, Any] = {
-        "train_loss": _r(loss),
-        "chance_loss": _r(f.chance),
-        "loss_over_chance": _r(loss / f.chance),
-    }
+    out = loss_against_chance(f)
     near_chance = loss >= 0.9 * f.chance
     ref = ev.reference
     if ev.classification and "knn_cv_accuracy" in ref:
