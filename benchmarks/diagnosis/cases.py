@@ -117,6 +117,12 @@ FRESH14_DATASETS = ("up_cardio", "up_power")
 # and evaluated once with the rules of 108f130: 91.8%.
 FRESH15_SEEDS = (18,)
 FRESH15_DATASETS = ("up_seeds", "up_bikes")
+# An eighteenth, the sixteenth fresh split: seed 19 of every run plus every seed of two more uploaded
+# datasets (4 kinds of steel-plate fault from heavy-tailed measurements of a fault's outline; yearly
+# medical charges, where smokers with a body-mass index over 30 pay a step more), generated on
+# 2026-12-04 (evening) after fresh15's read, before any later rule change.
+FRESH16_SEEDS = (19,)
+FRESH16_DATASETS = ("up_faults", "up_insurance")
 # The splits after the first test split, oldest first: (name, its seeds, the datasets added with it).
 LATER_SPLITS = (
     ("holdout", HOLDOUT_SEEDS, ()),
@@ -135,6 +141,7 @@ LATER_SPLITS = (
     ("fresh13", FRESH13_SEEDS, FRESH13_DATASETS),
     ("fresh14", FRESH14_SEEDS, FRESH14_DATASETS),
     ("fresh15", FRESH15_SEEDS, FRESH15_DATASETS),
+    ("fresh16", FRESH16_SEEDS, FRESH16_DATASETS),
 )
 REGRESSION = (
     "diabetes",
@@ -155,6 +162,7 @@ REGRESSION = (
     "up_crop",
     "up_power",
     "up_bikes",
+    "up_insurance",
 )
 # Datasets whose raw features already span a factor > 100 (no transform needed for "unscaled").
 UNSCALED_AS_IS = ("wine", "breast_cancer", "up_friedman3", "up_credit")

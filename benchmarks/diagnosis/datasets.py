@@ -611,6 +611,54 @@ def uploaded_bikes() -> RawData:
     )
 
 
+def uploaded_faults() -> RawData:
+    """An NPZ upload: 4 kinds of surface fault on steel plates (scratch, stain, bump, other) from 8
+    measurements of a fault's outline: its area in pixels (log-normal, 20 to 100,000), its perimeter,
+    its width and height, the mean and spread of its grey level (0-255), the plate's thickness (mm)
+    and a 0/1 flag for the steel grade, plus one irrelevant column. The kinds differ in shape
+    (scratches long and thin, stains round and dark, bumps large and bright) more than in any one
+    column, and 5% of labels are mistaken. Added with the sixteenth fresh split
+    (cases.FRESH16_DATASETS)."""
+    rng = np.random.default_rng(16)
+    n, classes = 1300, 4
+    y = rng.choice(classes, n, p=[0.3, 0.25, 0.2, 0.25])
+    area = rng.lognormal(np.array([5.0, 6.5, 8.5, 6.0])[y], 1.0, n)
+    elongation = rng.lognormal(np.array([1.8, 0.1, 0.3, 0.6])[y], 0.4, n)  # height / width
+    width = np.sqrt(area / elongation)
+    height = width * elongation
+    perimeter = 2.0 * (width + height) * rng.normal(1.0, 0.05, n)
+    grey_mean = np.clip(np.array([110.0, 70.0, 150.0, 115.0])[y] + rng.normal(0.0, 22.0, n), 0, 255)
+    grey_spread = rng.gamma(np.array([4.0, 2.0, 6.0, 3.0])[y], 5.0, n)
+    thickness = rng.choice([40.0, 70.0, 100.0, 200.0], n)
+    grade = (rng.random(n) < 0.4).astype(float)
+    X = np.column_stack(
+        [area, perimeter, width, height, grey_mean, grey_spread, thickness, grade, rng.normal(0.0, 1.0, n)]
+    )
+    mistaken = rng.random(n) < 0.05
+    y = np.where(mistaken, rng.integers(0, classes, n), y)
+    return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.int64)), None, "classification")
+
+
+def uploaded_insurance() -> RawData:
+    """A CSV upload with a target column: yearly medical charges (dollars, 1,000-60,000) from age
+    (18-64), body-mass index, the number of children (0-5), a smoker flag and a region code (0-3),
+    plus one irrelevant column: charges grow with age, and smokers pay far more, much more again
+    when their body-mass index is over 30 (a step interaction no linear model follows), with
+    multiplicative noise. Added with the sixteenth fresh split (cases.FRESH16_DATASETS)."""
+    rng = np.random.default_rng(16)
+    n = 1250
+    age = rng.integers(18, 65, n).astype(float)
+    bmi = rng.normal(30.5, 6.0, n).clip(16.0, 53.0)
+    children = rng.choice(6, n, p=[0.43, 0.24, 0.18, 0.11, 0.03, 0.01]).astype(float)
+    smoker = (rng.random(n) < 0.2).astype(float)
+    region = rng.integers(0, 4, n).astype(float)
+    base = 250.0 * age + 400.0 * children - 2000.0 + 300.0 * (region == 0)
+    smoking = smoker * (13000.0 + 20000.0 * (bmi > 30.0))
+    charges = (base.clip(1000.0) + smoking) * rng.lognormal(0.0, 0.12, n)
+    X = np.column_stack([age, bmi, children, smoker, region, rng.normal(0.0, 1.0, n)])
+    return load_uploaded("csv", _csv_bytes(X, charges, "charges"), "charges", "regression")
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
@@ -644,6 +692,8 @@ UPLOADED = {
     "up_power": uploaded_power,
     "up_seeds": uploaded_seeds,
     "up_bikes": uploaded_bikes,
+    "up_faults": uploaded_faults,
+    "up_insurance": uploaded_insurance,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 
