@@ -58,8 +58,11 @@ def run(spec_dict: dict, seed: int) -> tuple[str, list[tuple[str, str]]]:
     data = prepare(spec.data, load_builtin(spec.data.dataset, spec.data.params, spec.seed), spec.seed)
     recorder = MemoryRecorder(spectra=True)
     summary = Trainer(spec, data, recorder, torch.device("cpu")).fit()
-    summary["reference"] = reference_scores(data, spec.seed, spec.model.computes_linear_function)
-    result = diagnose(from_points(spec, summary, recorder.points, recorder.spectra))
+    evidence = from_points(spec, summary, recorder.points, recorder.spectra)
+    summary["reference"] = reference_scores(
+        data, spec.seed, spec.model.computes_linear_function, train_loss=evidence.final("train/loss")
+    )
+    result = diagnose(evidence)
     return result[0].code, [(f.code, f.severity) for f in result[1:]]
 
 

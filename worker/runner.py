@@ -24,7 +24,7 @@ from worker.data import Prepared
 from worker.diagnosis import diagnose_job
 from worker.diagnosis.evidence import from_database
 from worker.diagnosis.probes import run_probes
-from worker.diagnosis.reference import reference_scores
+from worker.diagnosis.reference import reference_scores, regression_trees
 from worker.failures import describe_failure, one_line
 from worker.finetune import initialize_from_parent
 from worker.jobdata import prepare_data
@@ -278,6 +278,10 @@ def _conclude(
     """After training: probes, the verdict, then ``succeeded``. The verdict is stored before the
     status turns succeeded, so a client that sees a finished job also sees its diagnosis, probe runs
     included."""
+    with clock.phase("reference"):
+        trees = trees_safely(job_claim, data, summary.reference or {})
+    if trees:
+        summary.reference = (summary.reference or {}) | trees
     with clock.phase("writes"):
         update_job(job_claim, summary=summary.as_row())
     # A sweep's trials are compared with each other (deeper_is_worse, the leaderboard): no probes.
@@ -320,6 +324,20 @@ def diagnose_safely(job_claim: Claim, provisional: bool = False) -> None:
         )
     except Exception:
         log.exception("job %s: diagnosis failed", job_claim.job_id)
+
+
+def trees_safely(job_claim: Claim, data: Prepared, reference: dict[str, Any]) -> dict[str, Any]:
+    """The trees' held-out loss for a regression whose final training loss stays material
+    (``reference.regression_trees``: known only now, after training); empty when not wanted, and
+    when fitting them fails (the verdict then goes without that comparison)."""
+    if data.task != "regression" or "tree_val_loss" in reference:
+        return {}  # no read of the stored run for what cannot be wanted
+    try:
+        ev, _ = with_retries(lambda: from_database(job_claim.job_id, job_claim.spec))
+        return regression_trees(data, job_claim.spec.seed, reference, ev.final("train/loss"))
+    except Exception:
+        log.exception("job %s: the trees' reference failed", job_claim.job_id)
+        return {}
 
 
 def probe_safely(job_claim: Claim, data: Prepared, device: torch.device) -> dict[str, Any] | None:

@@ -90,8 +90,10 @@ def diagnose_case(spec_dict: dict[str, Any], data: DataCase) -> dict[str, Any]:
     recorder = MemoryRecorder(spectra=True)
     trainer = Trainer(spec, data_, recorder, CPU)
     summary = trainer.fit()
-    summary["reference"] = reference_scores(data_, spec.seed, spec.model.computes_linear_function)
     evidence = from_points(spec, summary, recorder.points, recorder.spectra)
+    summary["reference"] = reference_scores(
+        data_, spec.seed, spec.model.computes_linear_function, train_loss=evidence.final("train/loss")
+    )
     summary["probes"] = run_probes(spec, data_, evidence)
     result = diagnose(from_points(spec, summary, recorder.points, recorder.spectra))
     verdict = result[0]

@@ -153,7 +153,7 @@ def underfit_verdict(ev: Evidence, found: list[Finding], under: dict[str, Any]) 
     # (Probes, a fraction of the job's compute, cannot show what 4x its epochs would: a run judged
     # large for still falling keeps that reading; nor what a whole run on shuffled rows would: one
     # judged large for its sorted rows (the minibatches it met fit far better) keeps it too, and so
-    # does a linear model that the trees, fitted to the end, clearly beat.)
+    # does a model that the trees, fitted to the end, clearly beat.)
     decided = any(under.get(reading) for reading in READINGS_PROBES_CANNOT_OVERRULE)
     if outcome == "neither" and not decided:
         return None

@@ -1,8 +1,8 @@
 """Reference scores on the job's own data: what chance gives, what a quick non-parametric model
 (k-NN) reaches on held-out rows and, cross-validated, on the training rows themselves (label noise
 included), and what a constrained model (L2-regularized logistic or ridge regression) reaches; for a
-job whose model computes a linear function, also what a nonlinear one (gradient-boosted trees)
-reaches on held-out rows. "Large loss" and "overfitting" are judged against these, never against a
+job whose model computes a linear function, and for a regression whose training loss stays at 10% of
+chance or more, also what a nonlinear one (gradient-boosted trees) reaches on held-out rows. "Large loss" and "overfitting" are judged against these, never against a
 constant."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from threadpoolctl import threadpool_limits
 
 from worker.data import Prepared
+from worker.diagnosis.rules import MATERIAL
 
 # k-NN costs O(n_train · n_val); subsample so the reference stays a second or less on big data.
 MAX_TRAIN, MAX_VAL = 5_000, 2_000
@@ -68,9 +69,13 @@ def reference_rows(data: Prepared, seed: int) -> Rows:
     return Rows(data.X_train[tr], y_train, held_X[va], y_held)
 
 
-def reference_scores(data: Prepared, seed: int, linear_model: bool = False) -> dict[str, Any]:
+def reference_scores(
+    data: Prepared, seed: int, linear_model: bool = False, train_loss: float | None = None
+) -> dict[str, Any]:
     """``linear_model``: the job's model computes a linear function (``Model.computes_linear_function``),
-    so the trees are fitted too (only then: they cost 0.1-0.8 s, the rest tens of milliseconds)."""
+    so the trees are fitted too (they cost 0.1-0.8 s, the rest tens of milliseconds). ``train_loss``:
+    the job's final training loss, once it is known; a regression that leaves a material share of
+    the target's variance gets the trees then too (``regression_trees``)."""
     # One thread: the data are capped (MAX_TRAIN, MAX_VAL), and scikit-learn's OpenMP k-NN on every
     # core of a worker that is busy training took 0.6-0.9 s on digits against 0.03 s on one thread
     # (benchmarks/job_cost.py: it was 15% of a small job).
@@ -79,15 +84,41 @@ def reference_scores(data: Prepared, seed: int, linear_model: bool = False) -> d
         out = _reference_scores(data, rows, seed)
         if linear_model:
             out |= nonlinear_reference(data, rows, seed)
-        return out
+    if train_loss is not None:
+        out |= regression_trees(data, seed, out, train_loss)
+    return out
+
+
+def regression_trees(
+    data: Prepared, seed: int, reference: dict[str, Any], train_loss: float
+) -> dict[str, Any]:
+    """The trees' held-out loss for a regression whose final training loss is at least 10% of
+    chance (``rules.MATERIAL``: the share the labels call material), whatever the model: a network
+    that the trees beat on held-out rows by a material share of chance has a loss to explain
+    (``rules.nonlinear_reference_clearly_lower``; the probes then tell bias from optimization).
+    Fitted after training, when the loss is known, and only then: most jobs need not pay for them.
+    Empty when they are not wanted or already there."""
+    chance = reference.get("chance_loss")
+    wanted = (
+        data.task == "regression"
+        and "tree_val_loss" not in reference
+        and chance is not None
+        and math.isfinite(train_loss)
+        and train_loss >= MATERIAL * chance
+    )
+    if not wanted:
+        return {}
+    with threadpool_limits(limits=1):
+        return nonlinear_reference(data, reference_rows(data, seed), seed)
 
 
 def nonlinear_reference(data: Prepared, rows: Rows, seed: int) -> dict[str, Any]:
     """Held-out loss (cross-entropy or MSE) of gradient-boosted trees fitted to the training rows: the
-    nonlinear model a linear one is compared with. Trees need no feature scaling and no tuning to
-    find interactions and thresholds that a k-NN blurs when irrelevant columns are many. Not used
-    for networks: trees fit some tabular data better than any network the labels try, and a narrow
-    network they beat is not thereby too small."""
+    nonlinear model a linear one, or a regression network that leaves a material share of the
+    target's variance, is compared with. Trees need no feature scaling and no tuning to find
+    interactions and thresholds that a k-NN blurs when irrelevant columns are many. A network they
+    beat is not thereby too small (trees fit some tabular data better than any network the labels
+    try): the comparison says only that the loss is large; the probes say why."""
     if not len(rows.y_held):
         return {}
     if data.task == "classification":
