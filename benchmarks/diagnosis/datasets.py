@@ -659,6 +659,65 @@ def uploaded_insurance() -> RawData:
     return load_uploaded("csv", _csv_bytes(X, charges, "charges"), "charges", "regression")
 
 
+def uploaded_churn() -> RawData:
+    """A CSV upload with a class column: whether a customer leaves (2 classes) from tenure (months,
+    0-72), monthly charges (dollars, 20-120), a contract code (0 monthly, 1 yearly, 2 two-year),
+    support calls last quarter (0-9), a paperless-billing flag and data used (GB, log-normal), plus
+    one irrelevant column: new customers on monthly contracts leave, more so with many support calls
+    and high charges, while long contracts hold almost everyone whatever they pay (an interaction
+    of tenure with the contract), 37% leave, and 3% of labels are mistaken. Added with the
+    seventeenth fresh split (cases.FRESH17_DATASETS)."""
+    rng = np.random.default_rng(17)
+    n = 1350
+    contract = rng.choice(3, n, p=[0.55, 0.25, 0.2]).astype(float)
+    tenure = np.clip(rng.exponential(np.array([14.0, 30.0, 45.0])[contract.astype(int)]), 0.0, 72.0)
+    charges = rng.uniform(20.0, 120.0, n)
+    calls = rng.poisson(1.5, n).clip(0, 9).astype(float)
+    paperless = (rng.random(n) < 0.6).astype(float)
+    data_gb = rng.lognormal(np.log(8.0), 0.9, n)
+    monthly = contract == 0
+    risk = (
+        np.where(monthly, 1.2 - 0.06 * tenure, -2.5 - 0.01 * tenure)
+        + 0.45 * calls * monthly
+        + 0.02 * (charges - 70.0)
+        + 0.3 * paperless
+        - 0.6
+    )
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-risk))).astype(np.int64)
+    mistaken = rng.random(n) < 0.03
+    y = np.where(mistaken, 1 - y, y)
+    X = np.column_stack([tenure, charges, contract, calls, paperless, data_gb, rng.normal(0.0, 1.0, n)])
+    return load_uploaded("csv", _csv_bytes(X, y, "churned"), "churned", "classification")
+
+
+def uploaded_solar() -> RawData:
+    """An NPZ upload: a solar panel's output (watts) from the hour of day (5-20), the day of year
+    (1-365), the cloud cover (0-1), the air temperature (°C) and the panel's tilt (degrees), plus one
+    irrelevant column: output follows the sun's height (a bump over the hours, higher in summer),
+    falls with clouds (sharply past 0.7) and with heat (efficiency drops above 25 °C), peaks near a
+    tilt of 35°, with noise that grows with the output. Added with the seventeenth fresh split
+    (cases.FRESH17_DATASETS)."""
+    rng = np.random.default_rng(17)
+    n = 1250
+    hour = rng.uniform(5.0, 20.0, n)
+    day = rng.integers(1, 366, n).astype(float)
+    clouds = rng.beta(1.2, 1.8, n)
+    season = 0.5 - 0.5 * np.cos(2 * np.pi * (day - 10.0) / 365.0)  # 0 in winter, 1 in summer
+    temperature = 2.0 + 25.0 * season + 6.0 * np.sin(np.pi * (hour - 6.0) / 14.0) + rng.normal(0.0, 3.0, n)
+    tilt = rng.uniform(0.0, 70.0, n)
+    half_day = 5.0 + 2.5 * season
+    sun = np.clip(np.cos(np.pi * (hour - 12.5) / (2 * half_day)), 0.0, None) * (0.55 + 0.45 * season)
+    cover = 1.0 - 0.5 * clouds - 0.45 * np.clip(clouds - 0.7, 0.0, None) / 0.3
+    heat = 1.0 - 0.005 * np.clip(temperature - 25.0, 0.0, None)
+    angle = np.cos(np.radians(tilt - 35.0))
+    power = 300.0 * sun * cover * heat * angle
+    power = power * rng.normal(1.0, 0.08, n) + rng.normal(0.0, 4.0, n)
+    X = np.column_stack([hour, day, clouds, temperature, tilt, rng.normal(0.0, 1.0, n)])
+    return load_uploaded(
+        "npz", _npz_bytes(X.astype(np.float32), power.astype(np.float32)), None, "regression"
+    )
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
@@ -694,6 +753,8 @@ UPLOADED = {
     "up_bikes": uploaded_bikes,
     "up_faults": uploaded_faults,
     "up_insurance": uploaded_insurance,
+    "up_churn": uploaded_churn,
+    "up_solar": uploaded_solar,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 
