@@ -33,6 +33,13 @@ def _csv_bytes(X: np.ndarray, y: np.ndarray, label: str) -> bytes:
     return ("\n".join([header, *rows]) + "\n").encode()
 
 
+def _noisy_binary(rng: np.random.Generator, risk: np.ndarray, mistaken_share: float) -> np.ndarray:
+    """Binary labels drawn with probability sigmoid(risk), then a share of them flipped (mistaken)."""
+    y = (rng.random(len(risk)) < 1.0 / (1.0 + np.exp(-risk))).astype(np.int64)
+    mistaken = rng.random(len(risk)) < mistaken_share
+    return np.where(mistaken, 1 - y, y)
+
+
 def uploaded_quadrants() -> RawData:
     """An NPZ upload: 4 classes in 12 features, 6 informative, classes in several clusters each."""
     X, y = skd.make_classification(
@@ -522,9 +529,7 @@ def uploaded_cardio() -> RawData:
         + 0.9 * smoker
         - 0.9
     )
-    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-risk))).astype(np.int64)
-    mistaken = rng.random(n) < 0.04
-    y = np.where(mistaken, 1 - y, y)
+    y = _noisy_binary(rng, risk, mistaken_share=0.04)
     X = np.column_stack([age, pressure, cholesterol, bmi, smoker, heart_rate, rng.normal(0.0, 1.0, n)])
     return load_uploaded("csv", _csv_bytes(X, y, "disease"), "disease", "classification")
 
@@ -683,9 +688,7 @@ def uploaded_churn() -> RawData:
         + 0.3 * paperless
         - 0.6
     )
-    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-risk))).astype(np.int64)
-    mistaken = rng.random(n) < 0.03
-    y = np.where(mistaken, 1 - y, y)
+    y = _noisy_binary(rng, risk, mistaken_share=0.03)
     X = np.column_stack([tenure, charges, contract, calls, paperless, data_gb, rng.normal(0.0, 1.0, n)])
     return load_uploaded("csv", _csv_bytes(X, y, "churned"), "churned", "classification")
 
