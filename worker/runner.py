@@ -278,14 +278,17 @@ def _conclude(
     """After training: probes, the verdict, then ``succeeded``. The verdict is stored before the
     status turns succeeded, so a client that sees a finished job also sees its diagnosis, probe runs
     included."""
-    with clock.phase("reference"):
-        trees = trees_safely(job_claim, data, summary.reference or {})
-    if trees:
-        summary.reference = (summary.reference or {}) | trees
+    # A sweep's trials are compared with each other (deeper_is_worse, the leaderboard): no probes,
+    # and no trees (a second or less each, paid by every trial of a regression sweep).
+    trial = is_trial(job_claim.job_id)
+    if not trial:
+        with clock.phase("reference"):
+            trees = trees_safely(job_claim, data, summary.reference or {})
+        if trees:
+            summary.reference = (summary.reference or {}) | trees
     with clock.phase("writes"):
         update_job(job_claim, summary=summary.as_row())
-    # A sweep's trials are compared with each other (deeper_is_worse, the leaderboard): no probes.
-    if not is_trial(job_claim.job_id):
+    if not trial:
         with clock.phase("probes"):
             probes = probe_safely(job_claim, data, device)
         if probes is not None:

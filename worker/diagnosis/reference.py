@@ -2,8 +2,8 @@
 (k-NN) reaches on held-out rows and, cross-validated, on the training rows themselves (label noise
 included), and what a constrained model (L2-regularized logistic or ridge regression) reaches; for a
 job whose model computes a linear function, and for a regression whose training loss stays at 10% of
-chance or more, also what a nonlinear one (gradient-boosted trees) reaches on held-out rows. "Large loss" and "overfitting" are judged against these, never against a
-constant."""
+chance or more, also what a nonlinear one (gradient-boosted trees) reaches on held-out rows. "Large
+loss" and "overfitting" are judged against these, never against a constant."""
 
 from __future__ import annotations
 
