@@ -73,7 +73,8 @@ def reference_scores(
     data: Prepared, seed: int, linear_model: bool = False, train_loss: float | None = None
 ) -> dict[str, Any]:
     """``linear_model``: the job's model computes a linear function (``Model.computes_linear_function``),
-    so the trees are fitted too (they cost 0.1-0.8 s, the rest tens of milliseconds). ``train_loss``:
+    so the trees are fitted too (0.1-0.8 s on many classes, 20-30 ms on a regression of a few
+    hundred rows; the rest tens of milliseconds). ``train_loss``:
     the job's final training loss, once it is known; a regression that leaves a material share of
     the target's variance gets the trees then too (``regression_trees``)."""
     # One thread: the data are capped (MAX_TRAIN, MAX_VAL), and scikit-learn's OpenMP k-NN on every
@@ -96,7 +97,7 @@ def regression_trees(
     chance (``rules.MATERIAL``: the share the labels call material), whatever the model: a network
     that the trees beat on held-out rows by a material share of chance has a loss to explain
     (``rules.nonlinear_reference_clearly_lower``; the probes then tell bias from optimization).
-    Fitted after training, when the loss is known, and only then: most jobs need not pay for them.
+    Fitted after training, when the loss is known, and only then: jobs that fit well do not pay.
     Empty when they are not wanted or already there."""
     chance = reference.get("chance_loss")
     wanted = (
