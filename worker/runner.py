@@ -22,7 +22,7 @@ from models.tables import Checkpoint, utcnow
 from sweeps.runtime import admit_trial, is_trial, is_watched, on_job_finished
 from worker.data import Prepared
 from worker.diagnosis import diagnose_job
-from worker.diagnosis.evidence import from_database
+from worker.diagnosis.evidence import Evidence, from_database
 from worker.diagnosis.probes import run_probes
 from worker.diagnosis.reference import reference_scores, regression_trees
 from worker.failures import describe_failure, one_line
@@ -278,20 +278,21 @@ def _conclude(
     """After training: probes, the verdict, then ``succeeded``. The verdict is stored before the
     status turns succeeded, so a client that sees a finished job also sees its diagnosis, probe runs
     included."""
-    # A sweep's trials are compared with each other (deeper_is_worse, the leaderboard): no probes,
-    # and no trees (20-30 ms of one core on a few hundred rows: ~10% of a short trial).
-    trial = is_trial(job_claim.job_id)
-    if not trial:
-        with clock.phase("reference"):
-            trees = trees_safely(job_claim, data, summary.reference or {})
-        if trees:
-            summary.reference = (summary.reference or {}) | trees
     with clock.phase("writes"):
         update_job(job_claim, summary=summary.as_row())
-    if not trial:
+    # A sweep's trials are compared with each other (deeper_is_worse, the leaderboard): no probes,
+    # and no trees (20-30 ms of one core on a few hundred rows: ~10% of a short trial).
+    ev = None
+    if not is_trial(job_claim.job_id):
         with clock.phase("probes"):
-            probes = probe_safely(job_claim, data, device)
-        if probes is not None:
+            ev = stored_evidence(job_claim)  # one read of the finished run, for the trees and the probes
+    if ev is not None:
+        with clock.phase("reference"):
+            trees = trees_safely(job_claim, data, ev)
+        with clock.phase("probes"):
+            probes = probe_safely(job_claim, data, device, ev)
+        if trees or probes is not None:
+            summary.reference = (summary.reference or {}) | trees
             summary.probes = probes
             update_job(job_claim, summary=summary.as_row())
     with clock.phase("diagnosis"):
@@ -329,25 +330,38 @@ def diagnose_safely(job_claim: Claim, provisional: bool = False) -> None:
         log.exception("job %s: diagnosis failed", job_claim.job_id)
 
 
-def trees_safely(job_claim: Claim, data: Prepared, reference: dict[str, Any]) -> dict[str, Any]:
-    """The trees' held-out loss for a regression whose final training loss stays material
-    (``reference.regression_trees``: known only now, after training); empty when not wanted, and
-    when fitting them fails (the verdict then goes without that comparison)."""
-    if data.task != "regression" or "tree_val_loss" in reference:
-        return {}  # no read of the stored run for what cannot be wanted
+def stored_evidence(job_claim: Claim) -> Evidence | None:
+    """The finished run as stored (its final summary written), read once for the trees and the
+    probes; None when the read fails (the verdict then goes without either)."""
     try:
         ev, _ = with_retries(lambda: from_database(job_claim.job_id, job_claim.spec))
-        return regression_trees(data, job_claim.spec.seed, reference, ev.final("train/loss"))
+        return ev
+    except Exception:
+        log.exception("job %s: reading the finished run failed", job_claim.job_id)
+        return None
+
+
+def trees_safely(job_claim: Claim, data: Prepared, ev: Evidence) -> dict[str, Any]:
+    """The trees' held-out loss for a regression whose final training loss stays material
+    (``reference.regression_trees``: known only now, after training), added to ``ev``'s reference
+    too, so the probes see the loss they make large; empty when not wanted, and when fitting them
+    fails (the verdict then goes without that comparison)."""
+    try:
+        trees = regression_trees(data, job_claim.spec.seed, ev.reference, ev.final("train/loss"))
     except Exception:
         log.exception("job %s: the trees' reference failed", job_claim.job_id)
         return {}
+    if trees:
+        ev.summary["reference"] = ev.reference | trees
+    return trees
 
 
-def probe_safely(job_claim: Claim, data: Prepared, device: torch.device) -> dict[str, Any] | None:
+def probe_safely(
+    job_claim: Claim, data: Prepared, device: torch.device, ev: Evidence
+) -> dict[str, Any] | None:
     """The probe runs, where the stored evidence calls for them (worker.diagnosis.probes); a probe
     that fails leaves the verdict to the rules."""
     try:
-        ev, _ = with_retries(lambda: from_database(job_claim.job_id, job_claim.spec))
         return run_probes(job_claim.spec, data, ev, device)
     except Exception:
         log.exception("job %s: probe runs failed", job_claim.job_id)

@@ -134,14 +134,12 @@ def evidence_of(case: Case, cached: dict[str, Any], with_probes: bool = True):  
     spec = JobSpec.model_validate(case.spec)
     # The reference is recomputed (milliseconds; up to a second with the trees), so a
     # change to it needs no new training.
-    train = cached["epoch_series"].get("train/loss") or [None]
+    final = (cached["epoch_series"].get("train/loss") or [None])[-1]
     cached["summary"]["reference"] = reference_scores(
         prepared(spec, case.data),
         spec.seed,
         spec.model.computes_linear_function,
-        train_loss=math.nan
-        if train[-1] is None
-        else float(train[-1]),  # known after training, as in the worker
+        train_loss=math.nan if final is None else float(final),  # known after training, as in the worker
     )
     arrays = {
         k: {n: np.array(v, dtype=np.float64) for n, v in cached[k].items()}
