@@ -131,6 +131,12 @@ FRESH16_DATASETS = ("up_faults", "up_insurance")
 # rules of d44af99: 95.6%.
 FRESH17_SEEDS = (20,)
 FRESH17_DATASETS = ("up_churn", "up_solar")
+# A twentieth, the eighteenth fresh split: seed 21 of every run plus every seed of two more uploaded
+# datasets (how many people are in an office room from its light, CO2, heat, humidity and sound; a
+# car's fuel use from its weight, power and year, hybrids saving more in light cars), generated on
+# 2026-12-04 (night) before any rule change after fresh17's read.
+FRESH18_SEEDS = (21,)
+FRESH18_DATASETS = ("up_occupancy", "up_fuel")
 # The splits after the first test split, oldest first: (name, its seeds, the datasets added with it).
 LATER_SPLITS = (
     ("holdout", HOLDOUT_SEEDS, ()),
@@ -151,6 +157,7 @@ LATER_SPLITS = (
     ("fresh15", FRESH15_SEEDS, FRESH15_DATASETS),
     ("fresh16", FRESH16_SEEDS, FRESH16_DATASETS),
     ("fresh17", FRESH17_SEEDS, FRESH17_DATASETS),
+    ("fresh18", FRESH18_SEEDS, FRESH18_DATASETS),
 )
 REGRESSION = (
     "diabetes",
@@ -173,6 +180,7 @@ REGRESSION = (
     "up_bikes",
     "up_insurance",
     "up_solar",
+    "up_fuel",
 )
 # Datasets whose raw features already span a factor > 100 (no transform needed for "unscaled").
 UNSCALED_AS_IS = ("wine", "breast_cancer", "up_friedman3", "up_credit")

@@ -721,6 +721,58 @@ def uploaded_solar() -> RawData:
     )
 
 
+def uploaded_occupancy() -> RawData:
+    """An NPZ upload: how many people are in an office room (3 classes: nobody, one, several) from
+    the light level (lux, 0-1,500, daylight through the window adds to the lamps), the CO2 level
+    (ppm, 400-2,000, rising with each person but lagging behind arrivals), the temperature (°C), the
+    relative humidity (%), the sound level (dB) and the hour of day (0-23), plus one irrelevant
+    column: lamps and CO2 tell an empty room from an occupied one, while one person and several
+    differ mostly in CO2 and sound, and 4% of labels are mistaken. Added with the eighteenth fresh
+    split (cases.FRESH18_DATASETS)."""
+    rng = np.random.default_rng(18)
+    n, classes = 1300, 3
+    hour = rng.integers(0, 24, n).astype(float)
+    office_hours = (hour >= 8) & (hour <= 18)
+    y = np.where(
+        office_hours, rng.choice(classes, n, p=[0.3, 0.4, 0.3]), rng.choice(classes, n, p=[0.85, 0.12, 0.03])
+    )
+    daylight = 600.0 * np.clip(np.sin(np.pi * (hour - 6.0) / 13.0), 0.0, None) * rng.beta(2.0, 2.0, n)
+    lamps = np.where(y > 0, rng.normal(450.0, 60.0, n), 0.0) * (rng.random(n) > 0.1)
+    light = daylight + lamps
+    people = np.array([0.0, 1.0, 3.5])[y] * rng.lognormal(0.0, 0.3, n)
+    co2 = 420.0 + 180.0 * people * rng.uniform(0.4, 1.0, n) + rng.normal(0.0, 40.0, n)
+    temperature = 20.5 + 0.4 * people + 2.0 * daylight / 600.0 + rng.normal(0.0, 0.6, n)
+    humidity = 35.0 + 1.5 * people + rng.normal(0.0, 4.0, n)
+    sound = 32.0 + 10.0 * np.log1p(people) + rng.normal(0.0, 3.0, n)
+    X = np.column_stack([light, co2, temperature, humidity, sound, hour, rng.normal(0.0, 1.0, n)])
+    mistaken = rng.random(n) < 0.04
+    y = np.where(mistaken, rng.integers(0, classes, n), y)
+    return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.int64)), None, "classification")
+
+
+def uploaded_fuel() -> RawData:
+    """A CSV upload with a target column: a car's fuel use (litres per 100 km) from its weight (kg,
+    800-2,500), engine power (kW), displacement (litres), cylinders (3, 4, 6 or 8), model year
+    (1995-2020) and a hybrid flag, plus one irrelevant column: use grows with weight and power,
+    falls with the years (a curve that flattens), hybrids use a third less in light cars and little
+    less in heavy ones (an interaction), with multiplicative noise. Added with the eighteenth fresh
+    split (cases.FRESH18_DATASETS)."""
+    rng = np.random.default_rng(18)
+    n = 1200
+    cylinders = rng.choice([3.0, 4.0, 6.0, 8.0], n, p=[0.1, 0.55, 0.25, 0.1])
+    displacement = cylinders * rng.uniform(0.25, 0.55, n)
+    weight = 700.0 + 180.0 * cylinders + rng.normal(0.0, 150.0, n)
+    power = 22.0 * displacement * rng.lognormal(0.0, 0.2, n)
+    year = rng.integers(1995, 2021, n).astype(float)
+    hybrid = (rng.random(n) < 0.15 * (year > 2005)).astype(float)
+    progress = 1.0 - 0.3 * (1.0 - np.exp(-(year - 1995.0) / 10.0))
+    use = (2.0 + 0.0042 * weight + 0.025 * power) * progress
+    use *= 1.0 - hybrid * np.clip(0.45 - 0.0002 * (weight - 900.0), 0.05, 0.45)
+    use = use * rng.lognormal(0.0, 0.06, n)
+    X = np.column_stack([weight, power, displacement, cylinders, year, hybrid, rng.normal(0.0, 1.0, n)])
+    return load_uploaded("csv", _csv_bytes(X, use, "litres_per_100km"), "litres_per_100km", "regression")
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
@@ -758,6 +810,8 @@ UPLOADED = {
     "up_insurance": uploaded_insurance,
     "up_churn": uploaded_churn,
     "up_solar": uploaded_solar,
+    "up_occupancy": uploaded_occupancy,
+    "up_fuel": uploaded_fuel,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 
