@@ -723,8 +723,8 @@ def uploaded_solar() -> RawData:
 
 def uploaded_occupancy() -> RawData:
     """An NPZ upload: how many people are in an office room (3 classes: nobody, one, several) from
-    the light level (lux, 0-1,500, daylight through the window adds to the lamps), the CO2 level
-    (ppm, 400-2,000, rising with each person but lagging behind arrivals), the temperature (°C), the
+    the light level (lux, 0-1,000, daylight through the window adds to the lamps), the CO2 level
+    (ppm, 300-1,400, rising with each person but lagging behind arrivals), the temperature (°C), the
     relative humidity (%), the sound level (dB) and the hour of day (0-23), plus one irrelevant
     column: lamps and CO2 tell an empty room from an occupied one, while one person and several
     differ mostly in CO2 and sound, and 4% of labels are mistaken. Added with the eighteenth fresh
@@ -754,8 +754,8 @@ def uploaded_fuel() -> RawData:
     """A CSV upload with a target column: a car's fuel use (litres per 100 km) from its weight (kg,
     800-2,500), engine power (kW), displacement (litres), cylinders (3, 4, 6 or 8), model year
     (1995-2020) and a hybrid flag, plus one irrelevant column: use grows with weight and power,
-    falls with the years (a curve that flattens), hybrids use a third less in light cars and little
-    less in heavy ones (an interaction), with multiplicative noise. Added with the eighteenth fresh
+    falls with the years (a curve that flattens), hybrids use up to 45% less in light cars and about
+    15% less in the heaviest (an interaction), with multiplicative noise. Added with the eighteenth fresh
     split (cases.FRESH18_DATASETS)."""
     rng = np.random.default_rng(18)
     n = 1200
