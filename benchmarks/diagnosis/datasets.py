@@ -40,6 +40,12 @@ def _noisy_binary(rng: np.random.Generator, risk: np.ndarray, mistaken_share: fl
     return np.where(mistaken, 1 - y, y)
 
 
+def _mistaken(rng: np.random.Generator, y: np.ndarray, classes: int, share: float) -> np.ndarray:
+    """Class labels with a share of them replaced by a class drawn at random (mistaken labels)."""
+    mistaken = rng.random(len(y)) < share
+    return np.where(mistaken, rng.integers(0, classes, len(y)), y)
+
+
 def uploaded_quadrants() -> RawData:
     """An NPZ upload: 4 classes in 12 features, 6 informative, classes in several clusters each."""
     X, y = skd.make_classification(
@@ -344,8 +350,7 @@ def uploaded_activity() -> RawData:
     spread_xyz = intensity[:, None] * rng.uniform(0.6, 1.4, size=(n, 3))
     skin = 33.0 + 0.01 * (heart - 60) + rng.normal(0.0, 0.6, n)
     X = np.column_stack([mean_xyz, spread_xyz, np.abs(step_hz), heart, skin])
-    mistaken = rng.random(n) < 0.03
-    y = np.where(mistaken, rng.integers(0, classes, n), y)
+    y = _mistaken(rng, y, classes, 0.03)
     return load_uploaded("csv", _csv_bytes(X, y, "activity"), "activity", "classification")
 
 
@@ -390,8 +395,7 @@ def uploaded_signals() -> RawData:
     gain[3, 1] = 1.4
     load = rng.lognormal(0.0, 0.4, n)[:, None]  # a machine's load scales every band together
     X = base * gain[y] * load * rng.lognormal(0.0, 0.3, size=(n, bands))
-    mistaken = rng.random(n) < 0.03
-    y = np.where(mistaken, rng.integers(0, classes, n), y)
+    y = _mistaken(rng, y, classes, 0.03)
     return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.int64)), None, "classification")
 
 
@@ -436,8 +440,7 @@ def uploaded_glass() -> RawData:
     si = 100.0 - (na + mg + al + k + ca + ba + fe) - rng.uniform(0.0, 0.5, n)
     index = 1.5180 + 0.0012 * (ca - 8.9) - 0.0004 * (si - 72.8) + rng.normal(0.0, 0.0004, n)
     X = np.column_stack([index, na, mg, al, si, k, ca, ba, fe])
-    mistaken = rng.random(n) < 0.03
-    y = np.where(mistaken, rng.integers(0, classes, n), y)
+    y = _mistaken(rng, y, classes, 0.03)
     return load_uploaded("csv", _csv_bytes(X, y, "glass_type"), "glass_type", "classification")
 
 
@@ -479,8 +482,7 @@ def uploaded_traffic() -> RawData:
     ports = np.array([3.0, 1.0, 1.0, 40.0])[y] * rng.lognormal(0.0, 0.5, n)
     upstream = np.clip(np.array([0.2, 0.03, 0.5, 0.5])[y] + rng.normal(0.0, 0.12, n), 0.0, 1.0)
     X = np.column_stack([duration, sent, packets, ports, upstream, rng.normal(0.0, 1.0, n)])
-    mistaken = rng.random(n) < 0.03
-    y = np.where(mistaken, rng.integers(0, classes, n), y)
+    y = _mistaken(rng, y, classes, 0.03)
     return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.int64)), None, "classification")
 
 
@@ -581,8 +583,7 @@ def uploaded_seeds() -> RawData:
     asymmetry = np.array([2.7, 3.6, 4.8])[y] * rng.lognormal(0.0, 0.35, n)
     groove = np.array([5.1, 5.9, 5.1])[y] + rng.normal(0.0, 0.15, n)
     X = np.column_stack([area, perimeter, compactness, length, width, asymmetry, groove])
-    mistaken = rng.random(n) < 0.03
-    y = np.where(mistaken, rng.integers(0, classes, n), y)
+    y = _mistaken(rng, y, classes, 0.03)
     return load_uploaded("csv", _csv_bytes(X, y, "variety"), "variety", "classification")
 
 
@@ -639,8 +640,7 @@ def uploaded_faults() -> RawData:
     X = np.column_stack(
         [area, perimeter, width, height, grey_mean, grey_spread, thickness, grade, rng.normal(0.0, 1.0, n)]
     )
-    mistaken = rng.random(n) < 0.05
-    y = np.where(mistaken, rng.integers(0, classes, n), y)
+    y = _mistaken(rng, y, classes, 0.05)
     return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.int64)), None, "classification")
 
 
@@ -745,8 +745,7 @@ def uploaded_occupancy() -> RawData:
     humidity = 35.0 + 1.5 * people + rng.normal(0.0, 4.0, n)
     sound = 32.0 + 10.0 * np.log1p(people) + rng.normal(0.0, 3.0, n)
     X = np.column_stack([light, co2, temperature, humidity, sound, hour, rng.normal(0.0, 1.0, n)])
-    mistaken = rng.random(n) < 0.04
-    y = np.where(mistaken, rng.integers(0, classes, n), y)
+    y = _mistaken(rng, y, classes, 0.04)
     return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.int64)), None, "classification")
 
 
