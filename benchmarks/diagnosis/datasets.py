@@ -772,6 +772,55 @@ def uploaded_fuel() -> RawData:
     return load_uploaded("csv", _csv_bytes(X, use, "litres_per_100km"), "litres_per_100km", "regression")
 
 
+def uploaded_network() -> RawData:
+    """An NPZ upload: what a network connection is (3 classes: normal traffic, a port scan, a flood)
+    from its duration (s), packets and bytes sent (heavy-tailed, spanning five orders of magnitude),
+    the number of distinct ports touched, the share of connection errors and the hour of day, plus
+    one irrelevant column: scans touch many ports with tiny packets and many errors, floods send
+    many packets in a short time, normal traffic is everything else; 5% of labels are mistaken
+    (labelled by a tool that misses some). Added with the nineteenth fresh split
+    (cases.FRESH19_DATASETS)."""
+    rng = np.random.default_rng(19)
+    n, classes = 1400, 3
+    y = rng.choice(classes, n, p=[0.6, 0.2, 0.2])
+    duration = np.exp(rng.normal(np.array([1.5, 0.5, -0.5])[y], 1.2))
+    packets = np.exp(rng.normal(np.array([3.0, 2.0, 6.0])[y], 1.0)) + 1.0
+    bytes_per_packet = np.exp(rng.normal(np.array([6.5, 4.0, 5.0])[y], 0.6))
+    ports = 1.0 + rng.poisson(np.array([1.5, 40.0, 2.0])[y] * rng.lognormal(0.0, 0.5, n))
+    errors = rng.beta(np.array([1.0, 5.0, 2.0])[y], np.array([20.0, 5.0, 8.0])[y])
+    hour = rng.integers(0, 24, n).astype(float)
+    X = np.column_stack(
+        [duration, packets, packets * bytes_per_packet, ports, errors, hour, rng.normal(0.0, 1.0, n)]
+    )
+    y = _mistaken(rng, y, classes, 0.05)
+    return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.int64)), None, "classification")
+
+
+def uploaded_wind() -> RawData:
+    """A CSV upload with a target column: a wind turbine's power output (kW) from the wind speed
+    (m/s, 0-30), the air temperature (°C, which sets the air's density), the wind's direction
+    (degrees, the turbine yawing after it with some loss), the turbulence intensity and the hour,
+    plus one irrelevant column: no power under 3 m/s, a cubic rise to the rated 2,000 kW at about
+    12 m/s, flat to 25 m/s where the turbine cuts out to nothing (a curve with three kinks), with
+    noise. Added with the nineteenth fresh split (cases.FRESH19_DATASETS)."""
+    rng = np.random.default_rng(19)
+    n = 1300
+    speed = 30.0 * rng.beta(1.8, 2.6, n)
+    temperature = rng.normal(10.0, 8.0, n)
+    direction = rng.uniform(0.0, 360.0, n)
+    turbulence = rng.uniform(0.05, 0.25, n)
+    hour = rng.integers(0, 24, n).astype(float)
+    density = 1.225 * 288.15 / (273.15 + temperature)
+    yaw_loss = 1.0 - 0.08 * np.abs(np.sin(np.radians(direction - 225.0)))
+    cubic = 2000.0 * np.clip((speed - 3.0) / 9.0, 0.0, 1.0) ** 3 * density / 1.225 * yaw_loss
+    power = np.where(speed < 25.0, np.minimum(cubic, 2000.0), 0.0)
+    power = np.clip(
+        power * (1.0 - 0.5 * turbulence * rng.standard_normal(n)) + rng.normal(0.0, 30.0, n), 0.0, None
+    )
+    X = np.column_stack([speed, temperature, direction, turbulence, hour, rng.normal(0.0, 1.0, n)])
+    return load_uploaded("csv", _csv_bytes(X, power, "power_kw"), "power_kw", "regression")
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
@@ -811,6 +860,8 @@ UPLOADED = {
     "up_solar": uploaded_solar,
     "up_occupancy": uploaded_occupancy,
     "up_fuel": uploaded_fuel,
+    "up_network": uploaded_network,
+    "up_wind": uploaded_wind,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 
