@@ -6,10 +6,13 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from models.jsonsafe import json_safe
 from models.patch import merge_patch
 from models.spec import JobSpec
 from saddle.client import Client
 from tests.test_scenarios import SCENARIOS
+from worker.diagnosis import diagnose
+from worker.diagnosis.evidence import from_database
 from worker.diagnosis.probes import UPDATE_OVERHEAD
 from worker.diagnosis.recipes import larger_model
 
@@ -34,6 +37,11 @@ def test_probes_run_inside_an_underfitting_job_within_a_quarter_of_its_time(sdk:
     )
     runs = job["summary"]["probes"]["runs"]
     assert runs["larger_model"]["patch"]["model"]["arch"] == "mlp" and runs["larger_model"]["train_loss"] > 0
+    # The worker diagnosed the run it held in memory, probes added; the stored run, read back,
+    # gives the same findings with the same evidence.
+    reread = diagnose(from_database(job["id"])[0])
+    stored = sdk.diagnoses(job["id"])
+    assert {f.code: json_safe(f.evidence) for f in reread} == {d["code"]: d["evidence"] for d in stored}
     # Inside the job: no sibling jobs, and each probe's budget an eighth of the job's training
     # compute (parameter-row passes: 3 per row of an update, 1 per row evaluated each epoch, and
     # an update's fixed cost).

@@ -294,9 +294,11 @@ def _conclude(
         if trees or probes is not None:
             summary.reference = (summary.reference or {}) | trees
             summary.probes = probes
-            update_job(job_claim, summary=summary.as_row())
+            # The verdict reads the run already in memory, with the summary as its row will hold it
+            # (finish writes it): no second read of every series, no extra write.
+            ev.summary = summary.as_row()
     with clock.phase("diagnosis"):
-        diagnose_safely(job_claim)
+        diagnose_safely(job_claim, ev=ev)
     summary.phases = dict(clock.seconds)  # the finishing write itself is the rest of the job's time
     finish(job_claim, "succeeded", summary=summary)
     return "succeeded"
@@ -318,13 +320,15 @@ def update_job(job_claim: Claim, **values: Any) -> None:
     with_retries(transaction)
 
 
-def diagnose_safely(job_claim: Claim, provisional: bool = False) -> None:
-    """The diagnosis reads what was stored; if it fails, training goes on and the job keeps its status.
-    A database outage is waited out, so a restart at the end of a job does not cost its verdict."""
+def diagnose_safely(job_claim: Claim, provisional: bool = False, ev: Evidence | None = None) -> None:
+    """The diagnosis reads what was stored (or ``ev``, the stored run already read); if it fails,
+    training goes on and the job keeps its status. A database outage is waited out, so a restart at
+    the end of a job does not cost its verdict."""
     try:
         # diagnose_job retries its own write; this covers its reads (about 18 s of outage).
         with_retries(
-            lambda: diagnose_job(job_claim.job_id, provisional=provisional, spec=job_claim.spec), attempts=8
+            lambda: diagnose_job(job_claim.job_id, provisional=provisional, spec=job_claim.spec, ev=ev),
+            attempts=8,
         )
     except Exception:
         log.exception("job %s: diagnosis failed", job_claim.job_id)

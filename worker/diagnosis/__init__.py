@@ -332,8 +332,13 @@ def good_fit_evidence(ev: Evidence) -> dict[str, Any]:
     return out
 
 
-def diagnose_job(job_id: str, provisional: bool = False, spec: JobSpec | None = None) -> list[Finding]:
-    ev, _ = from_database(job_id, spec)
+def diagnose_job(
+    job_id: str, provisional: bool = False, spec: JobSpec | None = None, ev: Evidence | None = None
+) -> list[Finding]:
+    """Diagnose the stored job (``ev``: the job as stored, when the caller has already read it) and
+    write its findings, and its verdict unless ``provisional``."""
+    if ev is None:
+        ev, _ = from_database(job_id, spec)
     result = diagnose(ev)
 
     def transaction() -> None:

@@ -385,7 +385,9 @@ def probe_outcome(ev: Evidence, f: Facts) -> tuple[str | None, dict[str, Any]]:
                 "skipped": r.get("skipped"),
                 "clearly_lower": better.get(what, False),
             }
-            for what, r in runs.items()
+            # By name: JSONB keeps keys in an order of its own, so the evidence lists the probes
+            # alike whether the runs come from memory, SQLite or Postgres.
+            for what, r in sorted(runs.items())
         ],
         "rule": f"clearly lower: at most {CLEARLY_LOWER}x the job's training loss and by {MATERIAL:.0%} of chance",
     }
