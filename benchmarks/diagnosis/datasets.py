@@ -774,7 +774,7 @@ def uploaded_fuel() -> RawData:
 
 def uploaded_network() -> RawData:
     """An NPZ upload: what a network connection is (3 classes: normal traffic, a port scan, a flood)
-    from its duration (s), packets and bytes sent (heavy-tailed, spanning five orders of magnitude),
+    from its duration (s), packets and bytes sent (heavy-tailed, spanning up to 4.6 orders of magnitude),
     the number of distinct ports touched, the share of connection errors and the hour of day, plus
     one irrelevant column: scans touch many ports with tiny packets and many errors, floods send
     many packets in a short time, normal traffic is everything else; 5% of labels are mistaken
