@@ -285,7 +285,7 @@ def _conclude(
     ev = None
     if not is_trial(job_claim.job_id):
         with clock.phase("probes"):
-            ev = stored_evidence(job_claim)  # one read of the finished run, for the trees and the probes
+            ev = stored_evidence(job_claim)  # the one read of the finished run: trees, probes, verdict
     if ev is not None:
         with clock.phase("reference"):
             trees = trees_safely(job_claim, data, ev)
@@ -335,8 +335,9 @@ def diagnose_safely(job_claim: Claim, provisional: bool = False, ev: Evidence | 
 
 
 def stored_evidence(job_claim: Claim) -> Evidence | None:
-    """The finished run as stored (its final summary written), read once for the trees and the
-    probes; None when the read fails (the verdict then goes without either)."""
+    """The finished run as stored (its final summary written), read once for the trees, the probes
+    and the verdict; None when the read fails (the verdict then goes without the trees and the
+    probes, and reads the run itself)."""
     try:
         ev, _ = with_retries(lambda: from_database(job_claim.job_id, job_claim.spec))
         return ev
