@@ -145,6 +145,13 @@ FRESH18_DATASETS = ("up_occupancy", "up_fuel")
 # with the rules of 0d94ee6 (the verdicts of 654ff8d): 94.9%.
 FRESH19_SEEDS = (22,)
 FRESH19_DATASETS = ("up_network", "up_wind")
+# A twenty-second, the twentieth fresh split: seed 23 of every run plus every seed of two more
+# uploaded datasets (the kind of a star from its temperature, radius and brightness; a drug's
+# concentration in the blood hours after a dose, rising then decaying at a speed set by the
+# patient), generated on 2026-12-05 with no rule changed after fresh19's read and its one rule
+# change (7dddf1a), before any other.
+FRESH20_SEEDS = (23,)
+FRESH20_DATASETS = ("up_stars", "up_dose")
 # The splits after the first test split, oldest first: (name, its seeds, the datasets added with it).
 LATER_SPLITS = (
     ("holdout", HOLDOUT_SEEDS, ()),
@@ -167,6 +174,7 @@ LATER_SPLITS = (
     ("fresh17", FRESH17_SEEDS, FRESH17_DATASETS),
     ("fresh18", FRESH18_SEEDS, FRESH18_DATASETS),
     ("fresh19", FRESH19_SEEDS, FRESH19_DATASETS),
+    ("fresh20", FRESH20_SEEDS, FRESH20_DATASETS),
 )
 REGRESSION = (
     "diabetes",
@@ -191,6 +199,7 @@ REGRESSION = (
     "up_solar",
     "up_fuel",
     "up_wind",
+    "up_dose",
 )
 # Datasets whose raw features already span a factor > 100 (no transform needed for "unscaled").
 UNSCALED_AS_IS = ("wine", "breast_cancer", "up_friedman3", "up_credit")

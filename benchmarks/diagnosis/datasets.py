@@ -821,6 +821,53 @@ def uploaded_wind() -> RawData:
     return load_uploaded("csv", _csv_bytes(X, power, "power_kw"), "power_kw", "regression")
 
 
+def uploaded_stars() -> RawData:
+    """An NPZ upload: what kind of star a star is (4 classes: white dwarf, main-sequence dwarf,
+    giant, supergiant) from its surface temperature (K, 2,500-40,000), its radius (solar radii,
+    lognormal, from about 0.008 to 1,500: five orders of magnitude), its absolute magnitude (which
+    follows from both, -2.5 log of R²T⁴), its colour index (falling with temperature) and its
+    distance (parsecs, irrelevant), plus one irrelevant column: the classes overlap in every single
+    column and are told apart by where a star sits in the temperature-brightness plane; 3% of labels
+    are mistaken (catalogue errors). Added with the twentieth fresh split (cases.FRESH20_DATASETS)."""
+    rng = np.random.default_rng(20)
+    n, classes = 1500, 4
+    y = rng.choice(classes, n, p=[0.15, 0.45, 0.25, 0.15])
+    log_temperature = rng.normal(np.array([4.1, 3.75, 3.65, 3.8])[y], np.array([0.2, 0.18, 0.1, 0.25])[y])
+    temperature = 10.0 ** np.clip(log_temperature, np.log10(2500.0), np.log10(40000.0))
+    radius = np.exp(rng.normal(np.log(np.array([0.012, 0.9, 15.0, 300.0]))[y], 0.45))
+    magnitude = 4.74 - 2.5 * np.log10(radius**2 * (temperature / 5772.0) ** 4) + rng.normal(0.0, 0.3, n)
+    colour = 7360.0 / temperature - 0.64 + rng.normal(0.0, 0.05, n)
+    distance = np.exp(rng.normal(5.0, 1.0, n))
+    X = np.column_stack([temperature, radius, magnitude, colour, distance, rng.normal(0.0, 1.0, n)])
+    y = _mistaken(rng, y, classes, 0.03)
+    return load_uploaded("npz", _npz_bytes(X.astype(np.float32), y.astype(np.int64)), None, "classification")
+
+
+def uploaded_dose() -> RawData:
+    """A CSV upload with a target column: a drug's concentration in the blood (mg/L) some hours
+    after an oral dose, from the dose (mg), the hours since it (0.25-24), the patient's weight (kg),
+    age and kidney function (creatinine clearance, mL/min), plus one irrelevant column: a
+    one-compartment model, absorption at rate ka and elimination at a rate that grows with kidney
+    function, the volume of distribution with weight, so the concentration rises and then decays
+    exponentially, at a speed set by the patient (interactions no linear model follows), with 10%
+    multiplicative noise. Added with the twentieth fresh split (cases.FRESH20_DATASETS)."""
+    rng = np.random.default_rng(20)
+    n = 1200
+    dose = rng.choice([100.0, 250.0, 500.0, 1000.0], n)
+    hours = rng.uniform(0.25, 24.0, n)
+    weight = rng.normal(75.0, 15.0, n).clip(40.0, 140.0)
+    age = rng.uniform(18.0, 90.0, n)
+    clearance = ((140.0 - age) * weight / 72.0 * rng.lognormal(0.0, 0.15, n)).clip(10.0, 200.0)
+    volume = 0.7 * weight
+    absorption = 1.2 * rng.lognormal(0.0, 0.2, n)
+    elimination = 0.02 + 0.0025 * clearance
+    shape = np.exp(-elimination * hours) - np.exp(-absorption * hours)
+    concentration = dose / volume * absorption / (absorption - elimination) * shape
+    concentration = concentration * rng.lognormal(0.0, 0.1, n)
+    X = np.column_stack([dose, hours, weight, age, clearance, rng.normal(0.0, 1.0, n)])
+    return load_uploaded("csv", _csv_bytes(X, concentration, "mg_per_litre"), "mg_per_litre", "regression")
+
+
 UPLOADED = {
     "up_quadrants": uploaded_quadrants,
     "up_friedman": uploaded_friedman,
@@ -862,6 +909,8 @@ UPLOADED = {
     "up_fuel": uploaded_fuel,
     "up_network": uploaded_network,
     "up_wind": uploaded_wind,
+    "up_stars": uploaded_stars,
+    "up_dose": uploaded_dose,
 }
 DATASETS = (*BUILTIN, *UPLOADED)
 
