@@ -249,19 +249,21 @@ RELATIVE = 0.70  # "better" is at most 70% of the run's loss (30% lower)
 
 
 @functools.cache
-def chance_loss(case_id: str) -> float:
+def data_facts(case_id: str) -> tuple[int, int, int, float]:
+    """(features, outputs, validation rows, chance-level loss) of a case's prepared data, prepared
+    once per case: labelling asks for them for every case in every round."""
     from benchmarks.diagnosis.engine import prepared
     from models.spec import JobSpec
     from worker.diagnosis.reference import chance_loss as chance
 
     case = CASES[case_id]
-    spec = JobSpec.model_validate(case.spec)
-    data = prepared(spec, case.data)
-    return chance(
-        data.y_train.astype(np.int64) if data.task == "classification" else data.y_train,
-        data.task,
-        data.n_classes,
-    )
+    data = prepared(JobSpec.model_validate(case.spec), case.data)
+    y = data.y_train.astype(np.int64) if data.task == "classification" else data.y_train
+    return data.X_train.shape[1], data.n_outputs, len(data.y_val), chance(y, data.task, data.n_classes)
+
+
+def chance_loss(case_id: str) -> float:
+    return data_facts(case_id)[3]
 
 
 @functools.cache
@@ -389,15 +391,9 @@ def contained(case: Case) -> tuple[str, ...]:
     return ("shallower", "linear_model") if linear_fits else ("shallower",)
 
 
-@functools.cache
 def data_shape(case_id: str) -> tuple[int, int, int]:
     """(features, outputs, validation rows) of a case's prepared data."""
-    from benchmarks.diagnosis.engine import prepared
-    from models.spec import JobSpec
-
-    case = CASES[case_id]
-    data = prepared(JobSpec.model_validate(case.spec), case.data)
-    return data.X_train.shape[1], data.n_outputs, len(data.y_val)
+    return data_facts(case_id)[:3]
 
 
 def constrained_halves(run: dict, cfs: dict) -> bool:
