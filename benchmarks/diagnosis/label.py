@@ -216,6 +216,8 @@ def compute(cases: list[Case], workers: int) -> dict[str, Any]:
     outcomes = load_outcomes()
     _ALL.clear()
     _ALL.update(outcomes)
+    # Deciding what is missing prepares every case's data (a few minutes on 2 cores): say so.
+    print(f"{len(cases)} cases: finding the trainings their labels still need", flush=True)
     with ProcessPoolExecutor(max_workers=workers) as pool:
         while todo := interleaved(pending(cases, outcomes)):
             print(f"{len(todo)} trainings to run", flush=True)
