@@ -20,7 +20,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -250,10 +250,17 @@ MATERIAL = 0.10  # of the chance-level loss: an improvement smaller than this is
 RELATIVE = 0.70  # "better" is at most 70% of the run's loss (30% lower)
 
 
+class DataFacts(NamedTuple):
+    features: int
+    outputs: int
+    val_rows: int
+    chance: float  # the chance-level loss
+
+
 @functools.cache
-def data_facts(case_id: str) -> tuple[int, int, int, float]:
-    """(features, outputs, validation rows, chance-level loss) of a case's prepared data, prepared
-    once per case: labelling asks for them for every case in every round."""
+def data_facts(case_id: str) -> DataFacts:
+    """What the labels read of a case's prepared data, prepared once per case: labelling asks for
+    it for every case in every round."""
     from benchmarks.diagnosis.engine import prepared
     from models.spec import JobSpec
     from worker.diagnosis.reference import chance_loss as chance
@@ -261,11 +268,13 @@ def data_facts(case_id: str) -> tuple[int, int, int, float]:
     case = CASES[case_id]
     data = prepared(JobSpec.model_validate(case.spec), case.data)
     y = data.y_train.astype(np.int64) if data.task == "classification" else data.y_train
-    return data.X_train.shape[1], data.n_outputs, len(data.y_val), chance(y, data.task, data.n_classes)
+    return DataFacts(
+        data.X_train.shape[1], data.n_outputs, len(data.y_val), chance(y, data.task, data.n_classes)
+    )
 
 
 def chance_loss(case_id: str) -> float:
-    return data_facts(case_id)[3]
+    return data_facts(case_id).chance
 
 
 @functools.cache
@@ -395,7 +404,8 @@ def contained(case: Case) -> tuple[str, ...]:
 
 def data_shape(case_id: str) -> tuple[int, int, int]:
     """(features, outputs, validation rows) of a case's prepared data."""
-    return data_facts(case_id)[:3]
+    facts = data_facts(case_id)
+    return facts.features, facts.outputs, facts.val_rows
 
 
 def constrained_halves(run: dict, cfs: dict) -> bool:

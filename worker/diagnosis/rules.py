@@ -504,8 +504,8 @@ def initial_sharpness(ev: Evidence) -> tuple[float | None, dict[str, Any] | None
 CHASING_RATIO = 2.0
 # ... and a lower rate is the fix only above this training loss (a share of chance). Its label asks
 # for a loss at least 30% and MATERIAL of chance lower; it recovers at most the gap to the
-# minibatches' own loss and trains slower. On the benchmark's sorted regressions that chased the
-# order (dev through fresh19), a rate 10-1000x lower did that on 2 of the 38 that ended below
+# minibatches' own loss and trains slower. On the benchmark's sorted runs that chased the order
+# (dev through fresh19), a rate 10-1000x lower did that on 2 of the 38 that ended below
 # 2x MATERIAL, and on 115 of the 132 above it.
 CHASING_MIN_LOSS = 2 * MATERIAL
 
